@@ -1,0 +1,2 @@
+"""What generates: conditioners (CLAP), priors (diffusion UNet, token transformers), the semantic
+tokenizer and their configs. No file I/O and no CLI here."""
