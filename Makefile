@@ -38,6 +38,7 @@ demo: $(STAMP)
 	else \
 		echo "soundsmith: no default generation model ships yet ($(DEFAULT_MODEL) is missing)."; \
 		echo "Running the most real thing available instead: synthesizing 6 captioned corpus clips."; \
+		rm -rf $(DEMO_OUT)/corpus; \
 		$(VENV)/bin/soundsmith data synth --num-clips 6 --seed 0 --out $(DEMO_OUT)/corpus && \
 		echo "wrote $$(ls $(DEMO_OUT)/corpus/*/*.wav | wc -l) clips; captions in $(DEMO_OUT)/corpus/metadata.jsonl"; \
 	fi
