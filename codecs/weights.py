@@ -1,0 +1,142 @@
+"""Reading weight files and loading them strictly, with one-line errors that name the file and key.
+
+Shared by the model folders (`MelVAE`, `Vocoder`, ...) and the public-checkpoint converters in
+`soundsmith.pipelines`. Loading never unpickles by default: safetensors, or
+`torch.load(weights_only=True)`; a file that needs full unpickling is refused unless the caller
+passes `trust_pickle=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """`folder/config.json` as a dict; FileNotFoundError / ValueError name the file."""
+    path = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in model folder {folder}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON config ({_one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def find_weights(folder: str | os.PathLike, names: Iterable[str]) -> Path:
+    """The first of `names` that exists in `folder` (safetensors first, by the caller's order)."""
+    names = list(names)
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no weights file in {folder} (looked for {', '.join(names)})")
+
+
+def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """Read a `.safetensors` file or a torch checkpoint (`.ckpt/.pt/.pth/.bin`) into a dict.
+
+    A torch checkpoint is read with `torch.load(weights_only=True)`; if it holds Python objects
+    beyond tensors and containers, it is refused unless `trust_pickle=True`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise IsADirectoryError(f"checkpoint is not a file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"{path}: corrupt or truncated safetensors file ({_one_line(err)})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # "Unsupported global: GLOBAL x.y" = a real pickle holding Python objects; anything else = bad bytes
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if not trust_pickle:
+            if found is None:
+                detail = re.search(r"WeightsUnpickler error: ([^\n]+)", str(err))
+                raise ValueError(f"{path}: corrupt or truncated checkpoint "
+                                 f"({detail.group(1).strip() if detail else _one_line(err)[:120]})") from None
+            raise ValueError(f"{path}: needs full unpickling, which can run arbitrary code (it holds "
+                             f"{found.group(1)}); refusing - pass trust_pickle=True (--trust-pickle) only if "
+                             "you trust its source") from None
+        log.warning("unpickling %s fully (trust_pickle=True)", path)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise ValueError(f"{path}: corrupt or truncated checkpoint ({_one_line(err2)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({_one_line(err)})") from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def check_state_dict(expected: Mapping[str, Tensor], given: Mapping[str, Any], source: str | os.PathLike,
+                     *, what: str = "model") -> None:
+    """Raise a one-line ValueError naming `source` and the first missing/unexpected/misshaped key."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ValueError(f"{source}: missing key {missing[0]!r}{more} for the {what} "
+                         "(wrong architecture or incomplete file?)")
+    if unexpected:
+        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
+        raise ValueError(f"{source}: unexpected key {unexpected[0]!r}{more} for the {what} "
+                         "(wrong architecture?)")
+    for key, ref in expected.items():
+        value = given[key]
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{source}: key {key!r} holds {type(value).__name__}, expected a tensor")
+        if tuple(value.shape) != tuple(ref.shape):
+            raise ValueError(f"{source}: key {key!r} has shape {list(value.shape)}, the {what} config expects "
+                             f"{list(ref.shape)} (wrong architecture or config.json?)")
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, Any], source: str | os.PathLike,
+                *, what: str = "model") -> None:
+    """`module.load_state_dict(strict=True)` with the one-line error of `check_state_dict` first."""
+    check_state_dict(module.state_dict(), state_dict, source, what=what)
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+def save_safetensors(state_dict: Mapping[str, Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write contiguous CPU tensors to `path` atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    from .audio import _atomic_write, check_writable_folder
+
+    path = Path(path)
+    folder = check_writable_folder(path.parent)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    _atomic_write(folder, path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
+    return path
