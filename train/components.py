@@ -1,0 +1,45 @@
+"""Trainable components: name -> zero-argument factory returning its `train` function.
+
+`soundsmith train COMPONENT --config FILE --data DIR --out DIR [--resume] [--max-steps N]` calls
+`COMPONENTS[name]()(config=..., data=..., out=..., resume=..., max_steps=...)`. Each factory imports
+its loop lazily, so listing the components stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _vae() -> Callable:
+    from .train_vae import train
+
+    return train
+
+
+def _vocoder() -> Callable:
+    from .train_vocoder import train
+
+    return train
+
+
+def _clap() -> Callable:
+    from .train_clap import train
+
+    return train
+
+
+def _codec() -> Callable:
+    from .train_codec import train
+
+    return train
+
+
+def _unet() -> Callable:
+    from .train_unet import train
+
+    return train
+
+
+# train(config, data, out, resume, max_steps) -> the exported model folder
+COMPONENTS: dict[str, Callable[[], Callable]] = {"vae": _vae, "vocoder": _vocoder, "clap": _clap, "codec": _codec,
+                                                 "unet": _unet}

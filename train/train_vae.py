@@ -1,0 +1,360 @@
+"""Train the mel VAE (AudioLDM's first stage): log-mel of random crops -> MelVAE, L1 + beta * KL.
+
+    soundsmith train vae --data data/corpus --out runs/vae [--config my.json] [--resume] [--max-steps N]
+    accelerate launch --multi_gpu --num_processes 2 -m soundsmith.cli train vae ...  # 2 processes (GPUs, or gloo on CPU)
+
+The loop reads top to bottom (nanoGPT's train.py): config, accelerator, data, model + optimizer +
+schedule + EMA, resume, then per step: accumulate, clip, step, EMA, log, and every N steps validate,
+write samples and checkpoint. At the end the latent `scaling_factor` (1 / std of the latents on
+training data, as AudioLDM measures it) is stored and the EMA weights are exported in fp16 to
+`OUT/export/` (`MelVAE.save_pretrained`).
+
+Run folder: config.json, metrics.jsonl, tensorboard/, samples/step-XXXXXXXXX/, checkpoints/, export/.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import EpochIndexed, ResumableSampler, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .ema import EMA
+from .losses import kl_loss
+from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .schedules import SCHEDULES, make_scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "vae.json"
+COMPONENT = "vae"
+
+
+@dataclass
+class VAETrainConfig:
+    """Everything a VAE run needs besides the data and run folders. Steps are optimizer steps."""
+
+    seed: int = bounded(0, 0, 2**63 - 1)
+    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
+    batch_size: int = bounded(8, 1)  # clips per process per micro-step
+    grad_accum: int = bounded(1, 1)  # micro-steps per optimizer step
+    crop_seconds: float = bounded(1.04, 0.0, 60.0, low_open=True)  # 104 mel frames: a multiple of 4 (0.04 s)
+    lr: float = bounded(3e-4, 0.0, 1.0, low_open=True)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = bounded(0.0, 0.0, 1.0)
+    schedule: str = bounded("cosine", choices=SCHEDULES)
+    warmup_steps: int = bounded(100, 0)
+    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)  # the schedule decays to lr * min_lr_ratio
+    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)  # None: no clipping
+    kl_weight: float = bounded(1e-6, 0.0)  # relative to the L1 summed over an example's mel, as in LDM/AudioLDM
+    ema_decay: float = bounded(0.999, 0.0, 0.999999)
+    mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
+    num_workers: int = bounded(1, 0, 64)  # DataLoader worker processes
+    log_every: int = bounded(10, 1)
+    eval_every: int = bounded(250, 1)
+    save_every: int = bounded(250, 1)
+    keep_last: int = bounded(3, 1)  # checkpoints kept
+    num_valid_clips: int = bounded(16, 1)  # validation clips (center crops of the valid split)
+    valid_seconds: float = bounded(2.56, 0.0, 60.0, low_open=True)
+    num_samples: int = bounded(3, 0)  # validation clips written as PNG (+ WAV) at each evaluation
+    vocoder: str | None = None  # a trained vocoder folder for the sample WAVs; None: a Griffin-Lim preview
+    scale_batches: int = bounded(32, 1)  # training batches for measuring scaling_factor at the end
+    model: dict = field(default_factory=dict)  # MelVAEConfig fields (block_out_channels, latent_channels, ...)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+
+
+def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
+          out: str | os.PathLike = "runs/vae", resume: bool = False, max_steps: int | None = None,
+          overrides: Any = None) -> Path:
+    """Train (or continue) a mel VAE; return the export folder `OUT/export`.
+
+    Args:
+        config: JSON config file (default: `train/configs/vae.json`; on resume: the run's config.json).
+        data: corpus folder (train split for training, valid split for validation).
+        out: run folder.
+        resume: continue from the newest checkpoint in `out`.
+        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
+        overrides: "key=value" strings or a dict applied on top of the config file.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from soundsmith.codecs.mel import MelSpectrogram
+    from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
+
+    from .datasets import AudioCaptionDataset, collate
+
+    # 1. config, run folder, resume point -----------------------------------------------------------
+    out = Path(out)
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if not resume and latest_checkpoint(out) is not None:
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if config is None:
+        config = out / "config.json" if resume and (out / "config.json").is_file() else DEFAULT_CONFIG
+    cfg = load_config(VAETrainConfig, config, overrides)
+    try:
+        vae_cfg = MelVAEConfig.from_dict(cfg.model)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config}: field 'model': {err}") from None
+    stop_at = cfg.max_steps if max_steps is None else max_steps
+
+    # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    is_main, device = accelerator.is_main_process, accelerator.device
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+    set_seed(cfg.seed)  # identical initial weights in every process
+
+    # 3. data: random crops of the train split in a resumable order; fixed validation crops ---------
+    sr = vae_cfg.mel.sample_rate
+    train_set = AudioCaptionDataset(data, sample_rate=sr, crop_seconds=cfg.crop_seconds, random_crop=True,
+                                    seed=cfg.seed, split="train")
+    valid = _validation_batch(AudioCaptionDataset, data, sr, cfg.valid_seconds, cfg.num_valid_clips)
+
+    # 4. model, optimizer, LR schedule, EMA ----------------------------------------------------------
+    vae = MelVAE(vae_cfg).train()
+    to_mel = MelSpectrogram(vae_cfg.mel).to(device)
+    frames = to_mel.num_frames(round(cfg.crop_seconds * sr))
+    if frames % vae_cfg.downsample_factor:
+        raise ValueError(f"{config}: field 'crop_seconds' gives {frames} mel frames, not a multiple of "
+                         f"{vae_cfg.downsample_factor}; use a multiple of "
+                         f"{vae_cfg.downsample_factor * vae_cfg.mel.hop_length / sr:g} s")
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                               total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    ema = EMA(vae, cfg.ema_decay)
+    model, opt = accelerator.prepare(vae, optimizer)  # DDP + mixed precision; the scheduler we step ourselves
+    ema.to(device)
+    objects = {"model": vae, "optimizer": optimizer, "scheduler": scheduler, "ema": ema}
+    if accelerator.scaler is not None:
+        objects["scaler"] = accelerator.scaler
+
+    # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
+    step, batches = 0, 0
+    set_seed(cfg.seed, device_specific=True)  # each process draws its own posterior noise
+    if ckpt is not None:
+        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
+        step, batches = meta["step"], meta["data_position"]["batches"]
+        log.info("resumed %s at step %d", ckpt, step)
+    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
+                               rank=accelerator.process_index, start=batches)
+    loader = torch.utils.data.DataLoader(
+        EpochIndexed(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
+    )
+    batch_iter = iter(loader)
+    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
+    bar = progress_bar(stop_at, step, enabled=is_main, desc="vae")
+    ema_model = copy.deepcopy(vae).eval()  # holds the EMA weights for validation and export
+    vocoder = _load_vocoder(cfg.vocoder, device) if is_main and cfg.vocoder else None
+    last_saved = step
+
+    def checkpoint() -> None:
+        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+
+    # 6. the loop ------------------------------------------------------------------------------------
+    running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}
+    clock = (time.perf_counter(), time.process_time())  # wall and CPU time of the logging interval
+    while step < stop_at:
+        for micro in range(cfg.grad_accum):
+            batch = next(batch_iter)
+            batches += 1
+            wave = batch["wave"][:, 0].to(device)  # [B, T] mono
+            sync = micro == cfg.grad_accum - 1
+            with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():
+                mel = to_mel(wave)  # [B, F, S]
+                recon, posterior = model(mel, sample_posterior=True)
+                l1 = F.l1_loss(recon.float(), mel)
+                kl = kl_loss(posterior) / mel[0].numel()  # per mel element, so kl_weight matches LDM's
+                loss = l1 + cfg.kl_weight * kl
+                accelerator.backward(loss / cfg.grad_accum)
+            running["loss"] += loss.item() / cfg.grad_accum
+            running["l1"] += l1.item() / cfg.grad_accum
+            running["kl"] += kl.item() / cfg.grad_accum
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
+        opt.step()
+        scheduler.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(vae)
+        step += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == stop_at:
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            means = {k: v / n for k, v in running.items()}
+            means = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in means.items()}
+            wall, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
+            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/grad_norm": float(grad_norm),
+                              "train/lr": scheduler.get_last_lr()[0], "train/epoch": batches / sampler.batches_per_epoch,
+                              "time/s_per_step": wall / n, "time/cpu_s_per_step": cpu / n})
+            bar.set_postfix(loss=f"{means['loss']:.4f}", l1=f"{means['l1']:.4f}")
+            running = dict.fromkeys(running, 0.0)
+            clock = (time.perf_counter(), time.process_time())
+
+        if step % cfg.eval_every == 0 or step == stop_at:
+            if is_main:  # validation never draws from the global RNG, so resuming stays bit-exact
+                ema.copy_to(ema_model)
+                metrics = _validate(ema_model, to_mel, valid, device)
+                logger.log(step, metrics)
+                _write_samples(out / "samples" / f"step-{step:09d}", ema_model, to_mel, valid, cfg.num_samples,
+                               vocoder, device, logger, step)
+            accelerator.wait_for_everyone()
+
+        if step % cfg.save_every == 0 or step == stop_at:
+            checkpoint()
+            last_saved = step
+    bar.close()
+    if last_saved != step:
+        checkpoint()
+
+    # 7. scaling factor on training data, then export the EMA weights in fp16 ------------------------
+    export = out / "export"
+    if is_main:
+        ema.copy_to(ema_model)
+        scale = measure_scaling_factor(ema_model, to_mel, train_set, cfg, device)
+        ema_model.config = dataclasses.replace(ema_model.config, scaling_factor=scale)
+        ema_model.save_pretrained(export, dtype=torch.float16)
+        logger.log(step, {"scaling_factor": scale})
+        log.info("latent scaling_factor %.4f; exported %s", scale, export)
+    logger.close()
+    accelerator.wait_for_everyone()
+    return export
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae: Any, to_mel: Any, train_set: Any, cfg: VAETrainConfig, device: torch.device) -> float:
+    """1 / std of posterior samples over `cfg.scale_batches` batches of training crops (AudioLDM's
+    `scale_by_std`); its own seeded sampler and generator leave the training RNG alone."""
+    from .datasets import collate
+
+    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed + 1)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    total, total_sq, count = 0.0, 0.0, 0
+    for i, idx in enumerate(sampler):
+        if i == cfg.scale_batches:
+            break
+        wave = collate([EpochIndexed(train_set)[k] for k in idx])["wave"][:, 0].to(device)  # [B, T]
+        z = vae.encode(to_mel(wave)).sample(generator=g).double()  # [B, C, S/4, F/4]
+        total, total_sq, count = total + z.sum().item(), total_sq + (z * z).sum().item(), count + z.numel()
+    std = math.sqrt(max(total_sq / count - (total / count) ** 2, 1e-12))
+    return 1.0 / std
+
+
+def _validation_batch(dataset_cls: Any, data: str | os.PathLike, sr: int, seconds: float, num: int) -> Any:
+    """The first `num` clips of the valid split (center crops), as one batch `[N, T]` kept in memory."""
+    from .datasets import collate
+
+    try:
+        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=seconds, random_crop=False, split="valid")
+    except ValueError as err:
+        log.warning("no validation split (%s); validating on the first training clips", err)
+        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=seconds, random_crop=False, split="train")
+    return collate([valid_set[i] for i in range(min(num, len(valid_set)))])["wave"][:, 0]  # [N, T]
+
+
+@torch.no_grad()
+def _validate(vae: Any, to_mel: Any, valid: torch.Tensor, device: torch.device) -> dict[str, float]:
+    l1, kl, n = 0.0, 0.0, 0
+    for chunk in valid.split(8):
+        mel = to_mel(chunk.to(device))  # [b, F, S]
+        mel = mel[..., : mel.shape[-1] // vae.config.downsample_factor * vae.config.downsample_factor]
+        posterior = vae.encode(mel)
+        recon = vae.decode(posterior.mean)  # deterministic: the posterior mean
+        l1 += F.l1_loss(recon, mel, reduction="sum").item() / mel[0].numel()
+        kl += posterior.kl().sum().item() / mel[0].numel()
+        n += mel.shape[0]
+    return {"valid/l1": l1 / n, "valid/kl": kl / n}
+
+
+@torch.no_grad()
+def _write_samples(folder: Path, vae: Any, to_mel: Any, valid: torch.Tensor, num: int, vocoder: Any,
+                   device: torch.device, logger: MetricsLogger, step: int) -> None:
+    cfg = vae.config.mel
+    for i in range(min(num, valid.shape[0])):
+        mel = to_mel(valid[i: i + 1].to(device))
+        mel = mel[..., : mel.shape[-1] // vae.config.downsample_factor * vae.config.downsample_factor]
+        recon = vae.decode(vae.encode(mel).mean)  # [1, F, S]
+        wave = vocoder(recon)[0] if vocoder is not None else _griffin_lim(recon[0], to_mel)
+        name = f"clip{i}" + ("" if vocoder is not None else "-griffinlim")
+        save_samples(folder, name, cfg.sample_rate, wave=wave,
+                     mels={"target": mel[0], "reconstruction": recon[0]}, hop_length=cfg.hop_length)
+        logger.log_audio(step, f"samples/{name}", wave, cfg.sample_rate)
+
+
+def _griffin_lim(log_mel: torch.Tensor, to_mel: Any, n_iter: int = 32) -> torch.Tensor:
+    """A rough listening preview of a log-mel `[F, S]` when no vocoder is given: Griffin-Lim phase
+    retrieval on the pseudo-inverse of the mel filterbank (librosa has it but is not a dependency,
+    and torchaudio does not load here). Seeded, so it never draws from the global RNG."""
+    cfg = to_mel.cfg
+    fb = to_mel.filterbank.float().cpu()  # [F, n_freqs]
+    mag = (torch.linalg.pinv(fb) @ torch.exp(log_mel.float().cpu())).clamp(min=0.0)  # [n_freqs, S]
+    window = torch.hann_window(cfg.win_length)
+    stft = {"n_fft": cfg.n_fft, "hop_length": cfg.hop_length, "win_length": cfg.win_length, "window": window}
+    phase = torch.rand(mag.shape, generator=torch.Generator().manual_seed(0)) * 2 * math.pi
+    spec = torch.polar(mag, phase)
+    for _ in range(n_iter):
+        rebuilt = torch.stft(torch.istft(spec, **stft), **stft, return_complex=True)  # [n_freqs, S]
+        spec = torch.polar(mag, rebuilt.angle())
+    wave = torch.istft(spec, **stft)
+    return wave / wave.abs().max().clamp(min=1e-3) * 0.5  # preview level; the mel's scale is approximate
+
+
+def _load_vocoder(path: str, device: torch.device) -> Any:
+    from soundsmith.codecs.vocoder import Vocoder
+
+    return Vocoder.from_pretrained(path).to(device).eval()
+
+
+def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+           ) -> Path:
+    """Export the EMA weights of the newest checkpoint of `run_dir` in fp16 (to `run_dir/export` by default).
+
+    With `data`, the scaling factor is measured again on its training split; otherwise the value in
+    the run's previous export (or 1.0) is kept.
+    """
+    from soundsmith.codecs.mel import MelSpectrogram
+    from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
+
+    from .datasets import AudioCaptionDataset
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    cfg = load_config(VAETrainConfig, run_dir / "config.json")
+    vae = MelVAE(MelVAEConfig.from_dict(cfg.model))
+    ema = EMA(vae, cfg.ema_decay)
+    load_checkpoint(ckpt, {"ema": ema}, restore_rng=False)
+    ema.copy_to(vae)
+    out = Path(out) if out is not None else run_dir / "export"
+    scale = 1.0
+    if data is not None:
+        train_set = AudioCaptionDataset(data, sample_rate=vae.config.mel.sample_rate, crop_seconds=cfg.crop_seconds,
+                                        seed=cfg.seed, split="train")
+        scale = measure_scaling_factor(vae.eval(), MelSpectrogram(vae.config.mel), train_set, cfg, torch.device("cpu"))
+    elif (out / "config.json").is_file():
+        scale = MelVAE.from_pretrained(out).config.scaling_factor
+    vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
+    return vae.save_pretrained(out, dtype=torch.float16)
