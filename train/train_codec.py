@@ -1,0 +1,437 @@
+"""Train the RVQ neural codec (EnCodec architecture) for the token backend.
+
+    soundsmith train codec --data data/corpus --out runs/codec [--config my.json] [--resume] [--max-steps N]
+    accelerate launch --multi_gpu --num_processes 2 -m soundsmith.cli train codec ...
+
+Generator: `soundsmith.codecs.neural_codec.NeuralCodec` (SEANet encoder/decoder from transformers, our
+`ResidualVQ` with EMA codebooks, dead-code refresh and quantizer dropout). Discriminator: EnCodec's
+multi-scale STFT discriminator (MS-STFTD), narrowed for CPU and shown `disc_clips` clips per batch.
+For the first `vq_warmup_steps` the codec trains as a plain autoencoder; at the first quantized step
+every RVQ level is k-means-initialised from `kmeans_batches` batches of latents.
+Per step, as in EnCodec (without its loss balancer; fixed weights instead, as DAC does):
+    1. y_hat = G(y), with a random number of RVQ levels on a share of the batches (quantizer dropout)
+    2. discriminator: hinge loss on D(y) vs D(y_hat.detach()); clip; step
+    3. generator: l1 * |y - y_hat| + stft * MR-STFT + mel * multi-scale mel L1 + commit * commitment
+       (+ adv * hinge adversarial + fm * feature matching once step >= disc_start_step); clip; step
+then log (losses, levels used, code perplexity per level), and every N steps validate at K levels and
+at `valid_levels` (the coarse split), write WAV + mel PNG samples, checkpoint. No weight EMA: the
+codebooks are fitted to the live encoder's latents, which an averaged encoder would not produce.
+At the end the codec is exported in fp16 to `OUT/export/` (`NeuralCodec.save_pretrained`).
+
+Run folder: config.json, metrics.jsonl, tensorboard/, samples/step-XXXXXXXXX/, checkpoints/, export/.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import EpochIndexed, ResumableSampler, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .discriminators import MultiScaleSTFTDiscriminator
+from .losses import (
+    MultiResolutionSTFTLoss,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .schedules import SCHEDULES, make_scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "codec.json"
+COMPONENT = "codec"
+
+
+@dataclass
+class CodecTrainConfig:
+    """Everything a codec run needs besides the data and run folders. Steps are optimizer steps."""
+
+    seed: int = bounded(0, 0, 2**63 - 1)
+    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
+    batch_size: int = bounded(8, 1)  # clips per process per micro-step
+    grad_accum: int = bounded(1, 1)  # micro-steps per optimizer step
+    crop_seconds: float = bounded(1.0, 0.0, 60.0, low_open=True)  # EnCodec: 1 s; a whole number of code frames
+    lr: float = bounded(3e-4, 0.0, 1.0, low_open=True)  # EnCodec: 3e-4 for G and D
+    betas: tuple[float, float] = (0.5, 0.9)  # EnCodec
+    weight_decay: float = bounded(0.0, 0.0, 1.0)
+    schedule: str = bounded("cosine", choices=SCHEDULES)
+    warmup_steps: int = bounded(0, 0)
+    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
+    clip_grad_norm: float | None = bounded(10.0, 0.0, low_open=True)  # a guard against spikes; None: off
+    l1_weight: float = bounded(0.1, 0.0)  # EnCodec lambda_t
+    stft_weight: float = bounded(1.0, 0.0)  # multi-resolution STFT (spectral convergence + log-magnitude)
+    mel_weight: float = bounded(5.0, 0.0)  # multi-scale log-mel L1 (EnCodec lambda_f over 2^5..2^11 windows)
+    mel_scales: tuple[int, ...] = (256, 512, 1024, 2048)  # window sizes; hop = window / 4
+    commit_weight: float = bounded(1.0, 0.0)  # EnCodec lambda_w
+    # Steps trained as a plain autoencoder before quantizing: at initialisation the encoder's latents
+    # are a near-constant vector with tiny spread, and codebooks fitted to them go stale within a few
+    # steps (every latent then picks one code). k-means on latents that already carry the signal lasts.
+    vq_warmup_steps: int = bounded(0, 0)
+    kmeans_batches: int = bounded(8, 1)  # batches of latents for the k-means initialisation of the codebooks
+    adv_weight: float = bounded(1.0, 0.0)
+    fm_weight: float = bounded(2.0, 0.0)
+    disc_start_step: int = bounded(0, 0)  # train on the reconstruction losses alone before this step
+    disc_n_ffts: tuple[int, ...] = (1024, 256)  # EnCodec: (1024, 2048, 512, 256, 128)
+    disc_filters: int = bounded(4, 1)  # EnCodec: 32
+    disc_max_filters: int = bounded(16, 1)  # EnCodec: 1024
+    # clips of each batch the discriminator sees (real and reconstructed): on a CPU the 2-D STFT
+    # convolutions cost more than the codec itself, so the adversarial terms use a share of the batch
+    disc_clips: int = bounded(4, 1)
+    valid_levels: int = bounded(3, 1)  # also validate with this many levels (the token backend's coarse split)
+    mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
+    num_workers: int = bounded(1, 0, 64)
+    log_every: int = bounded(10, 1)
+    eval_every: int = bounded(250, 1)
+    save_every: int = bounded(250, 1)
+    keep_last: int = bounded(3, 1)
+    num_valid_clips: int = bounded(16, 1)
+    valid_seconds: float = bounded(2.0, 0.0, 60.0, low_open=True)
+    num_samples: int = bounded(3, 0)  # validation clips written as WAV + PNG at each evaluation
+    model: dict = field(default_factory=dict)  # NeuralCodecConfig fields (num_filters, hidden_size, ...)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        if not self.mel_scales or any(s < 16 or s & (s - 1) for s in self.mel_scales):
+            raise ValueError(f"field 'mel_scales' must hold powers of 2 >= 16, got {self.mel_scales}")
+        if not self.disc_n_ffts or any(n < 16 or n & (n - 1) for n in self.disc_n_ffts):
+            raise ValueError(f"field 'disc_n_ffts' must hold powers of 2 >= 16, got {self.disc_n_ffts}")
+
+
+class MultiScaleMelLoss(nn.Module):
+    """Mean over window sizes of L1 between log-mels (EnCodec's / DAC's multi-scale mel loss).
+
+    Each scale is the house mel front-end (`soundsmith.codecs.mel`, Slaney, magnitude) with window
+    n, hop n / 4 and n / 16 mel bins (at least 16, at most 128), so small windows see timing and
+    large ones pitch. Call: `loss(fake [B, T] or [B, 1, T], real) -> scalar`.
+    """
+
+    def __init__(self, sample_rate: int, scales: tuple[int, ...] = (256, 512, 1024, 2048)):
+        super().__init__()
+        from soundsmith.codecs.mel import MelConfig, MelSpectrogram
+
+        self.mels = nn.ModuleList(
+            MelSpectrogram(MelConfig(sample_rate=sample_rate, n_fft=n, hop_length=n // 4, win_length=n,
+                                     n_mels=min(128, max(16, n // 16)), f_max=sample_rate / 2))
+            for n in scales)
+
+    def forward(self, fake: Tensor, real: Tensor) -> Tensor:
+        fake, real = fake.reshape(-1, fake.shape[-1]), real.reshape(-1, real.shape[-1])  # [B, T]
+        return sum(F.l1_loss(mel(fake), mel(real)) for mel in self.mels) / len(self.mels)
+
+
+def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
+          out: str | os.PathLike = "runs/codec", resume: bool = False, max_steps: int | None = None,
+          overrides: Any = None) -> Path:
+    """Train (or continue) the RVQ codec; return the export folder `OUT/export`.
+
+    Args:
+        config: JSON config file (default: `train/configs/codec.json`; on resume: the run's config.json).
+        data: corpus folder (train split for training, valid split for validation).
+        out: run folder.
+        resume: continue from the newest checkpoint in `out`.
+        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
+        overrides: "key=value" strings or a dict applied on top of the config file.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
+
+    from .datasets import AudioCaptionDataset, collate
+
+    # 1. config, run folder, resume point -----------------------------------------------------------
+    out = Path(out)
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if not resume and latest_checkpoint(out) is not None:
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if config is None:
+        config = out / "config.json" if resume and (out / "config.json").is_file() else DEFAULT_CONFIG
+    cfg = load_config(CodecTrainConfig, config, overrides)
+    try:
+        codec_cfg = NeuralCodecConfig.from_dict(cfg.model)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config}: field 'model': {err}") from None
+    if cfg.valid_levels > codec_cfg.n_levels:
+        raise ValueError(f"{config}: field 'valid_levels' must be in [1, {codec_cfg.n_levels}] (the model's "
+                         f"n_levels), got {cfg.valid_levels}")
+    stop_at = cfg.max_steps if max_steps is None else max_steps
+
+    # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    is_main, device = accelerator.is_main_process, accelerator.device
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+    set_seed(cfg.seed)  # identical initial weights in every process
+
+    # 3. data: random crops of the train split in a resumable order; fixed validation crops ---------
+    sr, hop = codec_cfg.sample_rate, codec_cfg.hop_length
+    for name in ("crop_seconds", "valid_seconds"):
+        if round(getattr(cfg, name) * sr) % hop:
+            raise ValueError(f"{config}: field '{name}' must be a whole number of code frames ({hop / sr:g} s "
+                             f"each), got {getattr(cfg, name)}")
+    train_set = AudioCaptionDataset(data, sample_rate=sr, channels=codec_cfg.audio_channels,
+                                    crop_seconds=cfg.crop_seconds, random_crop=True, seed=cfg.seed, split="train")
+    valid = _validation_batch(AudioCaptionDataset, data, sr, codec_cfg.audio_channels, cfg.valid_seconds,
+                              cfg.num_valid_clips)
+
+    # 4. models, optimizers, LR schedules ------------------------------------------------------------
+    codec = NeuralCodec(codec_cfg).train()
+    disc = MultiScaleSTFTDiscriminator(cfg.disc_n_ffts, filters=cfg.disc_filters,
+                                       max_filters=cfg.disc_max_filters).train()
+    stft_loss = MultiResolutionSTFTLoss().to(device)
+    mel_loss = MultiScaleMelLoss(sr, cfg.mel_scales).to(device)
+    opt_g = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched_g, sched_d = (make_scheduler(o, kind=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
+                                       min_ratio=cfg.min_lr_ratio) for o in (opt_g, opt_d))
+    gen, dis, opt_g_acc, opt_d_acc = accelerator.prepare(codec, disc, opt_g, opt_d)
+    objects = {"codec": codec, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d,
+               "sched_g": sched_g, "sched_d": sched_d}
+    if accelerator.scaler is not None:
+        objects["scaler"] = accelerator.scaler
+    if is_main:
+        sizes = codec.num_parameters()
+        log.info("codec: %s parameters (+ %d codebook entries); discriminator: %d", sizes["encoder"] + sizes["decoder"],
+                 sizes["codebooks"], sum(p.numel() for p in disc.parameters()))
+
+    # 5. resume: weights and codebooks, optimizers, schedules, RNG states and the data position -----
+    step, batches = 0, 0
+    set_seed(cfg.seed, device_specific=True)
+    if ckpt is not None:
+        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
+        step, batches = meta["step"], meta["data_position"]["batches"]
+        log.info("resumed %s at step %d", ckpt, step)
+    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
+                               rank=accelerator.process_index, start=batches)
+    loader = torch.utils.data.DataLoader(
+        EpochIndexed(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
+    )
+    batch_iter = iter(loader)
+    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
+    bar = progress_bar(stop_at, step, enabled=is_main, desc="codec")
+    last_saved = step
+
+    def checkpoint() -> None:
+        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+
+    def no_sync(*models: Any, sync: bool) -> ExitStack:
+        """Skip the gradient all-reduce on all but the last micro-step (a no-op with one process)."""
+        stack = ExitStack()
+        if not sync:
+            for m in models:
+                stack.enter_context(accelerator.no_sync(m))
+        return stack
+
+    # 6. the loop ------------------------------------------------------------------------------------
+    running: dict[str, float] = {}
+    clock = (time.perf_counter(), time.process_time())  # wall and CPU time of the logging interval
+    while step < stop_at:
+        use_gan = step >= cfg.disc_start_step and (cfg.adv_weight > 0 or cfg.fm_weight > 0)
+        quantize = step >= cfg.vq_warmup_steps
+        n_micro = cfg.grad_accum
+        # 6.0 first quantized step: k-means initialisation of every level from several batches' latents
+        # (drawn from the data stream, so a resumed run draws the same ones)
+        if quantize and not bool(codec.quantizer.layers[-1].codebook.inited.item()):
+            with torch.no_grad():
+                latents = []
+                for _ in range(cfg.kmeans_batches):
+                    latents.append(codec(next(batch_iter)["wave"].to(device), quantize=False).latent)
+                    batches += 1
+                codec.quantizer.initialize_(torch.cat(latents))  # [N, D, S]; rank 0's codebooks everywhere
+        # 6a. codec forward on every micro-batch (kept for the generator step below)
+        micro = []
+        stats: dict[str, float] = {}
+        for i in range(n_micro):
+            batch = next(batch_iter)
+            batches += 1
+            y = batch["wave"].to(device)  # [B, C, T], T = S * hop
+            with no_sync(gen, sync=i == n_micro - 1), accelerator.autocast():
+                result = gen(y, quantize=quantize)  # quantizer dropout picks the levels; codebooks take an EMA step
+            micro.append((y, result))
+            _add(stats, "levels", result.n_levels / n_micro)
+            if quantize:
+                _add(stats, "perplexity", result.perplexity.float().mean().item() / n_micro)
+            _add(stats, "latent_spread", result.latent.detach().std(dim=(0, 2)).mean().item() / n_micro)
+
+        # 6b. discriminator step: real vs detached reconstruction (hinge, as EnCodec), on disc_clips clips
+        if use_gan:
+            for i, (y, result) in enumerate(micro):
+                with no_sync(dis, sync=i == n_micro - 1), accelerator.autocast():
+                    mono, mono_hat = _mono(y[: cfg.disc_clips]), _mono(result.audio[: cfg.disc_clips].detach())
+                    real, fake = dis(torch.cat([mono, mono_hat])).split([len(mono), len(mono)])
+                    loss_d = hinge_discriminator_loss(real.logits, fake.logits)
+                    accelerator.backward(loss_d / n_micro)
+                _add(stats, "loss_d", loss_d.item() / n_micro)
+            stats["grad_norm_d"] = float(accelerator.clip_grad_norm_(dis.parameters(), cfg.clip_grad_norm or math.inf))
+            opt_d_acc.step()
+        sched_d.step()
+        opt_d_acc.zero_grad(set_to_none=True)
+
+        # 6c. generator step: reconstruction + commitment (+ adversarial + feature matching)
+        for i, (y, result) in enumerate(micro):
+            with no_sync(gen, dis, sync=i == n_micro - 1), accelerator.autocast():
+                y_hat = result.audio.float()
+                loss_l1 = F.l1_loss(y_hat, y)
+                loss_stft = stft_loss(y_hat, y)
+                loss_mel = mel_loss(y_hat, y)
+                loss_g = (cfg.l1_weight * loss_l1 + cfg.stft_weight * loss_stft + cfg.mel_weight * loss_mel
+                          + cfg.commit_weight * result.commit_loss)
+                if use_gan:
+                    with torch.no_grad():  # the real branch only gives feature-matching targets
+                        real = dis(_mono(y[: cfg.disc_clips]))
+                    fake = dis(_mono(y_hat[: cfg.disc_clips]))
+                    loss_adv = hinge_generator_loss(fake.logits)
+                    loss_fm = feature_matching_loss(real.features, fake.features)
+                    loss_g = loss_g + cfg.adv_weight * loss_adv + cfg.fm_weight * loss_fm
+                    _add(stats, "loss_adv", loss_adv.item() / n_micro)
+                    _add(stats, "loss_fm", loss_fm.item() / n_micro)
+                accelerator.backward(loss_g / n_micro)
+            for name, value in (("loss_g", loss_g), ("l1", loss_l1), ("stft", loss_stft), ("mel", loss_mel),
+                                ("commit", result.commit_loss)):
+                _add(stats, name, value.item() / n_micro)
+        stats["grad_norm_g"] = float(accelerator.clip_grad_norm_(gen.parameters(), cfg.clip_grad_norm or math.inf))
+        opt_g_acc.step()
+        sched_g.step()
+        opt_g_acc.zero_grad(set_to_none=True)
+        opt_d_acc.zero_grad(set_to_none=True)  # D's grads from the generator's backward are not used
+        step += 1
+        bar.update(1)
+        for k, v in stats.items():
+            _add(running, k, v)
+
+        if step % cfg.log_every == 0 or step == stop_at:
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            means = {k: accelerator.reduce(torch.tensor(v / n, device=device), "mean").item()
+                     for k, v in sorted(running.items())}
+            wall, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
+            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": sched_g.get_last_lr()[0],
+                              "train/epoch": batches / sampler.batches_per_epoch,
+                              "time/s_per_step": wall / n, "time/cpu_s_per_step": cpu / n})
+            bar.set_postfix(mel=f"{means.get('mel', 0):.3f}", stft=f"{means.get('stft', 0):.3f}",
+                            ppl=f"{means.get('perplexity', 0):.0f}")
+            running = {}
+            clock = (time.perf_counter(), time.process_time())
+
+        if step % cfg.eval_every == 0 or step == stop_at:
+            if is_main:  # eval mode draws nothing from the global RNG, so resuming stays bit-exact
+                codec.eval()
+                metrics = _validate(codec, mel_loss, stft_loss, valid, device, (codec_cfg.n_levels, cfg.valid_levels))
+                logger.log(step, metrics)
+                _write_samples(out / "samples" / f"step-{step:09d}", codec, valid, cfg.num_samples, device, logger,
+                               step, cfg.valid_levels)
+                codec.train()
+            accelerator.wait_for_everyone()
+
+        if step % cfg.save_every == 0 or step == stop_at:
+            checkpoint()
+            last_saved = step
+    bar.close()
+    if last_saved != step:
+        checkpoint()
+
+    # 7. export in fp16 ------------------------------------------------------------------------------
+    export = out / "export"
+    if is_main:
+        codec.eval().save_pretrained(export, dtype=torch.float16)
+        log.info("exported %s", export)
+    logger.close()
+    accelerator.wait_for_everyone()
+    return export
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _add(acc: dict[str, float], key: str, value: float) -> None:
+    acc[key] = acc.get(key, 0.0) + value
+
+
+def _mono(wave: Tensor) -> Tensor:
+    """`[B, C, T]` -> `[B, 1, T]` for the (mono) discriminator."""
+    return wave.mean(1, keepdim=True) if wave.shape[1] > 1 else wave
+
+
+# Copied from soundsmith.train.train_vae._validation_batch (plus channels; kept [N, C, T])
+def _validation_batch(dataset_cls: Any, data: str | os.PathLike, sr: int, channels: int, seconds: float, num: int
+                      ) -> Tensor:
+    """The first `num` clips of the valid split (center crops), as one batch `[N, C, T]` kept in memory."""
+    from .datasets import collate
+
+    try:
+        valid_set = dataset_cls(data, sample_rate=sr, channels=channels, crop_seconds=seconds, random_crop=False,
+                                split="valid")
+    except ValueError as err:
+        log.warning("no validation split (%s); validating on the first training clips", err)
+        valid_set = dataset_cls(data, sample_rate=sr, channels=channels, crop_seconds=seconds, random_crop=False,
+                                split="train")
+    return collate([valid_set[i] for i in range(min(num, len(valid_set)))])["wave"]  # [N, C, T]
+
+
+@torch.no_grad()
+def _validate(codec: Any, mel_loss: Any, stft_loss: Any, valid: Tensor, device: torch.device,
+              levels: tuple[int, ...]) -> dict[str, float]:
+    """Multi-scale mel L1 and MR-STFT distance of reconstructions at each number of levels in `levels`."""
+    metrics: dict[str, float] = {}
+    for n_levels in dict.fromkeys(levels):  # unique, in order
+        mel, stft, n = 0.0, 0.0, 0
+        for chunk in valid.split(8):
+            y = chunk.to(device)  # [b, C, T]
+            y_hat = codec.decode(codec.encode(y, n_levels=n_levels), num_samples=y.shape[-1])
+            mel += mel_loss(y_hat, y).item() * len(y)
+            stft += stft_loss(y_hat, y).item() * len(y)
+            n += len(y)
+        metrics[f"valid/mel_l{n_levels}"] = mel / n
+        metrics[f"valid/stft_l{n_levels}"] = stft / n
+    return metrics
+
+
+@torch.no_grad()
+def _write_samples(folder: Path, codec: Any, valid: Tensor, num: int, device: torch.device, logger: MetricsLogger,
+                   step: int, coarse_levels: int) -> None:
+    from soundsmith.codecs.mel import MelConfig, MelSpectrogram
+
+    sr = codec.sample_rate
+    to_mel = MelSpectrogram(MelConfig(sample_rate=sr, f_max=min(8000.0, sr / 2))).to(device)
+    for i in range(min(num, valid.shape[0])):
+        y = valid[i: i + 1].to(device)  # [1, C, T]
+        full = codec.reconstruct(y)[0].mean(0)  # [T]
+        coarse = codec.reconstruct(y, n_levels=coarse_levels)[0].mean(0)
+        save_samples(folder, f"clip{i}", sr, wave=full,
+                     mels={"target": to_mel(y[0].mean(0)[None])[0], f"{codec.max_levels} levels": to_mel(full[None])[0],
+                           f"{coarse_levels} levels": to_mel(coarse[None])[0]},
+                     hop_length=to_mel.cfg.hop_length)
+        save_samples(folder, f"clip{i}-l{coarse_levels}", sr, wave=coarse)
+        logger.log_audio(step, f"samples/clip{i}", full, sr)
+
+
+def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Export the codec of the newest checkpoint of `run_dir` in fp16 (to `run_dir/export` by default)."""
+    from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    cfg = load_config(CodecTrainConfig, run_dir / "config.json")
+    codec = NeuralCodec(NeuralCodecConfig.from_dict(cfg.model))
+    load_checkpoint(ckpt, {"codec": codec}, restore_rng=False)
+    return codec.eval().save_pretrained(Path(out) if out is not None else run_dir / "export", dtype=torch.float16)
