@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,8 @@ def _bounded(kind: type, low: float | None = None, high: float | None = None, *,
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         too_low = low is not None and (value <= low if low_open else value < low)
         if too_low or (high is not None and value > high):
             lo = "(" if low_open else "["
@@ -119,6 +122,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown component {args.component!r}; available: {known}")
     train = COMPONENTS[args.component]()
     train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps)
+
+
+def cmd_eval_codec(args: argparse.Namespace) -> None:
+    from soundsmith.eval.codec_report import codec_report
+
+    print(codec_report(args.model, args.data, num_clips=args.num_clips, split=args.split))
+
+
+def cmd_eval_clap(args: argparse.Namespace) -> None:
+    from soundsmith.eval.clap_metrics import clap_report
+
+    print(clap_report(args.model, args.data, split=args.split, num_clips=args.num_clips))
 
 
 def _require(module: str, feature: str) -> None:
@@ -204,8 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     evaluation = sub.add_parser("eval", help="score codecs and generated sets")
-    evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND",
-                              parser_class=OneLineParser)
+    esub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND",
+                                     parser_class=OneLineParser)
+    p = esub.add_parser("codec", help="reconstruction report of a codec (mel L1, MR-STFT, SI-SDR, RTF) per domain")
+    p.add_argument("--model", required=True, help="codec folder (config.json), e.g. models/default-mel-codec")
+    p.add_argument("--data", required=True, help="corpus folder with metadata.jsonl")
+    p.add_argument("--num-clips", type=positive_int, default=None, help="clips to score, spread over domains (default: all)")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="corpus split (default: test)")
+    p.set_defaults(func=cmd_eval_codec)
+    p = esub.add_parser("clap", help="CLAP retrieval R@k/mAP and zero-shot accuracy per label family")
+    p.add_argument("--model", required=True, help="CLAP folder: ours or a transformers ClapModel folder")
+    p.add_argument("--data", required=True, help="corpus folder with metadata.jsonl and labels")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="corpus split (default: test)")
+    p.add_argument("--num-clips", type=positive_int, default=None, help="clips to score, spread over domains (default: all)")
+    p.set_defaults(func=cmd_eval_clap)
 
     p = sub.add_parser("app", help="start the Streamlit app")
     p.add_argument("--port", type=_bounded(int, 1, 65535), default=8501)
