@@ -10,29 +10,57 @@ from pathlib import Path
 from typing import Any
 
 
+def _ldm() -> type:
+    from .ldm import LDMPipeline  # latent diffusion (AudioLDM family)
+
+    return LDMPipeline
+
+
 def _backends() -> dict[str, Callable[[], type]]:
     # backend name (config.json "backend") -> factory returning the pipeline class; heavy imports
     # stay inside the factories. Filled by the backends as they land.
-    return {}
+    return {"ldm": _ldm}
+
+
+# diffusers pipeline folders (model_index.json "_class_name", no config.json) -> the backend that loads them
+DIFFUSERS_FOLDERS: dict[str, str] = {"AudioLDMPipeline": "ldm", "MusicLDMPipeline": "ldm"}
 
 
 PIPELINE_BACKENDS: dict[str, Callable[[], type]] = _backends()
 
 
-def load_pipeline(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Load the pipeline saved in folder `path`, picking the backend from its `config.json`."""
+def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwargs: Any) -> Any:
+    """Load the pipeline saved in folder `path`, picking the backend from its `config.json` (or, for a
+    diffusers AudioLDM / MusicLDM folder, its `model_index.json`). `backend`, if given, must agree."""
     path = Path(path)
     config_file = path / "config.json"
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
+    index_file = path / "model_index.json"
+    if not config_file.is_file() and index_file.is_file():
+        try:
+            kind = json.loads(index_file.read_text(encoding="utf-8")).get("_class_name")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            raise ValueError(f"{index_file}: not a readable diffusers model_index.json") from None
+        if kind not in DIFFUSERS_FOLDERS:
+            raise ValueError(f"{index_file}: diffusers pipeline {kind!r} is not supported; supported: "
+                             + ", ".join(DIFFUSERS_FOLDERS))
+        _check_backend(backend, DIFFUSERS_FOLDERS[kind], index_file)
+        return PIPELINE_BACKENDS[DIFFUSERS_FOLDERS[kind]]().from_pretrained(path, **kwargs)
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a soundsmith model folder: it has no config.json")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_file}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    backend = config.get("backend") if isinstance(config, dict) else None
-    if backend not in PIPELINE_BACKENDS:
+    found = config.get("backend") if isinstance(config, dict) else None
+    if found not in PIPELINE_BACKENDS:
         known = ", ".join(sorted(PIPELINE_BACKENDS)) or "none installed yet"
-        raise ValueError(f"{config_file}: field 'backend' is {backend!r}; known backends: {known}")
-    return PIPELINE_BACKENDS[backend]().from_pretrained(path, **kwargs)
+        raise ValueError(f"{config_file}: field 'backend' is {found!r}; known backends: {known}")
+    _check_backend(backend, found, config_file)
+    return PIPELINE_BACKENDS[found]().from_pretrained(path, **kwargs)
+
+
+def _check_backend(wanted: str | None, found: str, source: Path) -> None:
+    if wanted is not None and wanted != found:
+        raise ValueError(f"--backend {wanted} disagrees with the model folder: {source} names backend {found!r}")

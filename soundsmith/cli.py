@@ -77,15 +77,26 @@ positive_float = _bounded(float, 0, low_open=True)
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from soundsmith.pipelines import load_pipeline
+    from soundsmith.pipelines.base import check_output_folder, read_prompts_file
 
-    pipe = load_pipeline(args.model)
-    kwargs = {"duration_s": args.duration, "num_waveforms_per_prompt": args.num_per_prompt, "seed": args.seed,
-              "negative_prompt": args.negative_prompt, "watermark": not args.no_watermark}
-    if args.steps is not None:
-        kwargs["num_inference_steps"] = args.steps
-    if args.guidance is not None:
-        kwargs["guidance_scale"] = args.guidance
-    output = pipe(args.prompt, **kwargs)
+    prompts = list(args.prompt) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
+    if not prompts:
+        raise UsageError("give a prompt or --prompts-file FILE")
+    out = Path(args.out)
+    check_output_folder(out.parent if out.suffix.lower() in (".wav", ".flac") else out)  # before any work
+    model = args.model or DEFAULT_MODEL_DIR / f"default-{args.backend or 'ldm'}"
+    if not args.verbose:  # the sampling bar is the progress shown; no per-part weight-loading bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    pipe = load_pipeline(model, backend=args.backend, device=args.device, dtype=args.dtype)
+    kwargs = {"duration_s": args.duration, "num_waveforms_per_prompt": args.num, "seed": args.seed,
+              "negative_prompt": args.negative, "watermark": not args.no_watermark}
+    for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
+                       ("scheduler", args.scheduler), ("batch_size", args.batch_size)):
+        if value is not None:
+            kwargs[key] = value
+    output = pipe(prompts if len(prompts) > 1 else prompts[0], **kwargs)
     for path in output.save(args.out, format=args.format):
         print(path)
 
@@ -172,15 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     p = sub.add_parser("generate", help="generate audio from a text prompt")
-    p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
-    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR / "default-ldm"), help="model folder (default: %(default)s)")
-    p.add_argument("--out", default="outputs", help="output folder, created if missing (default: %(default)s)")
-    p.add_argument("--duration", type=positive_float, default=5.0, help="seconds of audio (default: 5)")
-    p.add_argument("--steps", type=positive_int, default=None, help="inference steps (default: the backend's)")
-    p.add_argument("--guidance", type=_bounded(float, 0), default=None, help="guidance scale (default: the backend's)")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--num-per-prompt", type=positive_int, default=1, help="waveforms per prompt (default: 1)")
-    p.add_argument("--seed", type=seed_type, default=None, help="seed in [0, 2**63-1]; default: random, printed")
+    p.add_argument("prompt", nargs="*", help="one or more prompts (quote each)")
+    p.add_argument("--prompts-file", default=None, help="more prompts: text lines, CSV (a 'prompt' column) or JSONL")
+    p.add_argument("--model", default=None, help="model folder, ours or a diffusers AudioLDM/MusicLDM folder "
+                   f"(default: the shipped {DEFAULT_MODEL_DIR / 'default-ldm'})")
+    p.add_argument("--backend", default=None, choices=("ldm", "tokens"),
+                   help="use this backend's shipped default model; with --model, the folder must be this backend")
+    p.add_argument("--out", default="outputs", help="output folder (created if missing) or a .wav/.flac file path "
+                   "(default: %(default)s)")
+    p.add_argument("--duration", type=positive_float, default=None, help="seconds of audio (default: the model's, 5)")
+    p.add_argument("--steps", type=_bounded(int, 1, 1000), default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--guidance", type=_bounded(float, 0, 100), default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--negative", "--negative-prompt", dest="negative", default=None, help="what to steer away from")
+    p.add_argument("--scheduler", default=None, help="sampler: dpmsolver++, ddim, euler, euler-ancestral, heun, unipc, "
+                   "ddpm, pndm, lms (default: the model's)")
+    p.add_argument("--num", "--num-per-prompt", dest="num", type=_bounded(int, 1, 64), default=1,
+                   help="waveforms per prompt, best first by CLAP score (default: 1)")
+    p.add_argument("--seed", type=seed_type, default=None, help="seed in [0, 2**63-1] (outputs get seed, seed+1, ...); "
+                   "default: random, in the file names")
+    p.add_argument("--batch-size", type=_bounded(int, 1, 4096), default=None, help="outputs per model batch")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
     p.add_argument("--no-watermark", action="store_true", help="skip the generation watermark")
     p.set_defaults(func=cmd_generate)

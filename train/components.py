@@ -34,5 +34,12 @@ def _codec() -> Callable:
     return train
 
 
+def _unet() -> Callable:
+    from .train_unet import train
+
+    return train
+
+
 # train(config, data, out, resume, max_steps) -> the exported model folder
-COMPONENTS: dict[str, Callable[[], Callable]] = {"vae": _vae, "vocoder": _vocoder, "clap": _clap, "codec": _codec}
+COMPONENTS: dict[str, Callable[[], Callable]] = {"vae": _vae, "vocoder": _vocoder, "clap": _clap, "codec": _codec,
+                                                 "unet": _unet}

@@ -1,0 +1,548 @@
+"""Train the latent-diffusion UNet on latents precomputed with the mel VAE and cached.
+
+    soundsmith train unet --data data/corpus --out runs/unet --config my.json [--resume] [--max-steps N]
+
+The config names the frozen parts: the mel VAE + vocoder (`codec`, or `vae` and `vocoder` folders) and the
+CLAP (`clap`). First, every clip of the train and valid splits is encoded once (the VAE posterior's mean
+and std, scaled; the CLAP audio embedding of the clip; the CLAP text embeddings of its captions) into
+`OUT/cache/`, reused while the parts and the data are unchanged. Then the loop reads top to bottom:
+
+    per step: crop latent windows, draw z = mean + std * eps, pick each clip's condition (its CLAP
+    audio embedding with probability `audio_prob`, else one of its caption embeddings: AudioLDM trains
+    on audio embeddings so unlabelled audio is usable), drop it to zeros with probability
+    `cond_dropout` (for classifier-free guidance), noise to a random timestep, predict epsilon or v,
+    min-SNR-weighted MSE (Hang et al. 2023), clip, step, EMA; log; every N steps validate (fixed
+    noise, EMA weights), write sample clips with their CLAP scores, checkpoint.
+
+At the end the EMA UNet is exported with the parts as a pipeline folder (`OUT/export/`, fp16,
+`LDMPipeline.from_pretrained` / `load_pipeline` load it), recording the fingerprints of the VAE and CLAP
+it was trained against.
+
+Run folder: config.json, cache/, metrics.jsonl, tensorboard/, samples/step-XXXXXXXXX/, checkpoints/, export/.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import ResumableSampler, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .ema import EMA
+from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .schedules import SCHEDULES, make_scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "unet.json"
+COMPONENT = "unet"
+CACHE_FORMAT = "soundsmith-latent-cache/1"
+
+
+@dataclass
+class UNetTrainConfig:
+    """Everything a UNet run needs besides the data and run folders. Steps are optimizer steps."""
+
+    codec: str | None = None  # a MelLatentCodec folder (vae/ + vocoder/); or give vae and vocoder
+    vae: str | None = None  # a MelVAE export (soundsmith train vae)
+    vocoder: str | None = None  # a Vocoder export (soundsmith train vocoder)
+    clap: str | None = None  # our CLAP folder (soundsmith train clap) or a transformers ClapModel folder
+    seed: int = bounded(0, 0, 2**63 - 1)
+    max_steps: int = bounded(20000, 1)  # the LR schedule spans this; --max-steps may stop earlier
+    batch_size: int = bounded(16, 1)  # latent windows per process per micro-step
+    grad_accum: int = bounded(1, 1)
+    crop_seconds: float = bounded(5.0, 0.04, 600.0)  # training window; the pipeline windows longer audio by it
+    lr: float = bounded(2e-4, 0.0, 1.0, low_open=True)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = bounded(0.01, 0.0, 1.0)
+    schedule: str = bounded("cosine", choices=SCHEDULES)
+    warmup_steps: int = bounded(500, 0)
+    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
+    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)
+    ema_decay: float = bounded(0.999, 0.0, 0.999999)
+    prediction_type: str = bounded("v_prediction", choices=("epsilon", "v_prediction"))
+    snr_gamma: float | None = bounded(5.0, 0.0, low_open=True)  # min-SNR weighting; None: plain MSE
+    condition: str = bounded("mix", choices=("audio", "text", "mix"))  # which CLAP embedding conditions
+    audio_prob: float = bounded(0.5, 0.0, 1.0)  # with "mix": share of examples on their audio embedding
+    cond_dropout: float = bounded(0.1, 0.0, 1.0)  # condition -> zeros (the unconditional embedding)
+    sample_posterior: bool = True  # z = mean + std * eps (else the posterior mean)
+    captions_per_clip: int = bounded(4, 1, 64)  # caption embeddings cached per clip (drawn from the labels)
+    mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
+    log_every: int = bounded(20, 1)
+    eval_every: int = bounded(500, 1)
+    save_every: int = bounded(500, 1)
+    keep_last: int = bounded(3, 1)
+    num_valid_batches: int = bounded(4, 1)  # validation loss over this many fixed batches
+    sample_prompts: tuple[str, ...] = ("rain falling on a roof", "a dog barking", "piano music", "a woman speaking")
+    sample_steps: int = bounded(16, 1, 1000)
+    sample_seconds: float = bounded(5.0, 0.04, 60.0)
+    # settings of the exported pipeline (LDMConfig)
+    scheduler: str = "dpmsolver++"
+    num_inference_steps: int = bounded(16, 1, 1000)
+    guidance_scale: float = bounded(3.0, 0.0, 100.0)
+    model: dict = field(default_factory=dict)  # UNetConfig fields (block_out_channels, attention_levels, ...)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        if self.condition == "audio" and self.model.get("cross_attention"):
+            raise ValueError("field 'model': cross_attention needs text conditioning (condition 'text' or 'mix')")
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+
+def load_parts(cfg: UNetTrainConfig, where: str) -> tuple[Any, Any]:
+    """(MelLatentCodec, ClapConditioner) named by the config; one-line errors name the field."""
+    from soundsmith.codecs.mel_codec import MelLatentCodec
+    from soundsmith.codecs.mel_vae import MelVAE
+    from soundsmith.codecs.vocoder import Vocoder
+    from soundsmith.pipelines.ldm import ClapConditioner
+
+    if cfg.codec is not None:
+        codec = MelLatentCodec.from_pretrained(cfg.codec)
+    elif cfg.vae is not None and cfg.vocoder is not None:
+        vocoder = Vocoder.from_pretrained(cfg.vocoder)
+        codec = MelLatentCodec(MelVAE.from_pretrained(cfg.vae, mel=vocoder.config.mel), vocoder)
+    else:
+        raise ValueError(f"{where}: give field 'codec' (a mel codec folder) or both 'vae' and 'vocoder'")
+    if cfg.clap is None:
+        raise ValueError(f"{where}: field 'clap' (a CLAP folder) is required")
+    conditioner = ClapConditioner.from_pretrained(Path(cfg.clap))
+    if not conditioner.has_audio_tower and cfg.condition != "text":
+        raise ValueError(f"{where}: field 'condition' is {cfg.condition!r} but the CLAP in {cfg.clap} has no audio "
+                         "tower; use condition 'text'")
+    codec.eval().requires_grad_(False)
+    conditioner.model.eval().requires_grad_(False)
+    return codec, conditioner
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+@dataclass
+class LatentCache:
+    """Every clip of one split, encoded once. Latents are scaled (x scaling_factor) like the UNet sees them.
+
+    mean, std: `[C, total_frames, F']` float16, clip i at frames offsets[i]:offsets[i+1];
+    audio_emb: `[N, D]`; text_emb: `[M, D]` with text_owner `[M]` (the clip of each caption); captions: M texts.
+    """
+
+    mean: Tensor
+    std: Tensor
+    offsets: Tensor
+    audio_emb: Tensor
+    text_emb: Tensor
+    text_owner: Tensor
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def frames(self, i: int) -> int:
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def caption_rows(self, i: int) -> list[int]:
+        """Rows of `text_emb` / `captions` that belong to clip i."""
+        if not hasattr(self, "_rows"):
+            rows: dict[int, list[int]] = {}
+            for row, owner in enumerate(self.text_owner.tolist()):
+                rows.setdefault(owner, []).append(row)
+            self._rows = rows
+        return self._rows[i]
+
+
+def _fingerprint_data(root: Path) -> str:
+    h = hashlib.sha256()
+    for meta in sorted(root.glob("*.jsonl")) + sorted(root.glob("*.csv")):
+        st = meta.stat()
+        h.update(f"{meta.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_cache(codec: Any, conditioner: Any, data: Path, split: str, folder: Path, *, captions_per_clip: int,
+                seed: int) -> LatentCache:
+    """Encode (or reuse) the cache of `split`; a change of VAE, CLAP or data metadata rebuilds it."""
+    from safetensors.torch import load_file, save_file
+    from soundsmith.codecs.audio import write_json
+    from soundsmith.pipelines.base import weights_fingerprint
+
+    from .datasets import AudioCaptionDataset
+
+    key = {"format": CACHE_FORMAT, "split": split, "vae": weights_fingerprint(codec.vae),
+           "clap": conditioner.fingerprint(), "data": _fingerprint_data(Path(data)),
+           "captions_per_clip": captions_per_clip, "seed": seed}
+    tensors_path, meta_path = folder / f"{split}.safetensors", folder / f"{split}.json"
+    if tensors_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == key:
+            t = load_file(str(tensors_path))
+            log.info("latent cache %s: reused (%d clips)", tensors_path, t["offsets"].numel() - 1)
+            return LatentCache(t["mean"], t["std"], t["offsets"], t["audio_emb"], t["text_emb"], t["text_owner"],
+                               meta["captions"])
+        log.info("latent cache %s is stale (parts or data changed); rebuilding", tensors_path)
+    dataset = AudioCaptionDataset(data, sample_rate=codec.sample_rate, crop_seconds=None, random_crop=False,
+                                  split=split)
+    rng = np.random.default_rng([seed, 17])
+    means, stds, audio_emb, captions, owners, offsets = [], [], [], [], [], [0]
+    bar = progress_bar(len(dataset), desc=f"cache {split}")
+    pending: list[dict] = []
+
+    @torch.no_grad()
+    def flush() -> None:  # encode clips of one length as one batch (a corpus of 5 s clips: 16 at a time)
+        wave = torch.stack([item["wave"] for item in pending])  # [b, C, T]
+        mel = codec.wave_to_mel(wave, codec.sample_rate)  # [b, F, S]
+        posterior = codec.vae.encode(mel)
+        scale = codec.scaling_factor
+        emb = (conditioner.model.embed_audio(wave, codec.sample_rate).float().cpu() if conditioner.has_audio_tower
+               else torch.zeros(len(pending), conditioner.dim))
+        for k, item in enumerate(pending):
+            means.append((posterior.mean[k] * scale).half())  # [C, S/4, F/4]
+            stds.append((posterior.std[k] * scale).half())
+            offsets.append(offsets[-1] + means[-1].shape[1])
+            audio_emb.append(emb[k])
+            for text in _captions(item, dataset, captions_per_clip, rng):
+                captions.append(text)
+                owners.append(item["index"])
+        bar.update(len(pending))
+        pending.clear()
+
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if pending and (item["wave"].shape != pending[0]["wave"].shape or len(pending) == 16):
+            flush()
+        pending.append(item)
+    if pending:
+        flush()
+    bar.close()
+    text_emb = torch.cat([conditioner.embed_text(captions[k:k + 256]).cpu() for k in range(0, len(captions), 256)])
+    cache = LatentCache(torch.cat(means, 1), torch.cat(stds, 1), torch.tensor(offsets), torch.stack(audio_emb),
+                        text_emb.float(), torch.tensor(owners), captions)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"mean": cache.mean.contiguous(), "std": cache.std.contiguous(), "offsets": cache.offsets,
+               "audio_emb": cache.audio_emb, "text_emb": cache.text_emb, "text_owner": cache.text_owner},
+              str(tensors_path))
+    write_json(meta_path, {"key": key, "captions": captions})
+    log.info("latent cache %s: %d clips, %d latent frames", tensors_path, len(cache), cache.mean.shape[1])
+    return cache
+
+
+def _captions(item: dict, dataset: Any, k: int, rng: np.random.Generator) -> list[str]:
+    """The clip's stored caption plus up to k - 1 more drawn from its labels (our corpus), distinct."""
+    texts = [item["caption"]]
+    labels = item.get("labels") or {}
+    if labels.get("domain") and k > 1:
+        from .captions import caption
+
+        for _ in range(4 * k):
+            if len(texts) >= k:
+                break
+            try:
+                text = caption(labels, rng, style="train")
+            except (KeyError, ValueError, TypeError):
+                break  # labels of another corpus: keep the stored caption only
+            if text not in texts:
+                texts.append(text)
+    return texts
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConfig, g: torch.Generator
+               ) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
+    """Latent windows `[B, C, crop, F']`, frame mask `[B, crop]`, conditions `[B, D]` and the caption of
+    each text-conditioned example (None otherwise: audio-conditioned or dropped).
+
+    All draws come from `g`, so a batch is a function of the step's generator state.
+    """
+    c, _, f = cache.mean.shape
+    z = torch.zeros(len(idx), c, crop, f)
+    mask = torch.zeros(len(idx), crop)
+    cond = torch.zeros(len(idx), cache.audio_emb.shape[1])
+    texts: list[str | None] = []
+    for b, i in enumerate(idx):
+        n = cache.frames(i)
+        start = int(torch.randint(0, max(1, n - crop + 1), (1,), generator=g))
+        lo = int(cache.offsets[i]) + start
+        width = min(crop, n)
+        mean = cache.mean[:, lo:lo + width].float()
+        std = cache.std[:, lo:lo + width].float()
+        eps = torch.randn(mean.shape, generator=g) if cfg.sample_posterior else 0.0
+        z[b, :, :width] = mean + std * eps
+        mask[b, :width] = 1.0
+        use_audio = cfg.condition == "audio" or (cfg.condition == "mix" and float(torch.rand((), generator=g))
+                                                 < cfg.audio_prob)
+        dropped = float(torch.rand((), generator=g)) < cfg.cond_dropout
+        text = None
+        if not dropped:
+            if use_audio:
+                cond[b] = cache.audio_emb[i]
+            else:
+                rows = cache.caption_rows(i)
+                row = rows[int(torch.randint(0, len(rows), (1,), generator=g))]
+                cond[b], text = cache.text_emb[row], cache.captions[row]
+        texts.append(text)  # dropped: zeros, the unconditional embedding the pipeline uses
+    return z, mask, cond, texts
+
+
+def diffusion_loss(unet: Any, scheduler: Any, z0: Tensor, mask: Tensor, cond: Tensor, tokens: Any,
+                   cfg: UNetTrainConfig, g: torch.Generator | None) -> Tensor:
+    """Noise z0 to random timesteps, predict epsilon or v, min-SNR-weighted masked MSE (a scalar)."""
+    b = z0.shape[0]
+    device = z0.device
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g).to(device)
+    noise = torch.randn(z0.shape, generator=g).to(device)
+    zt = scheduler.add_noise(z0, noise, t)
+    target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
+    states, attn_mask = tokens if tokens is not None else (None, None)
+    pred = unet(zt, t, encoder_hidden_states=states, class_labels=cond, encoder_attention_mask=attn_mask).sample
+    m = mask[:, None, :, None].to(device)  # [B, 1, S, 1]: padded frames of short clips do not count
+    mse = ((pred.float() - target.float()) ** 2 * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * z0.shape[1] * z0.shape[3])
+    if cfg.snr_gamma is None:
+        return mse.mean()
+    alphas = scheduler.alphas_cumprod.to(device)[t]
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=cfg.snr_gamma)
+    weight = clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1)  # min-SNR-gamma
+    return (weight * mse).mean()
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
+          out: str | os.PathLike = "runs/unet", resume: bool = False, max_steps: int | None = None,
+          overrides: Any = None) -> Path:
+    """Train (or continue) the latent-diffusion UNet; return the exported pipeline folder `OUT/export`.
+
+    Args:
+        config: JSON config file (default: `train/configs/unet.json`; on resume: the run's config.json).
+        data: corpus folder (train split for training, valid split for validation).
+        out: run folder.
+        resume: continue from the newest checkpoint in `out`.
+        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
+        overrides: "key=value" strings or a dict applied on top of the config file.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from soundsmith.gen.unet import UNetConfig, build_unet, num_parameters
+    from soundsmith.pipelines.ldm import default_noise_schedule
+
+    # 1. config, run folder, resume point ---------------------------------------------------------
+    out = Path(out)
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if not resume and latest_checkpoint(out) is not None:
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if config is None:
+        config = out / "config.json" if resume and (out / "config.json").is_file() else DEFAULT_CONFIG
+    cfg = load_config(UNetTrainConfig, config, overrides)
+    stop_at = cfg.max_steps if max_steps is None else max_steps
+
+    # 2. accelerator: device, processes, mixed precision (GPU only) -------------------------------
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    is_main, device = accelerator.is_main_process, accelerator.device
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+    set_seed(cfg.seed)
+
+    # 3. frozen parts and the latent cache (built once by the main process) ------------------------
+    codec, conditioner = load_parts(cfg, str(config))
+    frame_s = codec.samples_per_latent_frame / codec.sample_rate
+    crop = max(1, round(cfg.crop_seconds / frame_s))
+    try:
+        unet_cfg = UNetConfig.from_dict({"latent_channels": codec.vae.config.latent_channels,
+                                         "latent_bins": codec.vae.config.n_mels // codec.vae.config.downsample_factor,
+                                         "condition_dim": conditioner.dim, "sample_frames": crop, **cfg.model},
+                                        where=f"{config}: field 'model'")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config}: field 'model': {err}") from None
+    cache_dir = out / "cache"
+    if is_main:
+        build_cache(codec, conditioner, Path(data), "train", cache_dir, captions_per_clip=cfg.captions_per_clip,
+                    seed=cfg.seed)
+    accelerator.wait_for_everyone()
+    train_cache = build_cache(codec, conditioner, Path(data), "train", cache_dir,
+                              captions_per_clip=cfg.captions_per_clip, seed=cfg.seed)
+    valid_cache = _valid_cache(codec, conditioner, Path(data), cache_dir, cfg, is_main, accelerator) or train_cache
+
+    # 4. model, noise schedule, optimizer, LR schedule, EMA ----------------------------------------
+    unet = build_unet(unet_cfg).train()
+    log.info("UNet: %.2f M parameters (%.1f MB in fp16)", num_parameters(unet) / 1e6, num_parameters(unet) * 2 / 1e6)
+    noise_schedule = default_noise_schedule(cfg.prediction_type)
+    scheduler = DDPMScheduler.from_config(noise_schedule)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    lr_schedule = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                                 total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    ema = EMA(unet, cfg.ema_decay)
+    model, opt = accelerator.prepare(unet, optimizer)
+    ema.to(device)
+    conditioner.to(device)
+    objects = {"model": unet, "optimizer": optimizer, "scheduler": lr_schedule, "ema": ema}
+    if accelerator.scaler is not None:
+        objects["scaler"] = accelerator.scaler
+
+    # 5. resume: weights, optimizer, schedule, EMA, RNG states, data position -----------------------
+    step, batches = 0, 0
+    set_seed(cfg.seed, device_specific=True)
+    if ckpt is not None:
+        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
+        step, batches = meta["step"], meta["data_position"]["batches"]
+        log.info("resumed %s at step %d", ckpt, step)
+    sampler = ResumableSampler(len(train_cache), cfg.batch_size, seed=cfg.seed,
+                               num_replicas=accelerator.num_processes, rank=accelerator.process_index, start=batches)
+    batch_iter = iter(sampler)
+    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
+    bar = progress_bar(stop_at, step, enabled=is_main, desc="unet")
+    ema_model = copy.deepcopy(unet).eval()
+    last_saved = step
+    use_tokens = unet_cfg.cross_attention
+
+    def checkpoint() -> None:
+        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+
+    # 6. the loop ------------------------------------------------------------------------------------
+    running = 0.0
+    while step < stop_at:
+        for micro in range(cfg.grad_accum):
+            idx = [i for i, _ in next(batch_iter)]
+            batches += 1
+            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # from the restored global RNG
+            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g)
+            tokens = conditioner.token_states(texts) if use_tokens else None
+            sync = micro == cfg.grad_accum - 1
+            with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():
+                loss = diffusion_loss(model, scheduler, z0.to(device), mask, cond.to(device), tokens, cfg, g)
+                accelerator.backward(loss / cfg.grad_accum)
+            running += loss.item() / cfg.grad_accum
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
+        opt.step()
+        lr_schedule.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(unet)
+        step += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == stop_at:
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            mean_loss = accelerator.reduce(torch.tensor(running / n, device=device), "mean").item()
+            logger.log(step, {"train/loss": mean_loss, "train/grad_norm": float(grad_norm),
+                              "train/lr": lr_schedule.get_last_lr()[0],
+                              "train/epoch": batches / sampler.batches_per_epoch})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            running = 0.0
+
+        if step % cfg.eval_every == 0 or step == stop_at:
+            if is_main:  # validation draws only from its own generators, so resuming stays exact
+                ema.copy_to(ema_model)
+                logger.log(step, {"valid/loss": validation_loss(ema_model, scheduler, valid_cache, crop, cfg,
+                                                                conditioner, device, use_tokens)})
+                _write_samples(out / "samples" / f"step-{step:09d}", ema_model, codec, conditioner,
+                               noise_schedule, cfg, crop, logger, step)
+            accelerator.wait_for_everyone()
+
+        if step % cfg.save_every == 0 or step == stop_at:
+            checkpoint()
+            last_saved = step
+    bar.close()
+    if last_saved != step:
+        checkpoint()
+
+    # 7. export the EMA UNet with its parts as a pipeline folder (fp16) ------------------------------
+    export = out / "export"
+    if is_main:
+        ema.copy_to(ema_model)
+        pipe = _pipeline(ema_model, codec, conditioner, noise_schedule, cfg, crop)
+        pipe.save_pretrained(export, dtype="fp16")
+        log.info("exported %s", export)
+    logger.close()
+    accelerator.wait_for_everyone()
+    return export
+
+
+def _valid_cache(codec: Any, conditioner: Any, data: Path, cache_dir: Path, cfg: UNetTrainConfig, is_main: bool,
+                 accelerator: Any) -> LatentCache | None:
+    try:
+        if is_main:
+            build_cache(codec, conditioner, data, "valid", cache_dir, captions_per_clip=1, seed=cfg.seed)
+        accelerator.wait_for_everyone()
+        return build_cache(codec, conditioner, data, "valid", cache_dir, captions_per_clip=1, seed=cfg.seed)
+    except ValueError as err:
+        log.warning("no validation split (%s); validating on training clips", err)
+        return None
+
+
+@torch.no_grad()
+def validation_loss(unet: Any, scheduler: Any, cache: LatentCache, crop: int, cfg: UNetTrainConfig,
+                    conditioner: Any, device: torch.device, use_tokens: bool = False) -> float:
+    """Mean loss over `num_valid_batches` fixed batches (fixed crops, timesteps and noise)."""
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    fixed = UNetTrainConfig(**{**config_to_dict(cfg), "cond_dropout": 0.0, "sample_posterior": False,
+                               "condition": "text" if cfg.condition != "audio" else "audio"})
+    total, n = 0.0, 0
+    size = min(cfg.batch_size, len(cache))
+    for k in range(cfg.num_valid_batches):
+        idx = [(k * size + j) % len(cache) for j in range(size)]
+        z0, mask, cond, texts = make_batch(cache, idx, crop, fixed, g)
+        tokens = conditioner.token_states(texts) if use_tokens else None
+        total += diffusion_loss(unet, scheduler, z0.to(device), mask, cond.to(device), tokens, fixed, g).item()
+        n += 1
+    return total / n
+
+
+def _pipeline(unet: Any, codec: Any, conditioner: Any, noise_schedule: dict, cfg: UNetTrainConfig, crop: int) -> Any:
+    from soundsmith.pipelines.base import weights_fingerprint
+    from soundsmith.pipelines.ldm import LDMConfig, LDMPipeline
+
+    frame_s = codec.samples_per_latent_frame / codec.sample_rate
+    window = crop * frame_s
+    config = LDMConfig(scheduler=cfg.scheduler, num_inference_steps=cfg.num_inference_steps,
+                       guidance_scale=cfg.guidance_scale, duration_s=min(5.0, window * 4), window_s=window,
+                       window_overlap_s=round(window / 4 / frame_s) * frame_s,
+                       cross_attention=bool(cfg.model.get("cross_attention", False)),
+                       trained_with={"vae": weights_fingerprint(codec.vae), "clap": conditioner.fingerprint()},
+                       mel=codec.vae.config.mel.to_dict())
+    pipe = LDMPipeline(unet, codec, conditioner, noise_schedule, config)
+    pipe.progress_bar = False
+    return pipe
+
+
+@torch.no_grad()
+def _write_samples(folder: Path, unet: Any, codec: Any, conditioner: Any, noise_schedule: dict,
+                   cfg: UNetTrainConfig, crop: int, logger: MetricsLogger, step: int) -> None:
+    """Generate the sample prompts with the EMA weights (fixed seeds); WAV + mel PNG + CLAP score each."""
+    if not cfg.sample_prompts:
+        return
+    pipe = _pipeline(unet, codec, conditioner, noise_schedule, cfg, crop).to(next(unet.parameters()).device)
+    out = pipe(list(cfg.sample_prompts), duration_s=cfg.sample_seconds, num_inference_steps=cfg.sample_steps,
+               seed=0, watermark=False)
+    scores = []
+    for i, prompt in enumerate(out.prompts):
+        wave = out.audios[i]  # [1, T]
+        mel = codec.mel(wave.to(next(codec.parameters()).device))[0]
+        name = f"{i}-" + "-".join(prompt.split()[:6])
+        save_samples(folder, name, out.sample_rate, wave=wave, mels={prompt: mel}, hop_length=codec.hop_length)
+        logger.log_audio(step, f"samples/{name}", wave, out.sample_rate)
+        if out.clap_scores is not None:
+            scores.append(out.clap_scores[i])
+    if scores:
+        logger.log(step, {"samples/clap_score": float(np.mean(scores))})
