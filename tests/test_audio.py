@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from soundsmith.codecs import audio
 
 

@@ -4,7 +4,6 @@ import librosa
 import numpy as np
 import pytest
 import torch
-
 from soundsmith.codecs.mel import MelConfig, MelSpectrogram, mel_filterbank
 
 
