@@ -401,3 +401,21 @@ class EpochIndexed(torch.utils.data.Dataset):
         index, epoch = key
         self.dataset.set_epoch(epoch)
         return self.dataset[index]
+
+
+def resume_point(out: str | os.PathLike, resume: bool, config: str | os.PathLike | None,
+                 default_config: str | os.PathLike) -> tuple[Path, Path | None, Path]:
+    """Where a training run starts: (run folder, checkpoint to resume or None, config file to read).
+
+    `--resume` needs a checkpoint in `out`; a fresh run refuses a folder that already holds one. With no
+    config given, a resumed run reads its own saved config.json, a fresh run the component's default.
+    """
+    out = Path(out)
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if not resume and latest_checkpoint(out) is not None:
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    if config is None:
+        config = out / "config.json" if resume and (out / "config.json").is_file() else default_config
+    return out, ckpt, Path(config)

@@ -36,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import EpochIndexed, ResumableSampler, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    EpochIndexed,
+    ResumableSampler,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+)
 from .config import bounded, check_ranges, config_to_dict, load_config, save_config
 from .discriminators import MultiScaleSTFTDiscriminator
 from .losses import (
@@ -153,14 +160,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     from .datasets import AudioCaptionDataset, collate
 
     # 1. config, run folder, resume point -----------------------------------------------------------
-    out = Path(out)
-    ckpt = latest_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    if not resume and latest_checkpoint(out) is not None:
-        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
-    if config is None:
-        config = out / "config.json" if resume and (out / "config.json").is_file() else DEFAULT_CONFIG
+    out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(CodecTrainConfig, config, overrides)
     try:
         codec_cfg = NeuralCodecConfig.from_dict(cfg.model)

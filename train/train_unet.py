@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config, save_config
 from .ema import EMA
 from .metrics_log import MetricsLogger, progress_bar, save_samples
@@ -344,14 +344,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     from soundsmith.pipelines.ldm import default_noise_schedule
 
     # 1. config, run folder, resume point ---------------------------------------------------------
-    out = Path(out)
-    ckpt = latest_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    if not resume and latest_checkpoint(out) is not None:
-        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
-    if config is None:
-        config = out / "config.json" if resume and (out / "config.json").is_file() else DEFAULT_CONFIG
+    out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(UNetTrainConfig, config, overrides)
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
