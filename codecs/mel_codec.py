@@ -9,11 +9,9 @@ AudioLDM / MusicLDM pipeline folder (`model_index.json`, `vae/`, `vocoder/`) loa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +20,7 @@ from torch import Tensor, nn
 from .mel import MelSpectrogram
 from .mel_vae import MelVAE
 from .vocoder import Vocoder
-from .weights import read_config
+from .weights import read_config, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +151,7 @@ class MelLatentCodec(nn.Module):
         folder = Path(folder)
         index = folder / "model_index.json"
         if index.is_file() and not (folder / "config.json").is_file():
-            kind = _read_json(index).get("_class_name")
+            kind = read_json_object(index).get("_class_name")
             if kind not in DIFFUSERS_PIPELINES:
                 raise ValueError(f"{index}: _class_name={kind!r} is not one of {', '.join(DIFFUSERS_PIPELINES)}")
         else:
@@ -169,11 +167,3 @@ class MelLatentCodec(nn.Module):
         return {"vae": self.vae.num_parameters(), "vocoder": self.vocoder.num_parameters()}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data

@@ -37,13 +37,19 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"model folder not found: {folder}")
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in model folder {folder}")
+    return read_json_object(path)
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold an object; ValueError names the file otherwise."""
+    path = Path(path)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON config ({_one_line(err)})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    return config
+        raise ValueError(f"{path}: not a readable JSON file ({_one_line(err)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def find_weights(folder: str | os.PathLike, names: Iterable[str]) -> Path:

@@ -27,7 +27,6 @@ which `transformers.EncodecModel.from_pretrained` loads and decodes our codes wi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
-from soundsmith.codecs.weights import check_state_dict, read_state_dict
+from soundsmith.codecs.weights import check_state_dict, read_json_object, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +140,7 @@ def infer_config(state: Mapping[str, Any], source: str | os.PathLike = "checkpoi
 
 
 def _read_config(path: Path) -> NeuralCodecConfig:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON config ({' '.join(str(err).split())})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+    raw = read_json_object(path)
     if raw.get("_class_name") == "NeuralCodec":
         return NeuralCodecConfig.from_dict(raw)
     return NeuralCodecConfig.from_transformers(raw, path)
