@@ -293,6 +293,27 @@ class ResidualVQ(nn.Module):
             layer.codebook.init_(x)
             x = x - layer.codebook.decode(layer.codebook.quantize(x))
 
+    def codebooks(self) -> Tensor:
+        """Every level's codewords stacked: `[K, bins, D]` (all that decoding and encoding need)."""
+        return torch.stack([layer.codebook.embed for layer in self.layers])
+
+    @torch.no_grad()
+    def load_codebooks_(self, embeds: Tensor) -> None:
+        """Set the codewords from `[K, bins, D]` (an inference export without the EMA statistics).
+
+        The levels count as initialised and their EMA state restarts from these codewords with the
+        average usage, so further training continues from them instead of re-running k-means.
+        """
+        if tuple(embeds.shape) != (self.n_q, self.bins, self.dim):
+            raise ValueError(f"codebooks must have shape [{self.n_q}, {self.bins}, {self.dim}] (levels, bins, dim), "
+                             f"got {list(embeds.shape)}")
+        for layer, embed in zip(self.layers, embeds):
+            cb = layer.codebook
+            cb.embed.copy_(embed.to(cb.embed.dtype))
+            cb.cluster_size.fill_(1.0)
+            cb.embed_avg.copy_(cb.embed)
+            cb.inited.fill_(1.0)
+
     def sample_levels(self) -> int:
         """Levels for one training batch under quantizer dropout (draws from the global torch RNG)."""
         if self.quantizer_dropout > 0 and float(torch.rand(())) < self.quantizer_dropout:
