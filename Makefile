@@ -14,7 +14,7 @@ DEFAULT_MODEL := models/default-ldm
 DEMO_PROMPT ?= rain on a tin roof
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup lint clean chromium
 
 setup: $(STAMP)
 
@@ -43,8 +43,20 @@ demo: $(STAMP)
 		echo "wrote $$(ls $(DEMO_OUT)/corpus/*/*.wav | wc -l) clips; captions in $(DEMO_OUT)/corpus/metadata.jsonl"; \
 	fi
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The app's browser test drives Debian's chromium. CI runs as root, so install it with apt when it is missing;
+# elsewhere (no apt, not root, offline) say so and go on: that one test then skips.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser test (apt-get)"; \
+		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ) \
+			|| echo "chromium could not be installed; the browser test will skip"; \
+	else \
+		echo "no chromium, and no apt-get as root to install it: the browser test will skip"; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,22 +16,39 @@ def _ldm() -> type:
     return LDMPipeline
 
 
+def _tokens() -> type:
+    from .tokens import TokenPipeline  # token hierarchy (MusicLM style)
+
+    return TokenPipeline
+
+
+def _musicgen() -> type:
+    from .musicgen import MusicgenPipeline  # transformers MusicGen folders
+
+    return MusicgenPipeline
+
+
 def _backends() -> dict[str, Callable[[], type]]:
     # backend name (config.json "backend") -> factory returning the pipeline class; heavy imports
     # stay inside the factories. Filled by the backends as they land.
-    return {"ldm": _ldm}
+    return {"ldm": _ldm, "tokens": _tokens, "musicgen": _musicgen}
 
 
 # diffusers pipeline folders (model_index.json "_class_name", no config.json) -> the backend that loads them
 DIFFUSERS_FOLDERS: dict[str, str] = {"AudioLDMPipeline": "ldm", "MusicLDMPipeline": "ldm"}
 
 
+# transformers model folders (config.json "model_type", no "backend" field) -> the backend that loads them
+TRANSFORMERS_FOLDERS: dict[str, str] = {"musicgen": "musicgen"}
+
+
 PIPELINE_BACKENDS: dict[str, Callable[[], type]] = _backends()
 
 
 def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwargs: Any) -> Any:
-    """Load the pipeline saved in folder `path`, picking the backend from its `config.json` (or, for a
-    diffusers AudioLDM / MusicLDM folder, its `model_index.json`). `backend`, if given, must agree."""
+    """Load the pipeline saved in folder `path`, picking the backend from its `config.json` ("backend", or
+    for a transformers MusicGen folder "model_type") or, for a diffusers AudioLDM / MusicLDM folder, its
+    `model_index.json`. `backend`, if given, must agree."""
     path = Path(path)
     config_file = path / "config.json"
     if not path.is_dir():
@@ -54,6 +71,8 @@ def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwar
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_file}: not valid JSON ({err.msg} at line {err.lineno})") from None
     found = config.get("backend") if isinstance(config, dict) else None
+    if found is None and isinstance(config, dict) and config.get("model_type") in TRANSFORMERS_FOLDERS:
+        found = TRANSFORMERS_FOLDERS[config["model_type"]]
     if found not in PIPELINE_BACKENDS:
         known = ", ".join(sorted(PIPELINE_BACKENDS)) or "none installed yet"
         raise ValueError(f"{config_file}: field 'backend' is {found!r}; known backends: {known}")

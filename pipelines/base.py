@@ -14,6 +14,8 @@ diffusers does); everything here is the part that must behave the same for every
 - classifier-free guidance: `cfg_batch` / `cfg_combine` ([uncond, cond] in one batch, as diffusers).
 - progress: a tqdm bar plus `callback(step, total)`; a callback returning False raises
   `GenerationCancelled`.
+- watermark: `finish` marks every output last (pipelines/watermark.py), unless the call says
+  `watermark=False`; `watermark_record` gives the sidecar fields.
 - output: `AudioOutput(audios [B, C, T], sample_rate, prompts, seeds, clap_scores, parameters)` with
   `save(folder)`: WAV/FLAC written atomically, named from a prompt slug and the seed, with a JSON
   sidecar holding every parameter.
@@ -416,19 +418,48 @@ class Pipeline(ABC):
 
     # -------------------------------------------------------------------------------------- finish
 
-    def finish(self, audios: Tensor, *, watermark: bool) -> tuple[Tensor, bool]:
-        """The last step of every call: float32 CPU audio, then the watermark.
+    @property
+    def watermark_payload(self) -> int:
+        """The 16-bit id this pipeline's audio carries: a hash of the backend and its parts' weights (as
+        `weights_fingerprint` sees them, so an fp16 export keeps the id), computed once. `soundsmith detect`
+        prints it; the output's sidecar records it as `watermark_payload`."""
+        if getattr(self, "_watermark_payload", None) is None:
+            h = hashlib.sha256(self.backend.encode())
+            for name, part in sorted(self.components().items()):
+                module = part if isinstance(part, nn.Module) else getattr(part, "model", None)
+                if isinstance(module, nn.Module):
+                    h.update(f"{name}:{weights_fingerprint(module)}".encode())
+            self._watermark_payload = int.from_bytes(h.digest()[:2], "big")
+        return self._watermark_payload
 
-        Returns (audios, watermarked). The watermark is added here, after decoding and re-ranking, so
-        no backend can skip it. The watermarker ships with a later issue; until it does, nothing is
-        embedded and the call reports `watermarked: False` in `AudioOutput.parameters`.
+    def finish(self, audios: Tensor, *, watermark: bool, sample_rate: int | None = None) -> tuple[Tensor, bool]:
+        """The last step of every call: float32 CPU audio `[B, C, T]`, then the watermark.
+
+        Returns (audios, watermarked). The watermark (pipelines/watermark.py: the 16-bit
+        `watermark_payload`, keyed, >= 35 dB below the audio) is added here, after decoding and
+        re-ranking, so no backend can skip it. Clips shorter than one watermark block (0.5 s) cannot carry
+        it and are returned unmarked (watermarked False). `sample_rate` defaults to `self.sample_rate`.
         """
         audios = audios.detach().to("cpu", torch.float32)
-        # Hook point for the watermark (DESIGN.md: the base pipeline adds it as its last step).
-        watermarked = False
-        if watermark:
-            log.debug("no watermarker installed in this version; audio left unmarked")
-        return audios, watermarked
+        if not watermark:
+            return audios, False
+        from .watermark import embed, min_samples
+
+        rate = sample_rate if sample_rate is not None else getattr(self, "sample_rate", None)
+        if rate is None:
+            raise TypeError(f"{type(self).__name__} has no sample_rate; call finish(..., sample_rate=...)")
+        if audios.shape[-1] < min_samples(rate):
+            log.info("%.2f s clips are too short to carry the watermark (0.5 s at least); left unmarked",
+                     audios.shape[-1] / rate)
+            return audios, False
+        return embed(audios, rate, self.watermark_payload), True
+
+    def watermark_record(self, watermarked: bool) -> dict[str, Any]:
+        """The sidecar fields of the watermark: watermarked, its scheme and payload (None when unmarked)."""
+        from .watermark import SCHEME
+
+        return {"watermarked": watermarked, "watermark_scheme": SCHEME if watermarked else None,
+                "watermark_payload": self.watermark_payload if watermarked else None}
 
     # --------------------------------------------------------------------------------------- folders
 

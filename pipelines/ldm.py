@@ -529,7 +529,7 @@ class LDMPipeline(Pipeline):
             "strength": plan["strength"], "inpaint": plan["spans"], "audio": plan["audio_name"],
             "latent_frames": frames, "windowed": frames > self._window_frames(),
             "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
-            "watermarked": watermarked, "soundsmith_version": _version(),
+            **self.watermark_record(watermarked), "soundsmith_version": _version(),
         }
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, scores, parameters)
 

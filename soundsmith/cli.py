@@ -132,7 +132,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         known = ", ".join(sorted(COMPONENTS)) or "none installed yet"
         raise UsageError(f"unknown component {args.component!r}; available: {known}")
     train = COMPONENTS[args.component]()
-    train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps)
+    # --set KEY=VALUE overrides any config field; --clap / --features are shorthands for the fields of
+    # the token backend's tokenizers (cond-rvq, kmeans); a component without the field says so in one line
+    overrides = list(args.set or [])
+    overrides += [f"{k}={v}" for k, v in (("clap", args.clap), ("features", args.features)) if v is not None]
+    extra = {"overrides": overrides} if overrides else {}
+    train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps, **extra)
 
 
 def cmd_eval_codec(args: argparse.Namespace) -> None:
@@ -147,6 +152,54 @@ def cmd_eval_clap(args: argparse.Namespace) -> None:
     print(clap_report(args.model, args.data, split=args.split, num_clips=args.num_clips))
 
 
+def _eval_scoring_kwargs(args: argparse.Namespace) -> dict:
+    """The scoring options `eval run` and `eval score` share (see soundsmith.eval.harness.score_folders)."""
+    return {"metrics": [m.strip() for m in args.metrics.split(",") if m.strip()], "embedding": args.embedding,
+            "embedding_checkpoint": args.embedding_checkpoint, "clap_model": args.clap_model,
+            "labels_model": args.labels_model, "covariance": args.covariance, "cache_dir": args.cache_dir}
+
+
+def cmd_eval_run(args: argparse.Namespace) -> None:
+    from soundsmith.eval.harness import run_eval
+    from soundsmith.eval.report import format_metric_table
+
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    pipeline_kwargs = {"duration_s": args.duration, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+                       "scheduler": args.scheduler, "negative_prompt": args.negative}
+    if args.no_watermark:
+        pipeline_kwargs["watermark"] = False
+    results = run_eval(args.model or DEFAULT_MODEL_DIR / "default-ldm", args.prompts, args.reference, args.out,
+                       num_per_prompt=args.num_per_prompt, seed=args.seed, batch_size=args.batch_size,
+                       limit=args.limit, pipeline_kwargs=pipeline_kwargs, device=args.device, dtype=args.dtype,
+                       **_eval_scoring_kwargs(args))
+    if results is not None:  # None on the other processes of `accelerate launch`
+        print(format_metric_table(results))
+        print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def cmd_eval_score(args: argparse.Namespace) -> None:
+    from soundsmith.eval.harness import score_folders
+    from soundsmith.eval.report import format_metric_table
+
+    results = score_folders(args.generated, args.reference, out=args.out, device=args.device,
+                            **_eval_scoring_kwargs(args))
+    print(format_metric_table(results))
+    if args.out:
+        print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def cmd_eval_train_labels(args: argparse.Namespace) -> None:
+    from soundsmith.eval.labels import LabelTrainConfig, format_label_report, train_label_classifier
+
+    config = LabelTrainConfig(**{k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None})
+    clf = train_label_classifier(args.data, args.out, clap=args.clap, cache_dir=args.cache_dir, config=config)
+    print(format_label_report(clf.report))
+    print(f"saved: {args.out}")
+
+
 def _require(module: str, feature: str) -> None:
     """Fail with one line if an optional part of soundsmith is not in this version."""
     import importlib.util
@@ -156,10 +209,27 @@ def _require(module: str, feature: str) -> None:
 
 
 def cmd_app(args: argparse.Namespace) -> None:
-    _require("soundsmith.app.launch", "the app")
     from soundsmith.app.launch import launch_app
 
-    launch_app(port=args.port, model_dir=args.model_dir)
+    code = launch_app(port=args.port, model_dir=args.model_dir, address=args.address)
+    if code not in (0, 130):  # streamlit said why on stderr
+        raise UsageError(f"streamlit exited with status {code}")
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from soundsmith.pipelines.watermark import detect_file
+
+    failed = 0
+    for path in args.files:
+        try:
+            print(f"{path}: {detect_file(path, key=args.key).describe()}", flush=True)
+        except (ValueError, OSError) as err:
+            if len(args.files) == 1:
+                raise
+            failed += 1
+            print(f"soundsmith: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+    if failed:
+        raise UsageError(f"{failed} of {len(args.files)} files could not be checked")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -239,13 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for checkpoints, logs and samples")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--clap", default=None, help="cond-rvq, kmeans: CLAP folder (default: models/clap)")
+    p.add_argument("--features", default=None, help="kmeans: frame features, 'clap' (default) or 'hubert:PATH:LAYER'")
     p.set_defaults(func=cmd_train)
 
     evaluation = sub.add_parser("eval", help="score codecs and generated sets")
     esub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND",
                                      parser_class=OneLineParser)
     p = esub.add_parser("codec", help="reconstruction report of a codec (mel L1, MR-STFT, SI-SDR, RTF) per domain")
-    p.add_argument("--model", required=True, help="codec folder (config.json), e.g. models/default-mel-codec")
+    p.add_argument("--model", required=True, help="codec folder (config.json), e.g. models/mel-codec")
     p.add_argument("--data", required=True, help="corpus folder with metadata.jsonl")
     p.add_argument("--num-clips", type=positive_int, default=None, help="clips to score, spread over domains (default: all)")
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="corpus split (default: test)")
@@ -257,10 +330,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-clips", type=positive_int, default=None, help="clips to score, spread over domains (default: all)")
     p.set_defaults(func=cmd_eval_clap)
 
-    p = sub.add_parser("app", help="start the Streamlit app")
-    p.add_argument("--port", type=_bounded(int, 1, 65535), default=8501)
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="folder of model folders to offer")
+    def scoring_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--metrics", default="fad,clap,kl,is,labels",
+                       help="comma list of fad, clap, kl, is, labels (default: %(default)s)")
+        p.add_argument("--embedding", default="clap", help="FAD embedding: clap (default, our CLAP), vggish, "
+                       "panns-cnn14-16k, panns-cnn14-32k, laion-clap, encodec")
+        p.add_argument("--embedding-checkpoint", default=None, help="weights of the embedding model (default: its "
+                       "shipped one; required for all but clap)")
+        p.add_argument("--clap-model", default=None, help="CLAP for the CLAP score: ours or a transformers ClapModel "
+                       "folder (default: models/clap)")
+        p.add_argument("--labels-model", default=None, help="label classifier folder (default: models/labels)")
+        p.add_argument("--covariance", choices=("full", "diagonal", "shrinkage"), default="full",
+                       help="FAD covariance: full (needs more windows than dimensions), diagonal or shrinkage "
+                       "(Ledoit-Wolf) (default: full)")
+        p.add_argument("--cache-dir", default=None, help="embedding cache (default: $SOUNDSMITH_CACHE or "
+                       "~/.cache/soundsmith/eval)")
+
+    p = esub.add_parser("run", help="generate a set from a prompt file, then score it and write a report")
+    p.add_argument("--model", default=None, help=f"pipeline folder (default: {DEFAULT_MODEL_DIR / 'default-ldm'})")
+    p.add_argument("--prompts", required=True, help="prompt file: JSONL (benchmarks/prompts/*.jsonl) or "
+                   "AudioCaps/MusicCaps-style CSV with a caption column")
+    p.add_argument("--reference", default=None, help="reference audio folder (the prompts' file names are relative "
+                   "to it; every clip in it when they name none)")
+    p.add_argument("--out", required=True, help="output folder: generated/, results.json/.csv, report.md/.html; "
+                   "rerunning resumes")
+    p.add_argument("--num-per-prompt", type=_bounded(int, 1, 64), default=1, help="clips per prompt (default: 1)")
+    p.add_argument("--seed", type=seed_type, default=0, help="clip k of prompt i gets seed + i * K + k (default: 0)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts")
+    p.add_argument("--batch-size", type=_bounded(int, 1, 4096), default=8, help="clips per pipeline call (default: 8)")
+    p.add_argument("--duration", type=positive_float, default=None, help="seconds per clip (default: the model's)")
+    p.add_argument("--steps", type=_bounded(int, 1, 1000), default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--guidance", type=_bounded(float, 0, 100), default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--scheduler", default=None, help="sampler name (default: the model's)")
+    p.add_argument("--negative", "--negative-prompt", dest="negative", default=None, help="what to steer away from")
+    p.add_argument("--no-watermark", action="store_true", help="skip the generation watermark")
+    p.add_argument("--device", default="auto", help="auto (each accelerate process's device), cpu, cuda[:N] or mps")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
+    scoring_options(p)
+    p.set_defaults(func=cmd_eval_run)
+
+    p = esub.add_parser("score", help="score a folder of generated clips against reference clips (fadtk-style)")
+    p.add_argument("--generated", required=True, help="folder of generated clips (JSON sidecars give prompts, "
+                   "paired references and labels)")
+    p.add_argument("--reference", default=None, help="folder of reference clips (needed by fad and kl)")
+    p.add_argument("--out", default=None, help="write results.json/.csv and report.md/.html here")
+    p.add_argument("--device", default="cpu", help="where the embedding models run (default: cpu)")
+    scoring_options(p)
+    p.set_defaults(func=cmd_eval_score)
+
+    p = esub.add_parser("train-labels", help="train the label classifier (prompt adherence) on a labelled corpus")
+    p.add_argument("--data", required=True, help="corpus folder (metadata.jsonl with labels, train/valid/test)")
+    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR / "labels"), help="output folder (default: %(default)s)")
+    p.add_argument("--clap", default=str(DEFAULT_MODEL_DIR / "clap"), help="our CLAP folder (default: %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $SOUNDSMITH_CACHE or "
+                   "~/.cache/soundsmith/eval)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="full-batch training epochs (default: 300)")
+    p.add_argument("--seed", type=seed_type, default=None, help="initialisation seed (default: 0)")
+    p.set_defaults(func=cmd_eval_train_labels)
+
+    p = sub.add_parser("app", help="start the Streamlit app (headless; prints the URL to open)")
+    p.add_argument("--port", type=_bounded(int, 1, 65535), default=8501, help="port (default: %(default)s)")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="folder of model folders to offer "
+                   "(default: the shipped models/); any other model folder can be typed in the app")
+    p.add_argument("--address", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine "
+                   "only; 0.0.0.0 serves every interface)")
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("detect", help="look for the generation watermark in audio files")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3), 0.5 s or longer")
+    p.add_argument("--key", default="soundsmith", help="watermark key (default: the one soundsmith marks with)")
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("convert", help="convert a public checkpoint into a soundsmith model folder")
     p.add_argument("source_format", help="format of the source checkpoint")

@@ -138,8 +138,17 @@ def test_progress_callback_and_cancel():
 
 
 def test_finish_reports_the_watermark_state():
-    audio, watermarked = ToyPipeline().finish(torch.zeros(1, 1, 10, dtype=torch.bfloat16), watermark=True)
-    assert audio.dtype is torch.float32 and watermarked is False  # no watermarker in this version
+    from soundsmith.pipelines.watermark import detect
+
+    pipe = ToyPipeline()
+    audio, watermarked = pipe.finish(torch.zeros(1, 1, 10, dtype=torch.bfloat16), watermark=True, sample_rate=16000)
+    assert audio.dtype is torch.float32 and watermarked is False  # shorter than a watermark block: unmarked
+    noise = 0.1 * torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(0))
+    audio, watermarked = pipe.finish(noise, watermark=True, sample_rate=16000)
+    found = detect(audio[0], 16000)
+    assert watermarked is True and found.present and found.payload == pipe.watermark_payload
+    assert pipe.watermark_record(True)["watermark_payload"] == pipe.watermark_payload
+    assert torch.equal(pipe.finish(noise, watermark=False)[0], noise)  # off: untouched
 
 
 def test_weights_fingerprint_survives_fp16_export():

@@ -40,6 +40,29 @@ def _unet() -> Callable:
     return train
 
 
+def _cond_rvq() -> Callable:
+    from .train_cond_rvq import train
+
+    return train
+
+
+def _kmeans() -> Callable:
+    from .train_kmeans import train
+
+    return train
+
+
+def _token_lm(stage: str) -> Callable[[], Callable]:
+    def factory() -> Callable:
+        from .train_token_lm import stage_trainer
+
+        return stage_trainer(stage)
+
+    return factory
+
+
 # train(config, data, out, resume, max_steps) -> the exported model folder
 COMPONENTS: dict[str, Callable[[], Callable]] = {"vae": _vae, "vocoder": _vocoder, "clap": _clap, "codec": _codec,
                                                  "unet": _unet}
+COMPONENTS.update({"cond-rvq": _cond_rvq, "kmeans": _kmeans})  # the token backend's tokenizers
+COMPONENTS.update({f"{stage}-lm": _token_lm(stage) for stage in ("semantic", "coarse", "fine")})  # its three LMs

@@ -79,6 +79,13 @@ class UNetTrainConfig:
     cond_dropout: float = bounded(0.1, 0.0, 1.0)  # condition -> zeros (the unconditional embedding)
     sample_posterior: bool = True  # z = mean + std * eps (else the posterior mean)
     captions_per_clip: int = bounded(4, 1, 64)  # caption embeddings cached per clip (drawn from the labels)
+    # beat-synchronous mixup of music clips (MusicLDM; train/mixup.py): "latent" mixes cached latents on the
+    # fly, "audio" caches rendered mixtures; "none" (default) trains on the clips as they are
+    mixup: str = bounded("none", choices=("none", "latent", "audio"))
+    mixup_prob: float = bounded(0.5, 0.0, 1.0)  # share of mixable (music) examples replaced by a mixture
+    mixup_max_tempo_ratio: float = bounded(1.05, 1.0, 2.0)  # partners' tempi within this ratio
+    mixup_alpha: float = bounded(5.0, 0.0, 100.0, low_open=True)  # lambda ~ Beta(alpha, alpha)
+    mixup_pairs_per_clip: int = bounded(2, 1, 64)  # "audio": mixtures rendered per music clip
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
     log_every: int = bounded(20, 1)
     eval_every: int = bounded(500, 1)
@@ -174,8 +181,13 @@ def _fingerprint_data(root: Path) -> str:
 
 
 def build_cache(codec: Any, conditioner: Any, data: Path, split: str, folder: Path, *, captions_per_clip: int,
-                seed: int) -> LatentCache:
-    """Encode (or reuse) the cache of `split`; a change of VAE, CLAP or data metadata rebuilds it."""
+                seed: int, dataset: Any = None, name: str | None = None, extra_key: dict | None = None
+                ) -> LatentCache:
+    """Encode (or reuse) the cache of `split`; a change of VAE, CLAP or data metadata rebuilds it.
+
+    `dataset` (items like AudioCaptionDataset's), `name` (file stem, default the split) and `extra_key`
+    (more fields that must match for reuse) let other clip sets share this encoder (train/mixup.py).
+    """
     from safetensors.torch import load_file, save_file
     from soundsmith.codecs.audio import write_json
     from soundsmith.pipelines.base import weights_fingerprint
@@ -184,8 +196,8 @@ def build_cache(codec: Any, conditioner: Any, data: Path, split: str, folder: Pa
 
     key = {"format": CACHE_FORMAT, "split": split, "vae": weights_fingerprint(codec.vae),
            "clap": conditioner.fingerprint(), "data": _fingerprint_data(Path(data)),
-           "captions_per_clip": captions_per_clip, "seed": seed}
-    tensors_path, meta_path = folder / f"{split}.safetensors", folder / f"{split}.json"
+           "captions_per_clip": captions_per_clip, "seed": seed, **(extra_key or {})}
+    tensors_path, meta_path = folder / f"{name or split}.safetensors", folder / f"{name or split}.json"
     if tensors_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("key") == key:
@@ -194,8 +206,9 @@ def build_cache(codec: Any, conditioner: Any, data: Path, split: str, folder: Pa
             return LatentCache(t["mean"], t["std"], t["offsets"], t["audio_emb"], t["text_emb"], t["text_owner"],
                                meta["captions"])
         log.info("latent cache %s is stale (parts or data changed); rebuilding", tensors_path)
-    dataset = AudioCaptionDataset(data, sample_rate=codec.sample_rate, crop_seconds=None, random_crop=False,
-                                  split=split)
+    if dataset is None:
+        dataset = AudioCaptionDataset(data, sample_rate=codec.sample_rate, crop_seconds=None, random_crop=False,
+                                      split=split)
     rng = np.random.default_rng([seed, 17])
     means, stds, audio_emb, captions, owners, offsets = [], [], [], [], [], [0]
     bar = progress_bar(len(dataset), desc=f"cache {split}")
@@ -262,11 +275,13 @@ def _captions(item: dict, dataset: Any, k: int, rng: np.random.Generator) -> lis
 # ------------------------------------------------------------------------------------------ batches
 
 
-def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConfig, g: torch.Generator
-               ) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
+def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConfig, g: torch.Generator,
+               mixup: Any = None) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
     """Latent windows `[B, C, crop, F']`, frame mask `[B, crop]`, conditions `[B, D]` and the caption of
     each text-conditioned example (None otherwise: audio-conditioned or dropped).
 
+    With `cfg.mixup` on and a `mixup` index (train/mixup.py `MixupIndex`), each mixable example is
+    replaced by a beat-synchronous mixture with probability `cfg.mixup_prob`.
     All draws come from `g`, so a batch is a function of the step's generator state.
     """
     c, _, f = cache.mean.shape
@@ -295,6 +310,10 @@ def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConf
                 rows = cache.caption_rows(i)
                 row = rows[int(torch.randint(0, len(rows), (1,), generator=g))]
                 cond[b], text = cache.text_emb[row], cache.captions[row]
+        if (mixup is not None and cfg.mixup != "none" and mixup.mixable(i)
+                and float(torch.rand((), generator=g)) < cfg.mixup_prob):
+            text = mixup.mix_example(cache, z, cond, b, i, start, width, use_audio=use_audio, dropped=dropped,
+                                     sample_posterior=cfg.sample_posterior, alpha=cfg.mixup_alpha, g=g)
         texts.append(text)  # dropped: zeros, the unconditional embedding the pipeline uses
     return z, mask, cond, texts
 
@@ -376,6 +395,14 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     train_cache = build_cache(codec, conditioner, Path(data), "train", cache_dir,
                               captions_per_clip=cfg.captions_per_clip, seed=cfg.seed)
     valid_cache = _valid_cache(codec, conditioner, Path(data), cache_dir, cfg, is_main, accelerator) or train_cache
+    mixup = None
+    if cfg.mixup != "none":  # beat index (+ rendered mixtures for "audio"), built once by the main process
+        from .mixup import prepare_mixup
+
+        if is_main:
+            prepare_mixup(cfg, codec, conditioner, Path(data), "train", cache_dir, train_cache)
+        accelerator.wait_for_everyone()
+        mixup = prepare_mixup(cfg, codec, conditioner, Path(data), "train", cache_dir, train_cache)
 
     # 4. model, noise schedule, optimizer, LR schedule, EMA ----------------------------------------
     unet = build_unet(unet_cfg).train()
@@ -420,7 +447,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             idx = [i for i, _ in next(batch_iter)]
             batches += 1
             g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # from the restored global RNG
-            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g)
+            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g, mixup)
             tokens = conditioner.token_states(texts) if use_tokens else None
             sync = micro == cfg.grad_accum - 1
             with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():

@@ -1,0 +1,219 @@
+"""Which models the app offers, what each one can do, and the gate that lets one generation at a time use a model.
+
+Nothing here is Streamlit-specific, so it is tested without a browser; `streamlit_app.py` wraps `load_model`
+in `st.cache_resource` (one copy per process and model folder) and `gate_for` in the same cache (one gate per
+folder, shared by every session).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL_DIR_ENV = "SOUNDSMITH_MODEL_DIR"  # set by `soundsmith app --model-dir`
+SHIPPED = ("default-ldm", "default-tokens")  # the shipped defaults of both backends, offered first
+KNOWN_FEATURES = ("diffusion", "sampling", "audio_to_audio", "inpaint", "continuation")
+
+
+def default_model_dir() -> Path:
+    """`$SOUNDSMITH_MODEL_DIR`, else the repository's models/ folder."""
+    env = os.environ.get(MODEL_DIR_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+def model_kind(folder: Path) -> str | None:
+    """The backend a folder holds ("ldm", "tokens", "musicgen", ...), None if `load_pipeline` would not take it.
+
+    Reads only config.json / model_index.json with the rules of `soundsmith.pipelines.load_pipeline`, so listing a
+    folder of models loads nothing. Component folders (a CLAP, a VAE) have a config.json without "backend" and
+    are not offered.
+    """
+    from soundsmith import pipelines
+
+    try:
+        if (folder / "config.json").is_file():
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            kind = config.get("backend") or getattr(pipelines, "TRANSFORMERS_FOLDERS", {}).get(config.get("model_type"))
+        elif (folder / "model_index.json").is_file():
+            index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+            kind = pipelines.DIFFUSERS_FOLDERS.get(index.get("_class_name"))
+        else:
+            return None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return kind if isinstance(kind, str) and kind in pipelines.PIPELINE_BACKENDS else None
+
+
+def find_models(model_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Label -> folder for the pipeline folders in `model_dir`: the shipped defaults first, then the rest by name."""
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    if not root.is_dir():
+        return {}
+    rank = {name: i for i, name in enumerate(SHIPPED)}
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: (rank.get(p.name, len(SHIPPED)), p.name))
+    found = {}
+    for folder in folders:
+        kind = model_kind(folder)
+        if kind is not None:
+            found[f"{folder.name} ({kind})"] = folder
+    return found
+
+
+def check_model_folder(text: str) -> Path:
+    """A folder the user typed -> its path; a one-line error if it is not a pipeline folder."""
+    if not text or not text.strip():
+        raise ValueError("model folder is empty: type the path of a model folder")
+    folder = Path(text.strip()).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    if model_kind(folder) is None:
+        raise ValueError(f"{folder} is not a model folder: expected a soundsmith folder (config.json with a "
+                         "'backend'), a diffusers AudioLDM/MusicLDM folder or a transformers MusicGen folder")
+    return folder
+
+
+def load_model(path: str, stamp: float = 0.0) -> Any:
+    """Load a pipeline folder on the best device; `stamp` (config.json's mtime) only keys the app's cache so a
+    re-saved model is loaded again. Errors are the pipelines' one-line ValueError / FileNotFoundError."""
+    from soundsmith.pipelines import load_pipeline
+
+    pipe = load_pipeline(path, device="auto")
+    pipe.progress_bar = False  # the app shows its own bar
+    return pipe
+
+
+def config_stamp(path: str | os.PathLike) -> float:
+    folder = Path(path)
+    for name in ("config.json", "model_index.json"):
+        if (folder / name).is_file():
+            return (folder / name).stat().st_mtime
+    return 0.0
+
+
+# ----------------------------------------------------------------------------------------- capabilities
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded pipeline accepts, so the controls show only what applies (and say so where not)."""
+
+    backend: str
+    diffusion: bool  # num_inference_steps and a sampler
+    sampling: bool  # temperature / top_k / top_p
+    audio_to_audio: bool  # audio= with strength=
+    inpaint: bool  # audio= with inpaint=[(start_s, end_s)]
+    continuation: bool  # audio_prompt=
+    schedulers: tuple[str, ...]
+    default_scheduler: str | None
+    default_steps: int | None
+    default_guidance: float
+    default_duration_s: float
+    max_duration_s: float
+    sample_rate: int
+
+
+def capabilities_of(pipe: Any) -> Capabilities:
+    """Read a pipeline's abilities: its `capabilities` attribute when it has one (names from KNOWN_FEATURES),
+    else its `__call__` signature and config. A parameter that only exists to be refused (the token backend
+    takes `num_inference_steps` to say it has none) counts only when the config has a default for it."""
+    params = inspect.signature(pipe.__call__).parameters
+    config = getattr(pipe, "config", None)
+    declared = getattr(pipe, "capabilities", None)
+    if declared is not None:
+        features = set(declared)
+    else:
+        features = set()
+        if "num_inference_steps" in params and getattr(config, "num_inference_steps", None) is not None:
+            features.add("diffusion")
+        if "temperature" in params:
+            features.add("sampling")
+        if "strength" in params and "audio" in params:
+            features.add("audio_to_audio")
+        if "inpaint" in params and "audio" in params:
+            features.add("inpaint")
+        if "audio_prompt" in params:
+            features.add("continuation")
+    module = inspect.getmodule(type(pipe))
+    schedulers: tuple[str, ...] = ()
+    if "diffusion" in features and "scheduler" in params:
+        schedulers = tuple(getattr(module, "SCHEDULERS", {}) or ())
+    default_scheduler = getattr(config, "scheduler", None) if schedulers else None
+    if default_scheduler is not None and default_scheduler not in schedulers:
+        schedulers = (default_scheduler, *schedulers)
+    # defaults: the pipeline's config, else its module's constants / the call's signature / transformers'
+    # generation_config (MusicGen folders carry no soundsmith config)
+    signature_duration = params["duration_s"].default if "duration_s" in params else None
+    generation_config = getattr(getattr(pipe, "model", None), "generation_config", None)
+    duration = float(_first(getattr(config, "duration_s", None), signature_duration, 5.0))
+    max_duration = float(_first(getattr(config, "max_duration_s", None), getattr(module, "MAX_DURATION_S", None),
+                                max(duration, 30.0)))
+    guidance = float(_first(getattr(config, "guidance_scale", None), getattr(generation_config, "guidance_scale", None),
+                            3.0))
+    return Capabilities(
+        backend=str(getattr(pipe, "backend", "") or type(pipe).__name__),
+        diffusion="diffusion" in features, sampling="sampling" in features,
+        audio_to_audio="audio_to_audio" in features, inpaint="inpaint" in features,
+        continuation="continuation" in features, schedulers=schedulers, default_scheduler=default_scheduler,
+        default_steps=getattr(config, "num_inference_steps", None) if "diffusion" in features else None,
+        default_guidance=float(guidance), default_duration_s=min(duration, max_duration), max_duration_s=max_duration,
+        sample_rate=int(getattr(pipe, "sample_rate", 16000)),
+    )
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is a number (not None, not a bool, not inspect's "no default")."""
+    return next(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+# ------------------------------------------------------------------------------------------------- gate
+
+
+class ModelGate:
+    """One generation at a time per model, shared by all sessions of the process.
+
+    `hold(on_wait)` takes the model; while another session holds it, `on_wait(ahead)` is called about every
+    `poll_s` seconds with the number of sessions ahead, so the waiting page can say it is queued (and, being a
+    Streamlit call, lets the user leave the queue by interrupting the run).
+    """
+
+    def __init__(self, poll_s: float = 0.5):
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._queued = 0  # sessions holding or waiting for the model
+        self.poll_s = poll_s
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @contextmanager
+    def hold(self, on_wait: Callable[[int], Any] | None = None) -> Iterator[float]:
+        """Yields the seconds spent waiting."""
+        with self._count_lock:
+            ahead = self._queued
+            self._queued += 1
+        start = time.perf_counter()
+        try:
+            acquired = self._lock.acquire(blocking=False)
+            while not acquired:
+                if on_wait is not None:
+                    on_wait(max(1, ahead))
+                acquired = self._lock.acquire(timeout=self.poll_s)
+        except BaseException:  # a Streamlit stop/rerun raised inside on_wait: leave the queue
+            with self._count_lock:
+                self._queued -= 1
+            raise
+        try:
+            yield time.perf_counter() - start
+        finally:
+            self._lock.release()
+            with self._count_lock:
+                self._queued -= 1

@@ -1,0 +1,218 @@
+"""Streamlit pieces the pages share: the session folder, the model picker, the cached models and their gates,
+the progress bar that can interrupt a pipeline, result cards and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+from streamlit.runtime.scriptrunner import RerunException, StopException
+
+from . import jobs
+from .models import (
+    Capabilities,
+    ModelGate,
+    capabilities_of,
+    check_model_folder,
+    config_stamp,
+    default_model_dir,
+    find_models,
+    load_model,
+)
+
+log = logging.getLogger("soundsmith.app")
+
+OTHER = "Other folder…"
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+# ------------------------------------------------------------------------------------------- session
+
+
+def workspace() -> jobs.Workspace:
+    """This session's temporary folder (created on first use, deleted with the session)."""
+    if "workspace" not in st.session_state:
+        st.session_state["workspace"] = jobs.Workspace(os.environ.get("SOUNDSMITH_APP_TMP") or None)
+    return st.session_state["workspace"]
+
+
+def history() -> list[jobs.HistoryEntry]:
+    return st.session_state.setdefault("history", [])
+
+
+def next_id(kind: str) -> int:
+    key = f"next_{kind}_id"
+    st.session_state[key] = st.session_state.get(key, 0) + 1
+    return st.session_state[key]
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as the one line a user sees (never a traceback)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def show_error(err: BaseException, what: str = "") -> None:
+    """User mistakes as they are; anything else named by its type, with the traceback only in the server log."""
+    if isinstance(err, USER_ERRORS):
+        st.error(f"{what}{one_line(err)}")
+    else:
+        log.error("%s%s", what, one_line(err), exc_info=err)
+        st.error(f"{what}unexpected {type(err).__name__}: {one_line(err)} (details in the server log)")
+
+
+# -------------------------------------------------------------------------------------------- models
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=3)
+def cached_model(path: str, stamp: float) -> Any:
+    """One loaded pipeline per model folder (and config.json version) per process, shared by all sessions."""
+    return load_model(path, stamp)
+
+
+@st.cache_resource
+def gate_for(path: str) -> ModelGate:
+    """The per-model gate: one generation at a time, shared by all sessions."""
+    return ModelGate()
+
+
+def sidebar() -> None:
+    """The model picker (shipped defaults that exist, other model folders in the model dir, or any folder
+    typed in). Stores the choice in `st.session_state["model_path"]`; loading happens in `current_model`."""
+    model_dir = default_model_dir()
+    found = find_models(model_dir)
+    with st.sidebar:
+        st.markdown("### soundsmith")
+        options = [*found, OTHER]
+        choice = st.selectbox("Model", options, key="model_choice",
+                              help=f"Model folders found in {model_dir}, or type any model folder: ours, a diffusers "
+                                   "AudioLDM / MusicLDM folder, or a converted MusicGen folder.")
+        st.session_state["model_error"] = None
+        if choice == OTHER:
+            text = st.text_input("Model folder", key="model_folder", placeholder="/path/to/a/model/folder")
+            if not text.strip():
+                st.session_state["model_path"] = None
+                st.session_state["model_error"] = "No model chosen: type a model folder in the sidebar."
+            else:
+                try:
+                    st.session_state["model_path"] = str(check_model_folder(text).resolve())
+                except USER_ERRORS as err:
+                    st.session_state["model_path"] = None
+                    st.session_state["model_error"] = one_line(err)
+        else:
+            st.session_state["model_path"] = str(found[choice].resolve())
+        if not found:
+            st.caption(f"No model folders found in {model_dir}.")
+
+
+def current_model() -> tuple[str, Any, Capabilities] | None:
+    """(folder, pipeline, capabilities) of the sidebar's choice; an st.error and None when there is none."""
+    path = st.session_state.get("model_path")
+    if not path:
+        st.error(st.session_state.get("model_error") or "No model chosen: pick one in the sidebar.")
+        return None
+    try:
+        pipe = cached_model(path, config_stamp(path))
+        caps = capabilities_of(pipe)
+    except Exception as err:  # noqa: BLE001 - any loading failure is reported, the app keeps working
+        show_error(err, f"cannot load {Path(path).name}: ")
+        return None
+    with st.sidebar:
+        st.caption(f"{caps.backend} backend · {caps.sample_rate} Hz · {getattr(pipe, 'device', 'cpu')}")
+        if str(getattr(pipe, "device", "cpu")) == "cpu":
+            st.caption("Running on the CPU: longer clips and many steps take a while.")
+    return path, pipe, caps
+
+
+# ------------------------------------------------------------------------------------------- progress
+
+
+class ProgressCallback:
+    """`callback(step, total)` for a pipeline: moves a progress bar; if the user interrupts the run (the
+    Interrupt button, or any widget), Streamlit raises its stop/rerun at the bar update. That is caught here
+    and turned into the pipeline's own cancel (return False -> GenerationCancelled), so the pipeline unwinds
+    cleanly; `reraise()` then hands Streamlit its request back."""
+
+    def __init__(self, bar: Any, *, state_key: str = "progress", describe: Callable[[int, int], str] | None = None):
+        self.bar = bar
+        self.state_key = state_key
+        self.describe = describe or (lambda step, total: f"step {step} of {total}")
+        self.control: BaseException | None = None
+
+    def __call__(self, step: int, total: int) -> bool:
+        return self.update(step / max(total, 1), self.describe(step, total))
+
+    def update(self, fraction: float, text: str) -> bool:
+        st.session_state[self.state_key] = text  # what the interrupt notice reports
+        try:
+            self.bar.progress(min(1.0, max(0.0, fraction)), text=text)
+        except (RerunException, StopException) as exc:
+            self.control = exc
+            return False
+        return True
+
+    def reraise(self) -> None:
+        if self.control is not None:
+            raise self.control
+
+
+def interrupt_button(key: str, state_key: str) -> None:
+    """A button that interrupts the running generation (clicking it reruns the script, which stops the run at
+    the next progress update) and leaves a notice for the next run."""
+
+    def note() -> None:
+        where = st.session_state.get(state_key)
+        st.session_state[f"{key}_notice"] = (f"Interrupted at {where}; nothing was kept." if where
+                                             else "Interrupted before sampling started; nothing was kept.")
+
+    st.button("Interrupt", key=key, on_click=note, icon=":material/stop_circle:")
+
+
+def show_notice(key: str) -> None:
+    notice = st.session_state.pop(f"{key}_notice", None)
+    if notice:
+        st.warning(notice)
+
+
+def queue_message(box: Any) -> Callable[[int], None]:
+    def on_wait(ahead: int) -> None:
+        box.info(f"Queued: this model is busy with another generation ({ahead} ahead of yours, from this or "
+                 "another session). Yours starts when it finishes.", icon=":material/hourglass_top:")
+    return on_wait
+
+
+# ---------------------------------------------------------------------------------------- result cards
+
+
+def reuse_settings(settings: dict[str, Any]) -> None:
+    """Button callback: hand `settings` to the Generate page (applied before its widgets are drawn)."""
+    st.session_state["pending_settings"] = dict(settings)
+    st.session_state["go_generate"] = True
+
+
+def take_card(entry: jobs.HistoryEntry, take: jobs.Take, *, prefix: str) -> None:
+    """One clip: player, waveform + mel, CLAP score, seed and parameters, WAV/FLAC downloads, reuse."""
+    with st.container(border=True):
+        score = "n/a" if take.clap_score is None else f"{take.clap_score:.3f}"
+        st.markdown(f"**{take.prompt}**  \nseed `{take.seed}` · CLAP score {score} · {take.duration_s:.2f} s · "
+                    f"{take.sample_rate} Hz")
+        st.audio(str(take.wav), format="audio/wav")
+        st.image(str(take.png), width="stretch")
+        c1, c2, c3 = st.columns(3)
+        key = f"{prefix}-{entry.id}-{take.index}"
+        c1.download_button("WAV", data=_reader(take.wav), file_name=take.wav.name, mime="audio/wav",
+                           key=f"{key}-wav", on_click="ignore", icon=":material/download:")
+        c2.download_button("FLAC", data=_reader(take.flac), file_name=take.flac.name, mime="audio/flac",
+                           key=f"{key}-flac", on_click="ignore", icon=":material/download:")
+        c3.button("Reuse these settings", key=f"{key}-reuse", on_click=reuse_settings,
+                  args=(entry.take_settings(take),), help="Fill the Generate page with this clip's settings and seed")
+        with st.expander("Parameters"):
+            st.json({"seed": take.seed, **entry.parameters}, expanded=False)
+
+
+def _reader(path: Path) -> Callable[[], bytes]:
+    return lambda: path.read_bytes()  # read when downloaded, not on every rerun

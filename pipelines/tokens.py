@@ -1,0 +1,606 @@
+"""The token-hierarchy backend (MusicLM / AudioLM): prompt -> CLAP text embedding -> conditioning tokens ->
+semantic LM -> coarse LM -> fine LM -> neural codec decoder -> waveform.
+
+    pipe = TokenPipeline.from_pretrained("models/default-tokens")
+    out = pipe("a jazzy piano trio", duration_s=8.0, seed=3)           # AudioOutput, audios [1, 1, 128000]
+    out = pipe("a jazzy piano trio", audio_prompt="intro.wav", duration_s=10.0)   # continue a clip
+
+- conditioning (MuLan style): the CLAP *text* embedding through the conditioning RVQ that was trained on
+  CLAP *audio* embeddings (`soundsmith.gen.cond_tokens`); the LMs learned on audio-embedding tokens.
+- classifier-free guidance: the semantic and coarse LMs run a doubled batch whose other half has the
+  null prefix (or the negative prompt's tokens); the fine LM is not conditioned.
+- sampling: temperature / top-k / top-p per stage (one value for all stages, or a dict by stage name);
+  one torch.Generator per output, used by the three stages in turn.
+- long-form: each LM slides over its training window, keeping the last `context_fraction` of a window as
+  the next window's prompt (MusicLM's 15 s stride over 30 s windows), so any duration up to
+  `config.max_duration_s` costs memory of one window.
+- continuation: `audio_prompt` is tokenized by the semantic tokenizer and the codec and continued; the
+  output holds the (re-decoded) prompt followed by the continuation, `duration_s` in all.
+- `num_waveforms_per_prompt` candidates are re-ranked by CLAP score (as the latent-diffusion backend).
+
+Folder: config.json ("backend": "tokens", `components` name -> relative path, `fingerprints` of every
+part) + clap/ cond_rvq/ kmeans/ semantic_lm/ coarse_lm/ fine_lm/ codec/ (or paths to shipped parts such
+as "../clap"). Loading refuses parts other than the ones the LMs were trained on: each LM's config
+records the fingerprints of the tokenizers its data came from (`trained_with`), the conditioning RVQ
+records its CLAP and the k-means its feature model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import (
+    DTYPE_NAMES,
+    AudioOutput,
+    Pipeline,
+    Progress,
+    check_float,
+    check_int,
+    resolve_device,
+    resolve_dtype,
+    weights_fingerprint,
+)
+
+log = logging.getLogger(__name__)
+
+BACKEND = "tokens"
+STAGES = ("semantic", "coarse", "fine")
+PARTS = ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm", "codec")
+MAX_GUIDANCE = 100.0
+SILENCE = 1e-4  # peak below which an audio prompt counts as silent
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Pipeline-level settings saved in the model folder's config.json (the parts have their own)."""
+
+    duration_s: float = 5.0  # default length
+    max_duration_s: float = 300.0  # longest call allowed (windowed, so memory stays that of one window)
+    guidance_scale: float = 3.0  # CFG scale of the semantic and coarse stages (MusicGen: 3); 1 disables it
+    # per-stage sampling: MusicLM's temperatures (1.0 / 0.95 / 0.4) and MusicGen's top-k (250)
+    temperature: dict[str, float] = field(default_factory=lambda: {"semantic": 1.0, "coarse": 0.95, "fine": 0.4})
+    top_k: dict[str, int | None] = field(default_factory=lambda: {"semantic": 250, "coarse": 250, "fine": None})
+    top_p: dict[str, float] = field(default_factory=lambda: {"semantic": 1.0, "coarse": 1.0, "fine": 1.0})
+    context_fraction: float = 0.5  # share of a window kept as the next window's prompt (MusicLM: 15 s of 30)
+    fine_context_fraction: float = 0.25  # the fine stage needs little context (AudioLM: none, 3 s chunks)
+    min_prompt_s: float = 0.5  # shortest audio prompt accepted
+    components: dict[str, str] = field(default_factory=lambda: {p: p for p in PARTS})
+    fingerprints: dict[str, str] = field(default_factory=dict)  # of every part, written by save_pretrained
+    source: str = "soundsmith"
+
+    def __post_init__(self) -> None:
+        check_float("max_duration_s", self.max_duration_s, 0.0, 24 * 3600.0, low_open=True)
+        check_float("duration_s", self.duration_s, 0.0, self.max_duration_s, low_open=True)
+        check_float("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)
+        check_float("context_fraction", self.context_fraction, 0.0, 0.9)
+        check_float("fine_context_fraction", self.fine_context_fraction, 0.0, 0.9)
+        check_float("min_prompt_s", self.min_prompt_s, 0.0, 3600.0, low_open=True)
+        for name in ("temperature", "top_k", "top_p"):
+            unknown = sorted(set(getattr(self, name)) - set(STAGES))
+            if unknown:
+                raise ValueError(f"{name}: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+        resolve_sampling(self, None, None, None)  # every default in range
+        missing = [p for p in PARTS if p != "fine_lm" and p not in self.components]
+        if missing:
+            raise ValueError(f"components: part {missing[0]!r} missing (parts: {', '.join(PARTS)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> TokenConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        meta = {"backend", "_class_name", "soundsmith_version"}
+        unknown = sorted(k for k in data if k not in known and k not in meta and not k.startswith("_"))
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
+def resolve_sampling(config: TokenConfig, temperature: Any, top_k: Any, top_p: Any) -> dict[str, Any]:
+    """Per-stage `SamplingParams` from the call's arguments over the config's defaults.
+
+    Each argument is one value for every stage, a dict by stage name (stages left out keep the default),
+    or None (the config's). One-line errors name the argument and the stage.
+    """
+    from soundsmith.gen.token_lm import SamplingParams, check_sampling
+
+    out = {}
+    for stage in STAGES:
+        values, names = [], []
+        for name, given in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+            label = name
+            if isinstance(given, Mapping):
+                unknown = sorted(set(given) - set(STAGES))
+                if unknown:
+                    raise ValueError(f"{name}: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+                given, label = given.get(stage), f"{name}[{stage!r}]"
+            if given is None:
+                given = getattr(config, name).get(stage, getattr(SamplingParams, name))
+            values.append(given)
+            names.append(label)
+        check_sampling(*values, names=tuple(names))
+        t, k, p = values
+        out[stage] = SamplingParams(temperature=float(t), top_k=None if k is None else int(k), top_p=float(p))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+
+
+class TokenPipeline(Pipeline):
+    """Text-to-audio by token language models. Build with `from_pretrained`, or from parts:
+
+    Args:
+        conditioner: `ClapConditioner` (pipelines/ldm.py): text embeddings, and CLAP scores for re-ranking.
+        cond_rvq: `ConditioningQuantizer`: CLAP embedding -> conditioning tokens `[B, Q]`.
+        kmeans: `SemanticTokenizer`: audio -> semantic tokens (for audio prompts).
+        semantic_lm, coarse_lm, fine_lm: the three `TokenLM` stages (`fine_lm` None: decode coarse levels only).
+        codec: `NeuralCodec`: codes `[B, K, S]` -> wave.
+        config: `TokenConfig`.
+    """
+
+    backend = BACKEND
+    component_names = ("conditioner", "cond_rvq", "semantic_lm", "coarse_lm", "fine_lm", "codec")
+    upcast_components = ("cond_rvq", "codec")  # tiny, and the codec's LSTM/decoder want float32
+
+    def __init__(self, conditioner: Any, cond_rvq: Any, kmeans: Any, semantic_lm: Any, coarse_lm: Any,
+                 fine_lm: Any | None, codec: Any, config: TokenConfig | None = None, *, name_or_path: str = ""):
+        super().__init__()
+        self.conditioner = conditioner
+        self.cond_rvq = cond_rvq.eval()
+        self.kmeans = kmeans
+        self.semantic_lm = semantic_lm.eval()
+        self.coarse_lm = coarse_lm.eval()
+        self.fine_lm = fine_lm.eval() if fine_lm is not None else None
+        self.codec = codec.eval()
+        self.config = config or TokenConfig()
+        self.name_or_path = name_or_path
+        self.check_parts(name_or_path or "TokenPipeline")
+
+    # ------------------------------------------------------------------------------------ facts
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def frames_per_semantic(self) -> int:
+        return self.coarse_lm.config.frames_per_semantic
+
+    def check_parts(self, where: str) -> None:
+        """The parts must fit each other: vocabularies, levels and rates (weights: `check_fingerprints`)."""
+        sem, coarse, fine = self.semantic_lm.config, self.coarse_lm.config, getattr(self.fine_lm, "config", None)
+        if self.conditioner.dim != self.cond_rvq.config.embed_dim:
+            raise ValueError(f"{where}: the CLAP gives {self.conditioner.dim}-d embeddings, the conditioning RVQ "
+                             f"takes {self.cond_rvq.config.embed_dim}-d")
+        for name, lm in (("semantic_lm", sem), ("coarse_lm", coarse)):
+            if (lm.cond_levels, lm.cond_codebook_size) != (self.cond_rvq.n_levels, self.cond_rvq.codebook_size):
+                raise ValueError(f"{where}: {name} takes {lm.cond_levels} x {lm.cond_codebook_size} conditioning "
+                                 f"tokens, the conditioning RVQ makes {self.cond_rvq.n_levels} x "
+                                 f"{self.cond_rvq.codebook_size}")
+            if lm.semantic_vocab != self.kmeans.n_clusters:
+                raise ValueError(f"{where}: {name} has {lm.semantic_vocab} semantic tokens, the k-means "
+                                 f"{self.kmeans.n_clusters}")
+        if abs(sem.frame_rate - self.kmeans.frame_rate) > 1e-3:
+            raise ValueError(f"{where}: semantic_lm was trained on {sem.frame_rate:g} tokens/s, the k-means makes "
+                             f"{self.kmeans.frame_rate:g}")
+        ratio = self.codec.frame_rate / self.kmeans.frame_rate
+        if abs(ratio - coarse.frames_per_semantic) > 1e-3:
+            raise ValueError(f"{where}: coarse_lm expects {coarse.frames_per_semantic} codec frames per semantic "
+                             f"token, the codec ({self.codec.frame_rate:g} Hz) and k-means "
+                             f"({self.kmeans.frame_rate:g} Hz) give {ratio:g}")
+        levels = coarse.n_coarse + (fine.n_fine if fine is not None else 0)
+        for name, lm in (("coarse_lm", coarse), ("fine_lm", fine)):
+            if lm is None:
+                continue
+            if lm.acoustic_codebook_size != self.codec.codebook_size or abs(lm.frame_rate - self.codec.frame_rate) > 1e-3:
+                raise ValueError(f"{where}: {name} models {lm.acoustic_codebook_size} codes at {lm.frame_rate:g} "
+                                 f"frames/s, the codec has {self.codec.codebook_size} at {self.codec.frame_rate:g}")
+        if fine is not None and fine.n_coarse != coarse.n_coarse:
+            raise ValueError(f"{where}: fine_lm reads {fine.n_coarse} coarse levels, coarse_lm makes {coarse.n_coarse}")
+        if levels > self.codec.max_levels:
+            raise ValueError(f"{where}: the LMs make {levels} codec levels, the codec has {self.codec.max_levels}")
+
+    def fingerprints(self) -> dict[str, str]:
+        """The weights fingerprint of every part (what config.json records and loading checks)."""
+        found = {"clap": self.conditioner.fingerprint(), "cond_rvq": self.cond_rvq.fingerprint(),
+                 "kmeans": self.kmeans.fingerprint(), "codec": weights_fingerprint(self.codec),
+                 "semantic_lm": weights_fingerprint(self.semantic_lm), "coarse_lm": weights_fingerprint(self.coarse_lm)}
+        if self.fine_lm is not None:
+            found["fine_lm"] = weights_fingerprint(self.fine_lm)
+        return found
+
+    def check_fingerprints(self, where: str, recorded: Mapping[str, str] | None = None) -> None:
+        """Refuse parts other than those the LMs were trained on (each LM's `trained_with`) and, with
+        `recorded` (config.json's `fingerprints`), other than those the folder was saved with."""
+        found = self.fingerprints()
+        for name, lm in (("semantic_lm", self.semantic_lm), ("coarse_lm", self.coarse_lm), ("fine_lm", self.fine_lm)):
+            if lm is None:
+                continue
+            for part, expected in lm.config.trained_with.items():
+                if part in found and found[part] != expected:
+                    raise ValueError(f"{where}: the {part} is not the one {name} was trained on (fingerprint "
+                                     f"{found[part]} != {expected}); retrain the LM or restore the {part}")
+        for part, expected in (recorded or {}).items():
+            if part in found and found[part] != expected:
+                raise ValueError(f"{where}: part {part!r} has fingerprint {found[part]}, config.json records "
+                                 f"{expected}: the folder's parts were changed after it was saved")
+
+    # ------------------------------------------------------------------------------------- call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        duration_s: float | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_waveforms_per_prompt: int = 1,
+        seed: int | list[int] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback: Callable[[int, int], Any] | None = None,
+        watermark: bool = True,
+        temperature: float | Mapping[str, float] | None = None,
+        top_k: int | Mapping[str, int | None] | None = None,
+        top_p: float | Mapping[str, float] | None = None,
+        audio_prompt: Any = None,
+        batch_size: int | None = None,
+        rerank: bool = True,
+        num_inference_steps: int | None = None,
+        scheduler: str | None = None,
+    ) -> AudioOutput:
+        """Generate audio for `prompt`.
+
+        Args:
+            prompt: one prompt or a list.
+            duration_s: seconds per clip, in (0, config.max_duration_s] (default: config.duration_s); with
+                `audio_prompt`, the total length including the prompt.
+            guidance_scale: classifier-free guidance of the semantic and coarse stages, in [0, 100]; 1
+                disables it (default: config's, 3).
+            negative_prompt: what to steer away from (one string or one per prompt): its conditioning tokens
+                replace the null prefix in the guidance batch.
+            num_waveforms_per_prompt: candidates per prompt, in [1, 64]; ranked best first by CLAP score when
+                `rerank` is True.
+            seed: int (outputs get seed, seed+1, ...) or one per output; default random (reported).
+            generator: instead of seed: one torch.Generator, or one per output.
+            callback: `callback(step, total)` after each sampled token step; returning False cancels
+                (raises `GenerationCancelled`).
+            watermark: mark the audio (the base pipeline's last step).
+            temperature: > 0; one value for all stages or {"semantic": .., "coarse": .., "fine": ..}
+                (default: config's, 1.0 / 0.95 / 0.4).
+            top_k: integer >= 1 (None: no limit), per stage as temperature (default: 250 / 250 / none).
+            top_p: in (0, 1], per stage as temperature (default: 1, off).
+            audio_prompt: a clip to continue: a file path, or `(wave, sample_rate)` with wave `[C, T]` or
+                `[B, C, T]` (one clip for all prompts or one per prompt); at least config.min_prompt_s
+                long, shorter than duration_s, not silent.
+            batch_size: outputs per model batch (default: all, up to 64).
+            rerank: order each prompt's candidates by CLAP score (default True).
+            num_inference_steps, scheduler: diffusion settings; the token backend has none (an error if given).
+        """
+        cfg = self.config
+        # 1. check inputs --------------------------------------------------------------------------
+        for name, value in (("num_inference_steps", num_inference_steps), ("scheduler", scheduler)):
+            if value is not None:
+                raise ValueError(f"{name} does not apply to the token backend (it samples tokens, not diffusion "
+                                 "steps); leave it unset")
+        prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
+        guidance = check_float("guidance_scale", cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                               0.0, MAX_GUIDANCE)
+        duration = cfg.duration_s if duration_s is None else check_float(
+            "duration_s", duration_s, 0.0, cfg.max_duration_s, low_open=True)
+        sampling = resolve_sampling(cfg, temperature, top_k, top_p)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, 1, 4096)
+        frame_s = self.codec.hop_length / self.sample_rate
+        if duration < frame_s:
+            raise ValueError(f"duration_s must be at least one codec frame ({frame_s:g} s), got {duration:g}")
+        clip = self._read_prompt_audio(audio_prompt, len(prompts), duration)  # [P or 1, 1, T'] or None
+        n_out = len(prompts) * num_waveforms_per_prompt
+        num_samples = int(duration * self.sample_rate)
+        frames = self.codec.num_frames(num_samples)
+        r = self.frames_per_semantic
+        n_semantic = -(-frames // r)
+
+        # 2. one prompt, negative prompt, seed / generator per output ------------------------------
+        out_prompts = [p for p in prompts for _ in range(num_waveforms_per_prompt)]
+        out_negatives = [n for n in negatives for _ in range(num_waveforms_per_prompt)]
+        source = [i for i in range(len(prompts)) for _ in range(num_waveforms_per_prompt)]
+        generators, seeds = self.make_generators(n_out, seed, generator)
+
+        # 3. condition: CLAP text embeddings -> conditioning tokens [B, Q] ---------------------------
+        cond = self._cond_tokens(prompts)[source]  # [B, Q]
+        uncond = None  # the guidance prefix: the null tokens, or a negative prompt's tokens
+        distinct = list(dict.fromkeys(n for n in out_negatives if n is not None))
+        if distinct:
+            table = dict(zip(distinct, self._cond_tokens(distinct)))
+            null = self.semantic_lm.null_cond(1)[0].cpu()
+            uncond = torch.stack([table[n] if n is not None else null for n in out_negatives])  # [B, Q]
+
+        # 4. prompt tokens of an audio prompt (semantic [P, N'], codec [P, K, S']) ------------------
+        prompt_tokens = self._tokenize_prompt(clip) if clip is not None else None
+
+        # 5. sample semantic -> coarse -> fine tokens, chunk by chunk; decode ------------------------
+        chunk = batch_size or self.max_batch_size
+        starts = list(range(0, n_out, chunk))
+        have = 0 if prompt_tokens is None else prompt_tokens[1].shape[-1]
+        total = len(starts) * self._num_steps(n_semantic, frames, have, guidance)
+        waves = []
+        with Progress(total, callback, enabled=self.progress_bar, desc="tokens") as progress:
+            for s in starts:
+                idx = list(range(s, min(s + chunk, n_out)))
+                codes = self._sample(cond[idx], None if uncond is None else uncond[idx], guidance, sampling,
+                                     [generators[i] for i in idx], n_semantic, frames,
+                                     None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
+                                     progress.step)
+                waves.append(self.codec.decode(codes.to(self.device), num_samples=num_samples))  # [b, C, T]
+        audios = torch.cat(waves)  # [B, C, T]
+
+        # 6. CLAP scores; candidates of each prompt ordered best first -----------------------------
+        scores = None
+        if self.conditioner.has_audio_tower:
+            scores = self.conditioner.score(out_prompts, audios, self.sample_rate).tolist()
+            if rerank and num_waveforms_per_prompt > 1:
+                order = []
+                for p in range(len(prompts)):
+                    group = list(range(p * num_waveforms_per_prompt, (p + 1) * num_waveforms_per_prompt))
+                    order += sorted(group, key=lambda i: -scores[i])
+                audios, seeds = audios[order], [seeds[i] for i in order]
+                scores = [scores[i] for i in order]
+
+        # 7. finish: float32 CPU audio, watermark last ---------------------------------------------
+        audios, watermarked = self.finish(audios, watermark=watermark)
+        parameters = {
+            "backend": BACKEND, "model": self.name_or_path,
+            "mode": "text-to-audio" if clip is None else "continuation",
+            "guidance_scale": guidance, "negative_prompt": negative_prompt, "duration_s": duration,
+            "num_waveforms_per_prompt": num_waveforms_per_prompt,
+            "sampling": {stage: dataclasses.asdict(p) for stage, p in sampling.items()},
+            "audio_prompt": audio_prompt if isinstance(audio_prompt, (str, os.PathLike)) else
+            (None if clip is None else "array"),
+            "audio_prompt_s": None if clip is None else have / self.codec.frame_rate,
+            "semantic_tokens": n_semantic, "codec_frames": frames,
+            "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
+            "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
+            **self.watermark_record(watermarked), "soundsmith_version": _version(),
+        }
+        return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
+                           {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
+
+    # --------------------------------------------------------------------------------- sampling
+
+    def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
+                generators: list[torch.Generator], n_semantic: int, frames: int,
+                prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any]) -> Tensor:
+        """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`."""
+        device, k = self.device, self.coarse_lm.config.n_coarse
+        cond = cond.to(device)
+        uncond = None if uncond is None else uncond.to(device)
+        sem_prompt = coarse_prompt = fine_prompt = None
+        if prompt is not None:
+            sem_prompt, codes = prompt[0].to(device), prompt[1].to(device)  # [b, N'], [b, K, S']
+            coarse_prompt = codes[:, :k]
+            if self.fine_lm is not None:
+                fine_prompt = codes[:, k:k + self.fine_lm.config.n_fine]
+        semantic = self.semantic_lm.generate(
+            cond, n_semantic, prompt=sem_prompt, uncond=uncond, guidance_scale=guidance,
+            sampling=sampling["semantic"], generators=generators, context_fraction=self.config.context_fraction,
+            on_step=on_step)  # [b, N]
+        coarse = self.coarse_lm.generate(
+            cond, semantic, frames, prompt=coarse_prompt, uncond=uncond, guidance_scale=guidance,
+            sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
+            on_step=on_step)  # [b, Kc, S]
+        if self.fine_lm is None:
+            return coarse
+        fine = self.fine_lm.generate(coarse, prompt=fine_prompt, sampling=sampling["fine"], generators=generators,
+                                     context_fraction=self.config.fine_context_fraction, on_step=on_step)  # [b, Kf, S]
+        return torch.cat([coarse, fine], dim=1)  # [b, Kc + Kf, S]
+
+    def _num_steps(self, n_semantic: int, frames: int, have_frames: int, guidance: float) -> int:
+        """Sampled steps of one chunk (for the progress bar): tokens of the semantic stage, codes of the
+        coarse stage, positions of the fine stage."""
+        from soundsmith.gen.token_lm import plan_windows
+
+        r, cfg = self.frames_per_semantic, self.config
+        sem = sum(new for _, new in plan_windows(n_semantic, have_frames // r, self.semantic_lm.config.window,
+                                                 cfg.context_fraction))
+        coarse = sum(new for _, new in plan_windows(frames, have_frames, self.coarse_lm.config.window,
+                                                    cfg.context_fraction, multiple=r))
+        total = sem + coarse * self.coarse_lm.config.n_coarse
+        if self.fine_lm is not None:
+            total += sum(self.fine_lm.steps(new) for _, new in plan_windows(
+                frames, have_frames, self.fine_lm.config.window, cfg.fine_context_fraction))
+        return total
+
+    def _cond_tokens(self, texts: list[str]) -> Tensor:
+        """Distinct texts -> conditioning tokens `[len(texts), Q]` (CPU)."""
+        emb = self.conditioner.embed_text(texts).to(next(self.cond_rvq.parameters()).device)
+        return self.cond_rvq.tokenize(emb.float()).cpu()
+
+    # ----------------------------------------------------------------------------- audio prompts
+
+    def _read_prompt_audio(self, audio: Any, num_prompts: int, duration: float) -> Tensor | None:
+        """Check and load `audio_prompt` -> mono `[P or 1, 1, T]` at the codec's rate, cut to whole semantic
+        tokens (so the semantic and codec prompts cover the same span); None without a prompt."""
+        if audio is None:
+            return None
+        from soundsmith.codecs.audio import check_wave, read_audio, resample
+
+        if isinstance(audio, (str, os.PathLike)):
+            wave, _ = read_audio(audio, sample_rate=self.sample_rate, channels=1)
+            wave = torch.from_numpy(wave)[None]  # [1, 1, T]
+        else:
+            if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
+                raise ValueError("audio_prompt must be a file path or a (wave, sample_rate) pair")
+            wave, sr = audio
+            if not hasattr(wave, "ndim"):
+                raise ValueError(f"audio_prompt wave must be a numpy array or torch tensor, got {type(wave).__name__}")
+            check_wave(wave, "audio_prompt")
+            wave = wave if isinstance(wave, Tensor) else torch.from_numpy(np.ascontiguousarray(wave, np.float32))
+            wave = wave.float().cpu()
+            if wave.dim() == 2:
+                wave = wave[None]
+            from soundsmith.codecs.audio import check_sample_rate
+
+            wave = resample(wave.mean(1, keepdim=True), check_sample_rate(sr, "audio_prompt sample rate"),
+                            self.sample_rate)  # [B, 1, T]
+        if wave.shape[0] not in (1, num_prompts):
+            raise ValueError(f"audio_prompt holds {wave.shape[0]} clips for {num_prompts} prompts; give one clip or "
+                             "one per prompt")
+        seconds = wave.shape[-1] / self.sample_rate
+        if seconds < self.config.min_prompt_s:
+            raise ValueError(f"audio_prompt is too short: {seconds:.3f} s; need at least {self.config.min_prompt_s:g} s")
+        if seconds >= duration:
+            raise ValueError(f"duration_s ({duration:g} s) must be longer than the audio prompt ({seconds:.3f} s): it "
+                             "is the total length, prompt included")
+        if float(wave.abs().amax()) < SILENCE:
+            raise ValueError("audio_prompt is silent (peak below -80 dBFS); give a clip with sound in it")
+        step = self.codec.hop_length * self.frames_per_semantic  # samples per semantic token
+        return wave[..., : wave.shape[-1] // step * step]
+
+    def _tokenize_prompt(self, clip: Tensor) -> tuple[Tensor, Tensor]:
+        """clip `[P, 1, T]` -> (semantic `[P, T / step]`, codec codes `[P, K, T / hop]`), lengths aligned."""
+        codes = self.codec.encode(clip.to(self.device), self.sample_rate).cpu()  # [P, K, S']
+        frames = codes.shape[-1] // self.frames_per_semantic * self.frames_per_semantic
+        semantic = self.kmeans.tokenize(clip, self.sample_rate).cpu()  # [P, ~S' / r]
+        n = frames // self.frames_per_semantic
+        if semantic.shape[1] < n:  # feature models that drop a trailing partial frame: repeat the last token
+            semantic = torch.cat([semantic, semantic[:, -1:].expand(-1, n - semantic.shape[1])], dim=1)
+        return semantic[:, :n], codes[..., :frames]
+
+    # --------------------------------------------------------------------------------- folders
+
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
+                        link: Mapping[str, str | os.PathLike] | None = None) -> Path:
+        """Write config.json ("backend": "tokens", components, fingerprints) + one folder per part.
+
+        Args:
+            path: the model folder.
+            dtype: "fp16" to ship (the conditioning RVQ and k-means are always written in fp16).
+            link: part name -> an existing folder holding that part (e.g. {"clap": "models/clap"}): it is
+                referenced by a relative path instead of copied. The part must be the one in this pipeline
+                (its fingerprint is recorded and checked on load).
+        """
+        from soundsmith.codecs.audio import write_json
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        dt = torch.float32 if dtype is None else resolve_dtype(dtype)
+        link = dict(link or {})
+        unknown = sorted(set(link) - set(PARTS))
+        if unknown:
+            raise ValueError(f"link: unknown part {unknown[0]!r} (parts: {', '.join(PARTS)})")
+        writers = {
+            "clap": lambda f: self.conditioner.save_pretrained(f, dtype=dt),
+            "cond_rvq": lambda f: self.cond_rvq.save_pretrained(f),
+            "kmeans": lambda f: self.kmeans.save_pretrained(f),
+            "semantic_lm": lambda f: self.semantic_lm.save_pretrained(f, dtype=dt),
+            "coarse_lm": lambda f: self.coarse_lm.save_pretrained(f, dtype=dt),
+            "fine_lm": lambda f: self.fine_lm.save_pretrained(f, dtype=dt),
+            "codec": lambda f: self.codec.save_pretrained(f, dtype=dt),
+        }
+        components = {}
+        for part, write in writers.items():
+            if part == "fine_lm" and self.fine_lm is None:
+                continue
+            if part in link:
+                target = Path(link[part])
+                if not (target / "config.json").is_file():
+                    raise FileNotFoundError(f"link[{part!r}]: no model folder at {target}")
+                components[part] = os.path.relpath(target.resolve(), folder.resolve())
+            else:
+                write(folder / part)
+                components[part] = part
+        config = dataclasses.replace(self.config, components=components, fingerprints=self.fingerprints())
+        write_json(folder / "config.json", {"backend": BACKEND, "_class_name": type(self).__name__,
+                                            "soundsmith_version": _version(), **config.to_dict()})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype = "fp32") -> TokenPipeline:
+        """Load a token model folder, check that its parts belong together, move it to `device` / `dtype`."""
+        from soundsmith.codecs.neural_codec import NeuralCodec
+        from soundsmith.codecs.weights import read_config
+        from soundsmith.gen.cond_tokens import ConditioningQuantizer
+        from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
+
+        from .ldm import ClapConditioner
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        resolve_device(device), resolve_dtype(dtype)  # fail on a bad argument before loading anything
+        config_path = folder / "config.json"
+        raw = read_config(folder)
+        if raw.get("backend") != BACKEND:
+            raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
+        config = TokenConfig.from_dict(raw, str(config_path))
+        parts = {name: (folder / rel).resolve() for name, rel in config.components.items()}
+        for name, part in parts.items():
+            if not (part / "config.json").is_file():
+                raise FileNotFoundError(f"{config_path}: part {name!r} not found at {part}")
+        conditioner = ClapConditioner.from_pretrained(parts["clap"])
+        cond_rvq = ConditioningQuantizer.from_pretrained(parts["cond_rvq"], clap_fingerprint=conditioner.fingerprint())
+        kmeans = load_kmeans(parts["kmeans"], conditioner.model)
+        semantic_lm = SemanticLM.from_pretrained(parts["semantic_lm"])
+        coarse_lm = CoarseLM.from_pretrained(parts["coarse_lm"])
+        fine_lm = FineLM.from_pretrained(parts["fine_lm"]) if "fine_lm" in parts else None
+        codec = NeuralCodec.from_pretrained(parts["codec"])
+        pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
+                   name_or_path=str(folder))
+        pipe.check_fingerprints(str(config_path), config.fingerprints)
+        return pipe.to(device, dtype)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def load_kmeans(folder: str | os.PathLike, clap: Any = None) -> Any:
+    """The semantic tokenizer in `folder`. Centroids fitted on CLAP frame features get `clap` (our
+    `SoundsmithClap`, already loaded) as their feature model, whose fingerprint must be the one they were
+    fitted on (the tokenizer checks); other feature models (HuBERT) load from the tokenizer's config."""
+    from soundsmith.codecs.weights import read_config
+    from soundsmith.gen.clap import SoundsmithClap
+    from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
+
+    folder = Path(folder)
+    spec = read_config(folder).get("features") or {}
+    features = None
+    if spec.get("kind") == "clap":
+        if not isinstance(clap, SoundsmithClap):
+            raise ValueError(f"{folder}: the k-means was fitted on our CLAP's frame features, but the CLAP given "
+                             f"({type(clap).__name__}) has none")
+        features = ClapFrameFeatures(clap)
+    return SemanticTokenizer.from_pretrained(folder, features=features)
+
+
+def _pick(prompt: tuple[Tensor, Tensor], rows: list[int]) -> tuple[Tensor, Tensor]:
+    """The prompt tokens of each output (one clip for all prompts, or one per prompt)."""
+    semantic, codes = prompt
+    if semantic.shape[0] == 1:
+        return semantic.expand(len(rows), -1), codes.expand(len(rows), -1, -1)
+    return semantic[rows], codes[rows]
+
+
+def _version() -> str:
+    from soundsmith import __version__
+
+    return __version__

@@ -1,0 +1,202 @@
+"""The token pipeline on tiny random parts: lengths, seeds, ranking, long-form windows, continuation, negative
+prompts, per-stage sampling, cancelling, bad input, folders (links, fingerprints) and the CLI."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from soundsmith.codecs.audio import write_audio
+from soundsmith.gen.text_encoder import SentenceEncoder
+from soundsmith.pipelines import load_pipeline
+from soundsmith.pipelines.base import GenerationCancelled
+from soundsmith.pipelines.tokens import resolve_sampling
+from token_helpers import SR, clip, tiny_pipeline
+
+from soundsmith.cli import main
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return SentenceEncoder()  # the packaged MiniLM, offline
+
+
+@pytest.fixture(scope="module")
+def pipe(encoder):
+    return tiny_pipeline(encoder)
+
+
+@pytest.fixture(scope="module")
+def folder(pipe, tmp_path_factory):
+    return pipe.save_pretrained(tmp_path_factory.mktemp("tokens") / "model")
+
+
+# ------------------------------------------------------------------------------------- text-to-audio
+
+
+def test_lengths_seeds_and_ranking(pipe):
+    out = pipe(["rain on a roof", "a dog barks"], duration_s=0.29, seed=3, num_waveforms_per_prompt=2)
+    assert out.audios.shape == (4, 1, int(0.29 * SR)) and out.sample_rate == SR
+    assert out.prompts == ["rain on a roof"] * 2 + ["a dog barks"] * 2 and sorted(out.seeds) == [3, 4, 5, 6]
+    assert out.clap_scores[0] >= out.clap_scores[1] and out.clap_scores[2] >= out.clap_scores[3]
+    p = out.parameters
+    assert p["backend"] == "tokens" and p["codec_frames"] == 15 and p["semantic_tokens"] == 8
+    assert p["sampling"]["fine"]["temperature"] == 0.4 and not p["windowed"]
+    again = pipe("rain on a roof", duration_s=0.29, seed=out.seeds[0])
+    # same seed, same tokens whatever the batch was; the codec's batched arithmetic differs by < 1e-5
+    assert (again.audios[0] - out.audios[0]).abs().max() < 1e-5
+    assert torch.equal(pipe("rain on a roof", duration_s=0.29, seed=out.seeds[0]).audios, again.audios)
+    other = pipe("rain on a roof", duration_s=0.29, seed=11)
+    assert not torch.equal(other.audios[0], out.audios[0])
+    g = torch.Generator().manual_seed(3)
+    assert pipe("rain on a roof", duration_s=0.29, generator=g).seeds == [None]
+
+
+def test_long_form_is_windowed(pipe):
+    steps = []
+    out = pipe("wind", duration_s=1.3, seed=0, callback=lambda s, t: steps.append((s, t)))
+    assert out.audios.shape == (1, 1, int(1.3 * SR)) and out.parameters["windowed"]
+    assert steps[-1][0] == steps[-1][1] == len(steps)  # the callback counts every sampled step, to the total
+    assert out.audios.abs().max() > 0
+
+
+def test_per_stage_sampling_and_negative_prompt(pipe):
+    out = pipe("rain", duration_s=0.3, seed=1, temperature={"fine": 0.1}, top_k=4, top_p=0.9, guidance_scale=1.0)
+    s = out.parameters["sampling"]
+    assert s["fine"] == {"temperature": 0.1, "top_k": 4, "top_p": 0.9}
+    assert s["semantic"] == {"temperature": 1.0, "top_k": 4, "top_p": 0.9}  # config's temperature kept
+    greedy = dict(top_k=1, duration_s=0.3, seed=1)
+    a, b = pipe("rain", negative_prompt="a dog barks", **greedy), pipe("rain", **greedy)
+    assert a.audios.shape == b.audios.shape
+    assert torch.equal(pipe("rain", negative_prompt="a dog barks", **greedy).audios, a.audios)
+
+
+def test_callback_cancels(pipe):
+    with pytest.raises(GenerationCancelled, match="at step 3 of"):
+        pipe("rain", duration_s=0.3, seed=0, callback=lambda step, total: step < 3)
+
+
+# -------------------------------------------------------------------------------------- continuation
+
+
+def test_continuation_keeps_the_prompt_tokens(pipe, tmp_path):
+    wave = clip(0.5, seed=2)  # [1, T]
+    out = pipe("rain", audio_prompt=(wave.numpy(), SR), duration_s=1.0, seed=4)
+    assert out.audios.shape == (1, 1, SR) and out.parameters["mode"] == "continuation"
+    assert out.parameters["audio_prompt_s"] == pytest.approx(0.48)  # cut to whole semantic tokens (40 ms)
+    # the sampled codes start with the prompt's own codes
+    semantic, codes = pipe._tokenize_prompt(pipe._read_prompt_audio((wave, SR), 1, 1.0))
+    assert semantic.shape == (1, 12) and codes.shape == (1, 4, 24)
+    gens = pipe.make_generators(1, 4)[0]
+    cond = pipe._cond_tokens(["rain"])
+    sampling = resolve_sampling(pipe.config, None, None, None)
+    sampled = pipe._sample(cond, None, 3.0, sampling, gens, 25, 50, (semantic, codes), lambda: None)
+    assert sampled.shape == (1, 4, 50) and torch.equal(sampled[:, :, :24], codes)
+    path = tmp_path / "prompt.wav"
+    write_audio(path, wave.numpy(), SR)
+    from_file = pipe(["rain", "wind"], audio_prompt=str(path), duration_s=0.8, seed=4)
+    assert from_file.audios.shape == (2, 1, int(0.8 * SR)) and from_file.parameters["audio_prompt"] == str(path)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": ""}, "prompt is empty"),
+    ({"duration_s": 0}, r"duration_s must be a finite number in \(0, 4\]"),
+    ({"duration_s": 5.0}, r"duration_s must be a finite number in \(0, 4\]"),
+    ({"duration_s": 0.01}, r"duration_s must be at least one codec frame \(0.02 s\)"),
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_k": {"coarse": 0}}, r"top_k\['coarse'\] must be an integer >= 1"),
+    ({"top_p": 0.0}, r"top_p must be a number in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\]"),
+    ({"temperature": 0.0}, "temperature must be a finite number > 0"),
+    ({"temperature": -1.0}, "temperature must be a finite number > 0"),
+    ({"temperature": {"middle": 1.0}}, "temperature: unknown stage 'middle'"),
+    ({"guidance_scale": -1}, r"guidance_scale must be a finite number in \[0, 100\]"),
+    ({"num_inference_steps": 10}, "num_inference_steps does not apply to the token backend"),
+    ({"audio_prompt": (np.zeros((1, SR // 4), np.float32), SR)}, "audio_prompt is silent"),
+    ({"audio_prompt": (np.ones((1, 1000), np.float32) * 0.1, SR)}, "audio_prompt is too short"),
+    ({"audio_prompt": (np.ones((1, SR), np.float32) * 0.1, SR), "duration_s": 0.5}, "must be longer than the audio"),
+    ({"audio_prompt": "missing.wav"}, "missing.wav"),
+    ({"audio_prompt": 3}, r"audio_prompt must be a file path or a \(wave, sample_rate\) pair"),
+])
+def test_bad_input(pipe, kwargs, message):
+    prompt = kwargs.pop("prompt", "rain")
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+        pipe(prompt, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+# -------------------------------------------------------------------------------------------- folders
+
+
+def test_folder_round_trip(pipe, folder):
+    config = json.loads((folder / "config.json").read_text())
+    assert config["backend"] == "tokens" and set(config["fingerprints"]) == {
+        "clap", "cond_rvq", "kmeans", "codec", "semantic_lm", "coarse_lm", "fine_lm"}
+    assert {p.name for p in folder.iterdir()} == {"clap", "codec", "coarse_lm", "cond_rvq", "config.json", "fine_lm",
+                                                  "kmeans", "semantic_lm"}
+    loaded = load_pipeline(folder)
+    loaded.progress_bar = False
+    a, b = pipe("rain", duration_s=0.3, seed=9), loaded("rain", duration_s=0.3, seed=9)
+    assert torch.equal(a.audios, b.audios)
+    with pytest.raises(ValueError, match="--backend ldm disagrees with the model folder"):
+        load_pipeline(folder, backend="ldm")
+
+
+def test_linked_parts_and_no_fine_stage(encoder, folder, tmp_path):
+    pipe = tiny_pipeline(encoder, fine=False)
+    pipe.conditioner.save_pretrained(tmp_path / "shared-clap")
+    out = pipe.save_pretrained(tmp_path / "model", link={"clap": tmp_path / "shared-clap"})
+    config = json.loads((out / "config.json").read_text())
+    assert config["components"]["clap"] == "../shared-clap" and "fine_lm" not in config["components"]
+    loaded = load_pipeline(out)
+    loaded.progress_bar = False
+    audio = loaded("rain", duration_s=0.3, seed=0)
+    assert audio.audios.shape == (1, 1, int(0.3 * SR))
+
+
+def test_mismatched_parts_are_refused(pipe, encoder, tmp_path):
+    import shutil
+
+    folder = pipe.save_pretrained(tmp_path / "m")
+    lm_config = json.loads((folder / "coarse_lm" / "config.json").read_text())
+    lm_config["trained_with"]["codec"] = "0123456789abcdef"
+    (folder / "coarse_lm" / "config.json").write_text(json.dumps(lm_config))
+    with pytest.raises(ValueError, match="the codec is not the one coarse_lm was trained on"):
+        load_pipeline(folder)
+    # another codec in place of the saved one: refused by the recorded fingerprints
+    other = tiny_pipeline(encoder, seed=1)
+    folder = pipe.save_pretrained(tmp_path / "m2")
+    shutil.rmtree(folder / "codec")
+    other.codec.save_pretrained(folder / "codec")
+    with pytest.raises(ValueError, match="codec"):
+        load_pipeline(folder)
+    # another CLAP: the conditioning RVQ refuses it
+    folder = pipe.save_pretrained(tmp_path / "m3")
+    shutil.rmtree(folder / "clap")
+    other.conditioner.save_pretrained(folder / "clap")
+    with pytest.raises(ValueError, match="trained on the CLAP with fingerprint"):
+        load_pipeline(folder)
+    shutil.rmtree(folder / "kmeans")
+    with pytest.raises(FileNotFoundError, match="part 'kmeans' not found"):
+        load_pipeline(folder)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_generate(folder, tmp_path, capsys):
+    code = main(["generate", "rain on a roof", "--model", str(folder), "--backend", "tokens", "--duration", "0.3",
+                 "--seed", "3", "--num", "2", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert code == 0
+    names = sorted(p.split("/")[-1] for p in capsys.readouterr().out.split())
+    assert names == ["rain-on-a-roof-3.wav", "rain-on-a-roof-4.wav"]
+    meta = json.loads((tmp_path / "out" / "rain-on-a-roof-3.json").read_text())
+    assert meta["backend"] == "tokens" and meta["model"] == str(folder)
+    code = main(["generate", "rain", "--model", str(folder), "--steps", "10", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search("num_inference_steps does not apply", err) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

@@ -1,0 +1,426 @@
+"""Train one of the token backend's three LMs (gen/token_lm.py) on cached tokens.
+
+    soundsmith train semantic-lm --data data/corpus --out runs/semantic-lm [--config my.json] [--resume] [--max-steps N]
+    soundsmith train coarse-lm   --data data/corpus --out runs/coarse-lm ...
+    soundsmith train fine-lm     --data data/corpus --out runs/fine-lm ...
+
+1. tokens: the train and valid splits through the parts the config names (CLAP + conditioning RVQ for the
+   conditioning tokens, the k-means for semantic tokens, the codec for codes), computed once and cached
+   under `cache_dir` (train/token_cache.py), shared by the three stages and by resumed runs.
+2. per step: a batch of random crops of one window (`short_crop_prob` of the batches shorter, so the LM also
+   sees the short sequences of short generations); each clip's condition drawn at random: the null prefix
+   with `cond_dropout` (what classifier-free guidance needs), else one of its captions' text tokens with
+   `text_cond_prob` (what inference feeds), else its audio tokens (MuLan); cross-entropy over the stage's
+   targets; clip; AdamW; EMA. The crops and conditions come from a generator seeded by (seed, batch
+   number), the data position is the batch count, dropout draws from the checkpointed global RNG: a
+   resumed run continues bit-exactly.
+3. every N steps: loss and accuracy of the EMA weights on fixed valid crops (the semantic and coarse
+   stages also with text conditions and with the null prefix: how much the condition helps); checkpoint.
+4. export the EMA weights in fp16 to OUT/export (`TokenLM.save_pretrained`), the parts' fingerprints in
+   the config's `trained_with`, so a pipeline refuses other tokenizers.
+
+Run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, export/.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
+from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .ema import EMA
+from .metrics_log import MetricsLogger, progress_bar
+from .schedules import SCHEDULES, make_scheduler
+
+log = logging.getLogger(__name__)
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+STAGE_KINDS = {"semantic": ("cond", "semantic"), "coarse": ("cond", "semantic", "codes"), "fine": ("codes",)}
+# TokenLMConfig fields the parts decide (set from them; a config may not contradict them)
+DERIVED = ("stage", "cond_levels", "cond_codebook_size", "semantic_vocab", "acoustic_codebook_size",
+           "frames_per_semantic", "window", "frame_rate", "trained_with")
+
+
+@dataclass
+class TokenLMTrainConfig:
+    """Everything an LM run needs besides the data and run folders. Steps are optimizer steps."""
+
+    seed: int = bounded(0, 0, 2**63 - 1)
+    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
+    batch_size: int = bounded(16, 1)  # crops per process per micro-step
+    grad_accum: int = bounded(1, 1)
+    lr: float = bounded(1e-3, 0.0, 1.0, low_open=True)
+    betas: tuple[float, float] = (0.9, 0.95)  # nanoGPT / MusicGen
+    weight_decay: float = bounded(0.1, 0.0, 1.0)  # on matrices only (nanoGPT)
+    schedule: str = bounded("cosine", choices=SCHEDULES)
+    warmup_steps: int = bounded(100, 0)
+    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
+    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)
+    ema_decay: float = bounded(0.999, 0.0, 0.999999)  # MusicGen: EMA of the weights; exported
+    window_s: float = bounded(5.0, 0.0, 600.0, low_open=True)  # training crop = the LM's generation window
+    short_crop_prob: float = bounded(0.1, 0.0, 1.0)  # share of batches cropped shorter (down to a quarter window)
+    cond_dropout: float = bounded(0.3, 0.0, 1.0)  # null prefix instead of the condition (audiocraft: 0.3)
+    text_cond_prob: float = bounded(0.5, 0.0, 1.0)  # of the conditioned crops, share taking a caption's tokens
+    n_captions: int = bounded(4, 1, 64)  # captions per clip in the token cache (the stored one + redrawn)
+    clap: str = "models/clap"  # the parts the tokens come from (model folders)
+    cond_rvq: str = "models/default-tokens/cond_rvq"
+    kmeans: str = "models/default-tokens/kmeans"
+    codec: str = "models/default-tokens/codec"
+    cache_dir: str = ""  # token cache root; "" = OUT/../token-cache (shared by runs side by side)
+    cache_batch: int = bounded(16, 1)  # clips per tokenizer call while building the cache
+    mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
+    log_every: int = bounded(10, 1)
+    eval_every: int = bounded(250, 1)
+    save_every: int = bounded(250, 1)
+    keep_last: int = bounded(3, 1)
+    num_valid_batches: int = bounded(4, 1)  # batches of valid crops (fixed) per evaluation
+    model: dict = field(default_factory=dict)  # TokenLMConfig fields (d_model, n_layers, n_coarse, ...)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+
+class TokenCrops:
+    """Crops of cached token rows for one stage; a batch is a pure function of (indices, rng).
+
+    Lengths are in window units: semantic tokens (semantic stage) or codec frames (coarse, fine; a
+    multiple of `frames_per_semantic` for the coarse stage, so semantic and acoustic crops align).
+    """
+
+    def __init__(self, stage: str, cache: dict[str, Any], lm: Any, *, cond_dropout: float = 0.0,
+                 text_cond_prob: float = 0.0, short_crop_prob: float = 0.0, where: str = "data"):
+        c = lm.config
+        self.stage, self.cache, self.config = stage, cache, c
+        self.null = c.cond_codebook_size
+        self.cond_dropout, self.text_cond_prob, self.short_crop_prob = cond_dropout, text_cond_prob, short_crop_prob
+        self.multiple = c.frames_per_semantic if stage == "coarse" else 1
+        r = c.frames_per_semantic
+        if stage == "semantic":
+            avail = [cache["semantic"].length(i) for i in range(len(cache["semantic"]))]
+        elif stage == "coarse":
+            avail = [min(cache["semantic"].length(i) * r, cache["codes"].length(i)) // r * r
+                     for i in range(len(cache["codes"]))]
+        else:
+            avail = [cache["codes"].length(i) for i in range(len(cache["codes"]))]
+        self.min_length = max(self.multiple, c.window // 4 // self.multiple * self.multiple)
+        self.clips = [i for i, n in enumerate(avail) if n >= self.min_length]
+        self.avail = avail
+        if len(self.clips) < len(avail):
+            log.warning("%s: %d of %d clips are shorter than %d %s and are left out", where,
+                        len(avail) - len(self.clips), len(avail), self.min_length,
+                        "tokens" if stage == "semantic" else "frames")
+        if not self.clips:
+            raise ValueError(f"{where}: no clip is long enough for the {stage} LM (need >= {self.min_length} "
+                             f"{'tokens' if stage == 'semantic' else 'frames'})")
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def batch(self, positions: list[int], rng: np.random.Generator, *, cond: str = "random") -> dict[str, Any]:
+        """Crops of the clips at `positions` (indices into `self.clips`). cond: "random" (training draws),
+        "audio", "text" (first caption) or "null"."""
+        clips = [self.clips[p] for p in positions]
+        m = self.multiple
+        length = min(self.config.window, min(self.avail[i] for i in clips)) // m * m
+        if cond == "random" and self.short_crop_prob > 0 and rng.random() < self.short_crop_prob:
+            length = int(rng.integers(self.min_length // m, length // m + 1)) * m
+        starts = [int(rng.integers(0, (self.avail[i] - length) // m + 1)) * m if cond == "random" else 0
+                  for i in clips]
+        batch: dict[str, Any] = {}
+        if self.stage in ("semantic", "coarse"):
+            batch["cond"] = torch.stack([self._cond(i, rng, cond) for i in clips])  # [B, Q]
+            r = self.config.frames_per_semantic if self.stage == "coarse" else 1
+            sem = self.cache["semantic"]
+            batch["semantic"] = torch.stack([sem.clip(i)[s // r: (s + length) // r] for i, s in zip(clips, starts)])
+        if self.stage in ("coarse", "fine"):
+            kc, kf = self.config.n_coarse, self.config.n_fine
+            codes = torch.stack([self.cache["codes"].clip(i)[:, s:s + length] for i, s in zip(clips, starts)])
+            batch["coarse"] = codes[:, :kc]  # [B, Kc, L]
+            if self.stage == "fine":
+                batch["fine"] = codes[:, kc:kc + kf]  # [B, Kf, L]
+        return batch
+
+    def _cond(self, i: int, rng: np.random.Generator, mode: str) -> torch.Tensor:
+        tokens = self.cache["cond"]
+        if mode == "random":
+            if rng.random() < self.cond_dropout:
+                mode = "null"
+            elif rng.random() < self.text_cond_prob:
+                return tokens.text[i, int(rng.integers(tokens.text.shape[1]))]
+            else:
+                mode = "audio"
+        if mode == "null":
+            return torch.full((self.config.cond_levels,), self.null, dtype=torch.long)
+        return tokens.text[i, 0] if mode == "text" else tokens.audio[i]
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(stage: str, config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
+          out: str | os.PathLike | None = None, resume: bool = False, max_steps: int | None = None,
+          overrides: Any = None) -> Path:
+    """Train (or continue) the `stage` LM ("semantic", "coarse" or "fine"); return the export folder.
+
+    Args:
+        stage: which LM.
+        config: JSON config (default: `train/configs/<stage>-lm.json`; on resume: the run's config.json).
+        data: corpus folder (train split for training, valid split for validation).
+        out: run folder (default: runs/<stage>-lm).
+        resume: continue from the newest checkpoint in `out`.
+        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
+        overrides: "key=value" strings or a dict applied on top of the config file.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from soundsmith.gen.token_lm import STAGES, build_lm
+
+    from .token_cache import TokenParts, describe, token_cache
+
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    component = f"{stage}-lm"
+    # 1. config, run folder, resume point, parts and their token caches -------------------------------
+    out, ckpt, config = resume_point(out if out is not None else Path("runs") / component, resume, config,
+                                     CONFIGS / f"{component}.json")
+    cfg = load_config(TokenLMTrainConfig, config, overrides)
+    kinds = STAGE_KINDS[stage]
+    needs = {"cond": ("clap", "cond_rvq"), "semantic": ("clap", "kmeans"), "codes": ("codec",)}
+    wanted = {p for k in kinds for p in needs[k]}
+    parts = TokenParts.load(**{p: getattr(cfg, p) for p in ("clap", "cond_rvq", "kmeans", "codec") if p in wanted})
+    lm_config = _lm_config(stage, cfg, parts, str(config))
+    root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "token-cache"
+    caches = {split: token_cache(data, split, parts, kinds, root=root, n_captions=cfg.n_captions, seed=cfg.seed,
+                                 batch_size=cfg.cache_batch) for split in ("train", "valid") if split in _splits(data)}
+    if "valid" not in caches:
+        log.warning("%s has no valid split; validating on the train split", data)
+        caches["valid"] = caches["train"]
+    stop_at = cfg.max_steps if max_steps is None else max_steps
+
+    # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    is_main, device = accelerator.is_main_process, accelerator.device
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+        log.info("%s tokens: train %s, valid %s", component, describe(caches["train"]), describe(caches["valid"]))
+    set_seed(cfg.seed)  # identical initial weights in every process
+
+    # 3. model, optimizer (decay on matrices only), LR schedule, EMA ---------------------------------
+    model = build_lm(lm_config).train()
+    if is_main:
+        log.info("%s: %d parameters (%.2f MB in fp16)", component, model.num_parameters(),
+                 model.num_parameters() * 2 / 1e6)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    scheduler = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
+                               min_ratio=cfg.min_lr_ratio)
+    ema = EMA(model, cfg.ema_decay)
+    wrapped, opt = accelerator.prepare(model, optimizer)
+    ema.to(device)
+    ema_model = copy.deepcopy(model).to(device).eval()  # EMA weights for validation and export
+    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "ema": ema}
+    if accelerator.scaler is not None:
+        objects["scaler"] = accelerator.scaler
+
+    # 4. data: crops of the cached tokens in a resumable order; fixed validation crops ---------------
+    crops = TokenCrops(stage, caches["train"], model, cond_dropout=cfg.cond_dropout, text_cond_prob=cfg.text_cond_prob,
+                       short_crop_prob=cfg.short_crop_prob, where=f"{data} (train)")
+    valid = TokenCrops(stage, caches["valid"], model, where=f"{data} (valid)")
+    valid_batches = _valid_batches(stage, valid, cfg.batch_size, cfg.num_valid_batches)
+
+    # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
+    step, batches = 0, 0
+    set_seed(cfg.seed, device_specific=True)  # each process its own dropout masks
+    if ckpt is not None:
+        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
+        step, batches = meta["step"], meta["data_position"]["batches"]
+        log.info("resumed %s at step %d", ckpt, step)
+    sampler = ResumableSampler(len(crops), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
+                               rank=accelerator.process_index, start=batches)
+    batch_iter = iter(sampler)
+    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
+    bar = progress_bar(stop_at, step, enabled=is_main, desc=component)
+
+    def checkpoint() -> None:
+        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                        keep_last=cfg.keep_last, extra={"component": component, "config": config_to_dict(cfg)})
+
+    # 6. the loop ------------------------------------------------------------------------------------
+    running: dict[str, float] = {}
+    last_saved = step
+    clock = time.perf_counter()
+    while step < stop_at:
+        for i in range(cfg.grad_accum):
+            # the crops and conditions of global batch n come from a generator seeded by (seed, n, rank)
+            rng = np.random.default_rng([cfg.seed, batches, accelerator.process_index])
+            batch = crops.batch([index for index, _ in next(batch_iter)], rng)
+            batches += 1
+            with _no_sync(accelerator, wrapped, i < cfg.grad_accum - 1), accelerator.autocast():
+                output = wrapped(**{k: v.to(device) for k, v in batch.items()})
+                loss = output.loss()
+                accelerator.backward(loss / cfg.grad_accum)
+            _add(running, "loss", loss.item() / cfg.grad_accum)
+            _add(running, "accuracy", output.accuracy() / cfg.grad_accum)
+            _add(running, "tokens", float((output.targets != -100).sum()))
+        grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.clip_grad_norm or math.inf)
+        opt.step()
+        scheduler.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model)
+        step += 1
+        bar.update(1)
+        _add(running, "grad_norm", float(grad_norm))
+
+        if step % cfg.log_every == 0 or step == stop_at:
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            wall = time.perf_counter() - clock
+            means = {k: accelerator.reduce(torch.tensor(v / n, device=device), "mean").item()
+                     for k, v in sorted(running.items()) if k != "tokens"}
+            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": scheduler.get_last_lr()[0],
+                              "train/epoch": batches / sampler.batches_per_epoch, "time/s_per_step": wall / n,
+                              "time/tokens_per_s": running.get("tokens", 0.0) / max(wall, 1e-9)})
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+            running, clock = {}, time.perf_counter()
+
+        if step % cfg.eval_every == 0 or step == stop_at:
+            if is_main:  # validation draws nothing from the global RNG: resuming stays bit-exact
+                ema.copy_to(ema_model)
+                logger.log(step, validate(ema_model, valid_batches, device))
+            accelerator.wait_for_everyone()
+
+        if step % cfg.save_every == 0 or step == stop_at:
+            checkpoint()
+            last_saved = step
+    bar.close()
+    if last_saved != step:
+        checkpoint()
+
+    # 7. export the EMA weights in fp16 ---------------------------------------------------------------
+    export = out / "export"
+    if is_main:
+        ema.copy_to(ema_model)
+        ema_model.save_pretrained(export, dtype=torch.float16)
+        log.info("exported %s", export)
+    logger.close()
+    accelerator.wait_for_everyone()
+    return export
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _lm_config(stage: str, cfg: TokenLMTrainConfig, parts: Any, where: str) -> Any:
+    """The LM's TokenLMConfig: the config's `model` fields plus what the parts decide (vocabularies, rates,
+    window in tokens, fingerprints)."""
+    from soundsmith.gen.token_lm import TokenLMConfig
+
+    known = {f.name for f in fields(TokenLMConfig)}
+    unknown = sorted(set(cfg.model) - known)
+    if unknown:
+        raise ValueError(f"{where}: field 'model': unknown key {unknown[0]!r} (known: "
+                         f"{', '.join(sorted(known - set(DERIVED)))})")
+    derived: dict[str, Any] = {"stage": stage, "trained_with": parts.fingerprints()}
+    if parts.cond_rvq is not None:
+        derived.update(cond_levels=parts.cond_rvq.n_levels, cond_codebook_size=parts.cond_rvq.codebook_size)
+    if parts.kmeans is not None:
+        derived["semantic_vocab"] = parts.kmeans.n_clusters
+    if parts.codec is not None:
+        derived["acoustic_codebook_size"] = parts.codec.codebook_size
+        levels = int(cfg.model.get("n_coarse", 3)) + (int(cfg.model.get("n_fine", 5)) if stage == "fine" else 0)
+        if levels > parts.codec.max_levels:
+            raise ValueError(f"{where}: field 'model': the {stage} LM needs {levels} codec levels, the codec has "
+                             f"{parts.codec.max_levels}")
+    if parts.codec is not None and parts.kmeans is not None:
+        ratio = parts.codec.frame_rate / parts.kmeans.frame_rate
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+            raise ValueError(f"{where}: the codec's {parts.codec.frame_rate:g} frames/s are not a whole multiple of "
+                             f"the k-means's {parts.kmeans.frame_rate:g} tokens/s")
+        derived["frames_per_semantic"] = int(round(ratio))
+    rate = parts.kmeans.frame_rate if stage == "semantic" else parts.codec.frame_rate
+    r = derived.get("frames_per_semantic", 1) if stage == "coarse" else 1
+    derived.update(frame_rate=float(rate), window=max(r, int(round(cfg.window_s * rate)) // r * r))
+    for key, value in cfg.model.items():
+        if key in DERIVED and key in derived and value != derived[key]:
+            raise ValueError(f"{where}: field 'model': {key}={value!r} contradicts the parts ({derived[key]!r}); "
+                             "leave it out")
+    try:
+        return TokenLMConfig(**{**cfg.model, **derived})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: field 'model': {err}") from None
+
+
+def _splits(data: str | os.PathLike) -> set[str]:
+    """The splits a corpus has ("train" and "valid" stand for everything when it has no split labels)."""
+    from .datasets import read_records
+
+    _, records = read_records(data)
+    found = {r.split for r in records}
+    return {"train", "valid"} if found == {None} else found - {None}
+
+
+def _valid_batches(stage: str, valid: TokenCrops, batch_size: int, count: int) -> list[tuple[str, dict[str, Any]]]:
+    """Fixed validation crops (first crop of each clip, first clips in order), per condition kind."""
+    positions = list(range(len(valid)))[: batch_size * count]
+    modes = ("audio", "text", "null") if stage in ("semantic", "coarse") else ("none",)
+    out = []
+    for mode in modes:
+        for i in range(0, len(positions), batch_size):
+            rng = np.random.default_rng(0)  # unused by fixed crops; keeps the signature
+            out.append((mode, valid.batch(positions[i:i + batch_size], rng, cond="audio" if mode == "none" else mode)))
+    return out
+
+
+@torch.no_grad()
+def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torch.device) -> dict[str, float]:
+    """Mean loss and accuracy per condition kind: valid/loss (audio conditions, or none for the fine LM),
+    valid/loss_text, valid/loss_null, and the same for accuracy."""
+    sums: dict[str, list[float]] = {}
+    for mode, batch in batches:
+        output = model(**{k: v.to(device) for k, v in batch.items()})
+        suffix = "" if mode in ("audio", "none") else f"_{mode}"
+        entry = sums.setdefault(suffix, [0.0, 0.0, 0.0])
+        entry[0] += output.loss().item()
+        entry[1] += output.accuracy()
+        entry[2] += 1
+    metrics = {}
+    for suffix, (loss, acc, n) in sums.items():
+        metrics[f"valid/loss{suffix}"] = loss / n
+        metrics[f"valid/accuracy{suffix}"] = acc / n
+    return metrics
+
+
+def _no_sync(accelerator: Any, model: Any, skip: bool) -> Any:
+    """Skip the gradient all-reduce on all but the last micro-step (a no-op with one process)."""
+    from contextlib import nullcontext
+
+    return accelerator.no_sync(model) if skip else nullcontext()
+
+
+def _add(acc: dict[str, float], key: str, value: float) -> None:
+    acc[key] = acc.get(key, 0.0) + value
+
+
+def stage_trainer(stage: str) -> Callable[..., Path]:
+    """`train` bound to one stage: the function `soundsmith train <stage>-lm` calls."""
+    return functools.partial(train, stage)
