@@ -131,6 +131,8 @@ def test_detect_file_reads_mp3(tmp_path):
     assert detect_file(path).payload == 99
 
 
+# diffusers' schedulers trip a numpy 2 deprecation (np.array(..., copy=False) on a tensor): not ours
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_pipeline_marks_its_outputs_by_default(tmp_path):
     from ldm_helpers import tiny_pipeline
     from soundsmith.gen.text_encoder import SentenceEncoder
