@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from .mel import MelConfig
-from .weights import find_weights, load_strict, read_config, read_state_dict, save_safetensors
+from .weights import (
+    config_from_dict,
+    find_weights,
+    load_strict,
+    read_config,
+    read_state_dict,
+    save_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,7 @@ class MelVAEConfig:
         if mel is None:
             mel = MelConfig(n_mels=self.n_mels)
         elif isinstance(mel, dict):
-            mel = _dataclass_from_dict(MelConfig, mel, "MelVAEConfig.mel")
+            mel = config_from_dict(MelConfig, mel, "MelVAEConfig.mel")
         object.__setattr__(self, "mel", mel)
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
         if mel.n_mels != self.n_mels:
@@ -79,16 +86,8 @@ class MelVAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MelVAEConfig:
-        return _dataclass_from_dict(cls, data, "MelVAEConfig")
+        return config_from_dict(cls, data, "MelVAEConfig")
 
-
-def _dataclass_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
-    """Build a config dataclass; an unknown key is an error naming it (keys starting with `_` are metadata)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
-    if unknown:
-        raise ValueError(f"{what}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def config_from_diffusers(config: dict[str, Any], source: str | os.PathLike = "config.json",

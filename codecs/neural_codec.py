@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .rvq import ResidualVQ
-from .weights import find_weights, load_strict, read_config, read_state_dict, save_safetensors
+from .weights import (
+    config_from_dict,
+    find_weights,
+    load_strict,
+    read_config,
+    read_state_dict,
+    save_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +158,7 @@ class NeuralCodecConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NeuralCodecConfig:
         """Build from a dict; an unknown key is an error naming it (keys starting with `_` are metadata)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"NeuralCodecConfig: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return config_from_dict(cls, data, "NeuralCodecConfig")
 
     def to_transformers(self) -> Any:
         """The equivalent transformers `EncodecConfig`."""

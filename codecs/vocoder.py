@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mel import MelConfig
-from .weights import find_weights, load_strict, read_config, read_state_dict, save_safetensors
+from .weights import (
+    config_from_dict,
+    find_weights,
+    load_strict,
+    read_config,
+    read_state_dict,
+    save_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,7 @@ class VocoderConfig:
             mel = MelConfig(sample_rate=self.sampling_rate, n_mels=self.model_in_dim, hop_length=self.hop_length,
                             f_max=min(8000.0, self.sampling_rate / 2))
         elif isinstance(mel, dict):
-            mel = _dataclass_from_dict(MelConfig, mel, "VocoderConfig.mel")
+            mel = config_from_dict(MelConfig, mel, "VocoderConfig.mel")
         tup(self, "mel", mel)
         if (mel.sample_rate, mel.n_mels, mel.hop_length) != (self.sampling_rate, self.model_in_dim, self.hop_length):
             raise ValueError(f"VocoderConfig.mel (sample_rate={mel.sample_rate}, n_mels={mel.n_mels}, hop_length="
@@ -97,7 +104,7 @@ class VocoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VocoderConfig:
-        return _dataclass_from_dict(cls, data, "VocoderConfig")
+        return config_from_dict(cls, data, "VocoderConfig")
 
     def to_transformers(self) -> Any:
         """The equivalent `SpeechT5HifiGanConfig`."""
@@ -112,15 +119,6 @@ class VocoderConfig:
             leaky_relu_slope=self.leaky_relu_slope, normalize_before=self.normalize_before,
         )
 
-
-# Copied from soundsmith.codecs.mel_vae._dataclass_from_dict
-def _dataclass_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
-    """Build a config dataclass; an unknown key is an error naming it (keys starting with `_` are metadata)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
-    if unknown:
-        raise ValueError(f"{what}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def config_from_transformers(config: dict[str, Any], source: str | os.PathLike = "config.json") -> VocoderConfig:

@@ -52,6 +52,30 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def config_from_dict(cls: type, data: Mapping[str, Any], where: str, *, ignore: Iterable[str] = (),
+                     metadata_prefix: str | None = "_", wrap_errors: bool = False) -> Any:
+    """Build the config dataclass `cls` from a JSON dict; an unknown key is a one-line error naming it.
+
+    Keys in `ignore` and keys starting with `metadata_prefix` (None: none) are metadata and skipped.
+    `wrap_errors` turns the dataclass's own TypeError/ValueError into `ValueError("{where}: ...")`.
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    skip = set(ignore)
+    kept = {k: v for k, v in data.items()
+            if k not in skip and not (metadata_prefix is not None and k.startswith(metadata_prefix))}
+    unknown = sorted(k for k in kept if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    if not wrap_errors:
+        return cls(**kept)
+    try:
+        return cls(**kept)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
 def find_weights(folder: str | os.PathLike, names: Iterable[str]) -> Path:
     """The first of `names` that exists in `folder` (safetensors first, by the caller's order)."""
     names = list(names)

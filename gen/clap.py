@@ -24,7 +24,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from soundsmith.codecs.audio import check_sample_rate, check_wave, resample
 from soundsmith.codecs.mel import MelConfig, MelSpectrogram
+from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor, nn
 
 from .text_encoder import MINILM, SentenceEncoder
@@ -191,15 +192,8 @@ class ClapConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> ClapConfig:
-        data = {k: v for k, v in data.items() if k != "model_type"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        for key in ("conv_channels", "temporal_dilations"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        data = {k: tuple(v) if k in ("conv_channels", "temporal_dilations") else v for k, v in data.items()}
+        return config_from_dict(cls, data, where, ignore=("model_type",), metadata_prefix=None)
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:

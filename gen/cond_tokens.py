@@ -23,13 +23,14 @@ export is for inference; training resumes from training checkpoints.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from soundsmith.codecs.rvq import ResidualVQ
+from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor, nn
 
 MODEL_TYPE = "soundsmith-cond-rvq"
@@ -61,12 +62,7 @@ class ConditioningQuantizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> ConditioningQuantizerConfig:
-        data = {k: v for k, v in data.items() if k != "model_type"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return config_from_dict(cls, data, where, ignore=("model_type",), metadata_prefix=None)
 
     def size_bytes(self, bytes_per_value: int = 2) -> int:
         """Exported size: codewords + both projections (weights and biases), fp16 by default."""

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -291,12 +292,7 @@ class SemanticTokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> SemanticTokenizerConfig:
-        data = {k: v for k, v in data.items() if k != "model_type"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return config_from_dict(cls, data, where, ignore=("model_type",), metadata_prefix=None)
 
 
 class SemanticTokenizer:

@@ -30,12 +30,13 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor, nn
 
 CONFIG_NAME = "config.json"
@@ -126,14 +127,7 @@ class TokenLMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "TokenLMConfig") -> TokenLMConfig:
         """An unknown key is an error naming it (keys starting with `_` are metadata)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {err}") from None
+        return config_from_dict(cls, data, where, wrap_errors=True)
 
 
 @dataclass(frozen=True)

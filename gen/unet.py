@@ -14,9 +14,10 @@ loads (`UNet2DConditionModel.from_pretrained`), and a published AudioLDM `unet/`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from soundsmith.codecs.weights import config_from_dict
 from torch import nn
 
 
@@ -66,11 +67,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "UNetConfig") -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return config_from_dict(cls, data, where, metadata_prefix=None)
 
 
 def default_unet_config() -> UNetConfig:

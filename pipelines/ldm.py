@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor
 
 from .base import (
@@ -114,15 +115,8 @@ class LDMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> LDMConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        meta = {"backend", "_class_name", "soundsmith_version"}
-        unknown = sorted(k for k in data if k not in known and k not in meta and not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {err}") from None
+        return config_from_dict(cls, data, where, ignore=("backend", "_class_name", "soundsmith_version"),
+                                wrap_errors=True)
 
 
 def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
