@@ -220,7 +220,7 @@ class MusicgenPipeline(Pipeline):
             "top_p": p, "temperature": temp, "negative_prompt": negative_prompt,
             "num_waveforms_per_prompt": num_waveforms_per_prompt, "audio_prompt": clip_name,
             "frames": total_frames, "windows": len(windows), "device": str(self.device),
-            "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, "watermarked": watermarked,
+            "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **self.watermark_record(watermarked),
             "soundsmith_version": _version(),
         }
         out_prompts = [prompts[i] for i in source]
