@@ -297,3 +297,14 @@ def test_rng_state_is_json_and_tensors_only():
     tensors: dict = {}
     json.dumps(ckpt_mod._flatten(state, "rng", tensors))
     assert set(tensors) == {"rng/torch"}
+
+
+def test_log_audio_takes_tensors_the_trainers_hold(tmp_path):
+    # the trainers pass model outputs straight in: grad-tracking or bf16 tensors (on a GPU, CUDA ones,
+    # which once crashed the end-of-run samples) must be copied to host memory, not viewed as numpy
+    logger = MetricsLogger(tmp_path)
+    wave = torch.linspace(-2, 2, 1600, requires_grad=True)
+    logger.log_audio(1, "samples/grad", wave * 1.0, 16000)
+    logger.log_audio(2, "samples/bf16", wave.detach().to(torch.bfloat16)[None], 16000)
+    logger.close()
+    assert list((tmp_path / "tensorboard").iterdir())

@@ -62,6 +62,8 @@ class MetricsLogger:
     def log_audio(self, step: int, tag: str, wave: Tensor | np.ndarray, sample_rate: int) -> None:
         """One clip `[T]` or `[1, T]` into TensorBoard (the WAV on disk comes from `save_samples`)."""
         if self.writer is not None:
+            if isinstance(wave, Tensor):  # a GPU (or grad-tracking, or bf16) tensor has no numpy view
+                wave = wave.detach().float().cpu().numpy()
             self.writer.add_audio(tag, np.asarray(wave, dtype=np.float32).reshape(-1).clip(-1, 1), step,
                                   sample_rate=sample_rate)
 
