@@ -531,12 +531,7 @@ class TokenPipeline(Pipeline):
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "fp32") -> TokenPipeline:
         """Load a token model folder, check that its parts belong together, move it to `device` / `dtype`."""
-        from soundsmith.codecs.neural_codec import NeuralCodec
         from soundsmith.codecs.weights import read_config
-        from soundsmith.gen.cond_tokens import ConditioningQuantizer
-        from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
-
-        from .ldm import ClapConditioner
 
         folder = Path(path)
         if not folder.is_dir():
@@ -547,21 +542,47 @@ class TokenPipeline(Pipeline):
         if raw.get("backend") != BACKEND:
             raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
         config = TokenConfig.from_dict(raw, str(config_path))
-        parts = {name: (folder / rel).resolve() for name, rel in config.components.items()}
-        for name, part in parts.items():
-            if not (part / "config.json").is_file():
-                raise FileNotFoundError(f"{config_path}: part {name!r} not found at {part}")
-        conditioner = ClapConditioner.from_pretrained(parts["clap"])
-        cond_rvq = ConditioningQuantizer.from_pretrained(parts["cond_rvq"], clap_fingerprint=conditioner.fingerprint())
-        kmeans = load_kmeans(parts["kmeans"], conditioner.model)
-        semantic_lm = SemanticLM.from_pretrained(parts["semantic_lm"])
-        coarse_lm = CoarseLM.from_pretrained(parts["coarse_lm"])
-        fine_lm = FineLM.from_pretrained(parts["fine_lm"]) if "fine_lm" in parts else None
-        codec = NeuralCodec.from_pretrained(parts["codec"])
-        pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
-                   name_or_path=str(folder))
+        parts = {name: folder / rel for name, rel in config.components.items()}
+        pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder))
         pipe.check_fingerprints(str(config_path), config.fingerprints)
         return pipe.to(device, dtype)
+
+    @classmethod
+    def from_parts(cls, parts: Mapping[str, str | os.PathLike], *, config: TokenConfig | None = None,
+                   where: str = "parts", name_or_path: str = "") -> TokenPipeline:
+        """Build a pipeline from separately trained part folders (the `export/` of each training run).
+
+        Args:
+            parts: part name (clap, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm (optional), codec)
+                -> folder. The parts must belong together: `check_parts` compares their vocabularies.
+            config: sampling defaults (default `TokenConfig()`).
+        """
+        from soundsmith.codecs.neural_codec import NeuralCodec
+        from soundsmith.gen.cond_tokens import ConditioningQuantizer
+        from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
+
+        from .ldm import ClapConditioner
+
+        unknown = sorted(set(parts) - set(PARTS))
+        missing = sorted(set(PARTS) - set(parts) - {"fine_lm"})
+        if unknown or missing:
+            bad = f"unknown part {unknown[0]!r}" if unknown else f"part {missing[0]!r} is missing"
+            raise ValueError(f"{where}: {bad} (parts: {', '.join(PARTS)})")
+        paths = {name: Path(p).resolve() for name, p in parts.items()}
+        for name, part in paths.items():
+            if not (part / "config.json").is_file():
+                raise FileNotFoundError(f"{where}: part {name!r} not found at {part}")
+        conditioner = ClapConditioner.from_pretrained(paths["clap"])
+        cond_rvq = ConditioningQuantizer.from_pretrained(paths["cond_rvq"], clap_fingerprint=conditioner.fingerprint())
+        kmeans = load_kmeans(paths["kmeans"], conditioner.model)
+        semantic_lm = SemanticLM.from_pretrained(paths["semantic_lm"])
+        coarse_lm = CoarseLM.from_pretrained(paths["coarse_lm"])
+        fine_lm = FineLM.from_pretrained(paths["fine_lm"]) if "fine_lm" in paths else None
+        codec = NeuralCodec.from_pretrained(paths["codec"])
+        pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
+                   name_or_path=name_or_path or where)
+        pipe.check_fingerprints(where)  # each LM's trained_with: parts from other runs are refused
+        return pipe
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -232,6 +232,16 @@ def cmd_detect(args: argparse.Namespace) -> None:
         raise UsageError(f"{failed} of {len(args.files)} files could not be checked")
 
 
+def cmd_assemble_tokens(args: argparse.Namespace) -> None:
+    from soundsmith.pipelines.tokens import TokenPipeline
+
+    parts = {name: getattr(args, name) for name in ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm",
+                                                    "fine_lm", "codec") if getattr(args, name) is not None}
+    pipe = TokenPipeline.from_parts(parts, where="soundsmith assemble tokens")
+    link = {"clap": args.clap} if args.link_clap else None
+    print(pipe.save_pretrained(args.out, dtype="fp16" if args.fp16 else None, link=link))
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     _require("soundsmith.pipelines.convert", "checkpoint conversion")
     from soundsmith.pipelines.convert import CONVERTERS
@@ -400,6 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3), 0.5 s or longer")
     p.add_argument("--key", default="soundsmith", help="watermark key (default: the one soundsmith marks with)")
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("assemble", help="build a token model folder from trained parts (each run's export/)")
+    p.add_argument("backend", choices=("tokens",), help="which backend's model (tokens)")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--clap", default=str(DEFAULT_MODEL_DIR / "clap"), help="CLAP folder (default: %(default)s)")
+    p.add_argument("--cond-rvq", required=True, help="train cond-rvq export folder")
+    p.add_argument("--kmeans", required=True, help="train kmeans export folder")
+    p.add_argument("--semantic-lm", required=True, help="train semantic-lm export folder")
+    p.add_argument("--coarse-lm", required=True, help="train coarse-lm export folder")
+    p.add_argument("--fine-lm", default=None, help="train fine-lm export folder (optional: without it the coarse "
+                   "levels alone are decoded)")
+    p.add_argument("--codec", required=True, help="train codec export folder")
+    p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (as shipped models are)")
+    p.add_argument("--link-clap", action="store_true", help="reference --clap by a relative path instead of copying it")
+    p.set_defaults(func=cmd_assemble_tokens)
 
     p = sub.add_parser("convert", help="convert a public checkpoint into a soundsmith model folder")
     p.add_argument("source_format", help="format of the source checkpoint")
