@@ -148,11 +148,12 @@ def read_split(data_dir: str | os.PathLike, split: str = "test", num_clips: int 
 
 @torch.no_grad()
 def codec_report_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, num_clips: int | None = None,
-                      split: str = "test", codec: Any = None) -> dict[str, Any]:
+                      split: str = "test", codec: Any = None, levels: int | None = None) -> dict[str, Any]:
     """The report as a dict: {"model", "data", "split", "sample_rate", "codec", "device", "threads", "clips",
     "domains": {domain: {clips, seconds, mel_l1, mrstft, si_sdr_db, rtf_encode, rtf_decode}}} with an "all" domain.
 
     `codec` may be passed already loaded, on any device (then `model_dir` only labels the report).
+    `levels`: RVQ levels to encode with (an RVQ codec only; default all).
     """
     from soundsmith.codecs.audio import read_audio
     from soundsmith.codecs.mel import MelConfig, MelSpectrogram
@@ -161,6 +162,12 @@ def codec_report_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     codec = load_codec(model_dir) if codec is None else codec
     if hasattr(codec, "eval"):
         codec.eval()
+    if levels is not None:
+        if not hasattr(codec, "max_levels"):
+            raise ValueError(f"--levels: {model_dir} is a {type(codec).__name__}, which has no RVQ levels")
+        if not 1 <= levels <= codec.max_levels:
+            raise ValueError(f"--levels {levels} is out of range: {model_dir} has 1..{codec.max_levels} levels")
+    encode_kwargs = {} if levels is None else {"n_levels": levels}
     sr = int(codec.sample_rate)
     channels = int(getattr(codec, "channels", 1))
     mel = MelSpectrogram(MelConfig(sample_rate=sr, f_max=min(8000.0, sr / 2)))
@@ -176,7 +183,7 @@ def codec_report_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
         wave = wave.to(device)
         sync()
         t0 = time.perf_counter()
-        latent = codec.encode(wave)
+        latent = codec.encode(wave, **encode_kwargs)
         sync()
         t1 = time.perf_counter()
         recon = codec.decode(latent)
@@ -214,16 +221,17 @@ def codec_report_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     report["all"] = summary(per_clip)
     return {"model": str(model_dir), "data": str(data_dir), "split": split, "sample_rate": sr,
             "codec": type(codec).__name__, "device": str(device), "threads": torch.get_num_threads(),
-            "clips": len(per_clip),
+            "clips": len(per_clip), "levels": levels if levels is not None else getattr(codec, "n_levels", None),
             "domains": report}
 
 
 def codec_report(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, num_clips: int | None = None,
-                 split: str = "test") -> str:
+                 split: str = "test", levels: int | None = None) -> str:
     """The report as a printable table (see the module docstring for the metrics)."""
-    r = codec_report_dict(model_dir, data_dir, num_clips=num_clips, split=split)
+    r = codec_report_dict(model_dir, data_dir, num_clips=num_clips, split=split, levels=levels)
+    quantized = f", {r['levels']} RVQ levels" if r["levels"] is not None else ""
     lines = [f"codec report: {r['codec']} {r['model']} on {r['data']} (split {r['split']}, {r['clips']} clips, "
-             f"{r['sample_rate']} Hz, {r['device']}, CPU threads {r['threads']})",
+             f"{r['sample_rate']} Hz{quantized}, {r['device']}, CPU threads {r['threads']})",
              f"{'domain':<10}{'clips':>6}{'mel L1':>9}{'MR-STFT':>9}{'SI-SDR dB':>11}{'RTF enc':>9}{'RTF dec':>9}"]
     for name, m in r["domains"].items():
         lines.append(f"{name:<10}{m['clips']:>6}{m['mel_l1']:>9.3f}{m['mrstft']:>9.3f}{m['si_sdr_db']:>11.2f}"

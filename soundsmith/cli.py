@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval_codec(args: argparse.Namespace) -> None:
     from soundsmith.eval.codec_report import codec_report
 
-    print(codec_report(args.model, args.data, num_clips=args.num_clips, split=args.split))
+    print(codec_report(args.model, args.data, num_clips=args.num_clips, split=args.split, levels=args.levels))
 
 
 def cmd_eval_clap(args: argparse.Namespace) -> None:
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder with metadata.jsonl")
     p.add_argument("--num-clips", type=positive_int, default=None, help="clips to score, spread over domains (default: all)")
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="corpus split (default: test)")
+    p.add_argument("--levels", type=positive_int, default=None, help="RVQ levels to encode with (RVQ codecs; "
+                   "default: all)")
     p.set_defaults(func=cmd_eval_codec)
     p = esub.add_parser("clap", help="CLAP retrieval R@k/mAP and zero-shot accuracy per label family")
     p.add_argument("--model", required=True, help="CLAP folder: ours or a transformers ClapModel folder")

@@ -135,6 +135,21 @@ def test_report_and_cli(corpus, tmp_path, capsys):
     assert "mel L1" in text and "SI-SDR" in text and "\nall " in text
     assert main(["eval", "codec", "--model", str(tmp_path / "nope"), "--data", str(corpus)]) == 2
     assert "model folder not found" in capsys.readouterr().err
+    assert main(["eval", "codec", "--model", str(tmp_path / "codec"), "--data", str(corpus), "--levels", "3"]) == 2
+    assert "MelLatentCodec, which has no RVQ levels" in capsys.readouterr().err
+    # an RVQ codec with fewer levels: a coarser reconstruction, named in the header; out of range: one line
+    from token_helpers import tiny_codec as tiny_rvq_codec
+
+    tiny_rvq_codec().save_pretrained(tmp_path / "rvq")
+    full = codec_report_dict(tmp_path / "rvq", corpus, num_clips=4)
+    coarse = codec_report_dict(tmp_path / "rvq", corpus, num_clips=4, levels=1)
+    assert coarse["levels"] == 1 and full["levels"] == tiny_rvq_codec().n_levels > 1
+    assert coarse["domains"]["all"]["mel_l1"] != pytest.approx(full["domains"]["all"]["mel_l1"])
+    assert main(["eval", "codec", "--model", str(tmp_path / "rvq"), "--data", str(corpus), "--num-clips", "1",
+                 "--levels", "1"]) == 0
+    assert "1 RVQ levels" in capsys.readouterr().out
+    assert main(["eval", "codec", "--model", str(tmp_path / "rvq"), "--data", str(corpus), "--levels", "99"]) == 2
+    assert "--levels 99 is out of range" in capsys.readouterr().err
     (corpus / "test" / "000000.wav").unlink()
     assert main(["eval", "codec", "--model", str(tmp_path / "codec"), "--data", str(corpus)]) == 2
     assert "audio file not found" in capsys.readouterr().err
