@@ -1,7 +1,7 @@
 """Prompt adherence of a generation model (DESIGN.md, "Standard material"): one clip per prompt of
 benchmarks/prompts/adherence.jsonl with fixed seeds; the prompt adheres when its class (SFX class,
 instrument or language) is in the top 3 of its family for the clip. Scorers: the eval harness's label
-classifier (`--scorer labels`, default: models/labels, 97-99 % test accuracy on corpus clips), or our
+classifier (`--scorer labels`, default: models/labels, 83-99 % test accuracy per family on corpus clips), or our
 CLAP ranking the class captions ("the sound of rain", "music played on piano") of the prompt's domain
 (`--scorer clap`, the measure used before the classifier landed). Targets: latent diffusion >= 70 %,
 token backend >= 60 % of prompts.

@@ -96,6 +96,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
                        ("scheduler", args.scheduler), ("batch_size", args.batch_size)):
         if value is not None:
             kwargs[key] = value
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "audio_prompt": args.audio_prompt}
+    given = {key: value for key, value in sampling.items() if value is not None}
+    if given and pipe.backend == "ldm":
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise UsageError(f"{flag} applies to token models (--backend tokens, MusicGen folders), not to the "
+                         f"latent-diffusion model {model}")
+    kwargs.update(given)
     output = pipe(prompts if len(prompts) > 1 else prompts[0], **kwargs)
     for path in output.save(args.out, format=args.format):
         print(path)
@@ -156,7 +164,8 @@ def _eval_scoring_kwargs(args: argparse.Namespace) -> dict:
     """The scoring options `eval run` and `eval score` share (see soundsmith.eval.harness.score_folders)."""
     return {"metrics": [m.strip() for m in args.metrics.split(",") if m.strip()], "embedding": args.embedding,
             "embedding_checkpoint": args.embedding_checkpoint, "clap_model": args.clap_model,
-            "labels_model": args.labels_model, "covariance": args.covariance, "cache_dir": args.cache_dir}
+            "labels_model": args.labels_model, "covariance": args.covariance, "cache_dir": args.cache_dir,
+            "novelty_index": args.novelty_index, "novelty_threshold": args.novelty_threshold}
 
 
 def cmd_eval_run(args: argparse.Namespace) -> None:
@@ -189,6 +198,15 @@ def cmd_eval_score(args: argparse.Namespace) -> None:
     print(format_metric_table(results))
     if args.out:
         print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def cmd_eval_index(args: argparse.Namespace) -> None:
+    from soundsmith.eval.novelty import build_index, load_index
+
+    path = build_index(args.data, args.out, embedder=args.embedder, embedder_checkpoint=args.embedder_checkpoint,
+                       split=args.split, cache_dir=args.cache_dir, device=args.device)
+    print(path)
+    print(load_index(path).describe())
 
 
 def cmd_eval_train_labels(args: argparse.Namespace) -> None:
@@ -286,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
     p.add_argument("--no-watermark", action="store_true", help="skip the generation watermark")
+    tok = p.add_argument_group("token models (--backend tokens, MusicGen folders)")
+    tok.add_argument("--temperature", type=float, default=None, help="sampling temperature > 0 for every stage "
+                     "(default: the model's per-stage values)")
+    tok.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens, k >= 1 (default: the "
+                     "model's)")
+    tok.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: the model's)")
+    tok.add_argument("--audio-prompt", default=None, help="audio file to continue: the output starts with it and "
+                     "--duration counts it")
     p.set_defaults(func=cmd_generate)
 
     data = sub.add_parser("data", help="synthesize and inspect training corpora")
@@ -357,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(Ledoit-Wolf) (default: full)")
         p.add_argument("--cache-dir", default=None, help="embedding cache (default: $SOUNDSMITH_CACHE or "
                        "~/.cache/soundsmith/eval)")
+        p.add_argument("--novelty-index", default=None, metavar="DIR", help="add novelty (nearest training clip, "
+                       "plagiarism rate): a training index folder or the training corpus folder, indexed first "
+                       "with `soundsmith eval index DATA`")
+        p.add_argument("--novelty-threshold", type=_bounded(float, 0, 1, low_open=True), default=0.9,
+                       help="similarity in (0, 1] at or above which a clip counts as a near copy (default: 0.9)")
 
     p = esub.add_parser("run", help="generate a set from a prompt file, then score it and write a report")
     p.add_argument("--model", default=None, help=f"pipeline folder (default: {DEFAULT_MODEL_DIR / 'default-ldm'})")
@@ -389,6 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the embedding models run (default: cpu)")
     scoring_options(p)
     p.set_defaults(func=cmd_eval_score)
+
+    p = esub.add_parser("index", help="embed a corpus split for the novelty metric (cached; prints its folder)")
+    p.add_argument("data", help="corpus folder (metadata.jsonl), the data the model was trained on")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="train", help="corpus split (default: train)")
+    p.add_argument("--out", default=None, help="index folder (default: under the cache, found again from DATA)")
+    p.add_argument("--embedder", default="clap", help="eval embedder (default: clap, our CLAP audio tower); "
+                   "--embedding of eval run/score must match it")
+    p.add_argument("--embedder-checkpoint", default=None, help="its weights (default: the shipped/standard ones)")
+    p.add_argument("--device", default="cpu", help="where the embedder runs (default: cpu)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache and default index place (default: "
+                   "$SOUNDSMITH_CACHE or ~/.cache/soundsmith/eval)")
+    p.set_defaults(func=cmd_eval_index)
 
     p = esub.add_parser("train-labels", help="train the label classifier (prompt adherence) on a labelled corpus")
     p.add_argument("--data", required=True, help="corpus folder (metadata.jsonl with labels, train/valid/test)")

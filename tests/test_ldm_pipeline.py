@@ -232,6 +232,8 @@ def test_cli_generate(folder, tmp_path, capsys):
     (["--steps", "0"], r"argument --steps: must be in \[1, 1000\]"),
     (["--num", "0"], r"argument --num/--num-per-prompt: must be in \[1, 64\]"),
     (["--backend", "tokens"], "--backend tokens disagrees with the model folder"),
+    (["--top-k", "5"], "--top-k applies to token models"),
+    (["--audio-prompt", "x.wav"], "--audio-prompt applies to token models"),
 ])
 def test_cli_bad_input_writes_nothing(folder, tmp_path, capsys, extra, message):
     import re

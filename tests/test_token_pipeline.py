@@ -202,6 +202,31 @@ def test_cli_generate(folder, tmp_path, capsys):
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def test_cli_sampling_flags_and_audio_prompt(folder, tmp_path, capsys):
+    prompt_clip = tmp_path / "prompt.wav"
+    write_audio(prompt_clip, clip(0.2, seed=5)[0].numpy(), SR)
+    base = ["generate", "rain", "--model", str(folder), "--duration", "0.4", "--seed", "1", "--no-watermark"]
+    assert main(base + ["--out", str(tmp_path / "a.wav"), "--top-k", "5", "--top-p", "0.9",
+                        "--temperature", "0.7", "--audio-prompt", str(prompt_clip)]) == 0
+    meta = json.loads((tmp_path / "a.json").read_text())
+    assert meta["mode"] == "continuation" and meta["audio_prompt_s"] == pytest.approx(0.2)
+    assert meta["sampling"]["coarse"] == {"temperature": 0.7, "top_k": 5, "top_p": 0.9}
+    assert main(base + ["--out", str(tmp_path / "b.wav"), "--top-k", "1"]) == 0  # greedy decoding
+    assert main(base + ["--out", str(tmp_path / "c.wav"), "--top-k", "1", "--seed", "2"]) == 0  # whatever the seed
+    from soundsmith.codecs.audio import read_audio
+
+    b, c = read_audio(tmp_path / "b.wav")[0], read_audio(tmp_path / "c.wav")[0]
+    assert np.array_equal(b, c)
+    capsys.readouterr()
+    for flags, message in ((["--top-k", "0"], "top_k"), (["--top-p", "1.5"], "top_p"),
+                           (["--temperature", "0"], "temperature"),
+                           (["--audio-prompt", str(tmp_path / "missing.wav")], "missing.wav")):
+        assert main(base + ["--out", str(tmp_path / "bad.wav")] + flags) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (flags, err)
+        assert not (tmp_path / "bad.wav").exists()
+
+
 def test_assemble_from_trained_parts(folder, pipe, tmp_path, capsys):
     # each training run exports one part; `soundsmith assemble tokens` joins them into a model folder
     parts = {name: str(folder / name) for name in ("cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm",
