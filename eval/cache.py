@@ -58,6 +58,14 @@ def model_key(describe: dict[str, Any], fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def embedder_key(embedder: Any) -> str:
+    """The cache key of an eval embedder's per-clip embeddings (namespace "emb"): its `describe()` without
+    the checkpoint location (moving the weights keeps the cache) and its `fingerprint()`. The harness (FAD)
+    and the novelty index (eval/novelty.py) both use it, so they share the cached embeddings of a clip."""
+    info = {k: v for k, v in embedder.describe().items() if k != "checkpoint"}
+    return model_key(info, embedder.fingerprint())
+
+
 def set_key(file_hashes: Iterable[str], covariance: str) -> str:
     """Key of a set's statistics: its files' content hashes (order-free) and the covariance kind."""
     h = hashlib.sha256(covariance.encode())

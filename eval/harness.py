@@ -21,6 +21,9 @@ content, eval/cache.py), then computes the chosen metrics (docs/metrics.md):
   reference (the sidecar's "reference", else the same file name);
 - "is": Inception Score (10 splits);
 - "labels": the label classifier's accuracy per family against the prompts' labels.
+With a training index (`novelty_index`, eval/novelty.py) it adds novelty: each generated clip's nearest
+training clip and their audio-audio similarity, the distribution and the plagiarism rate at a threshold,
+beside the clip's text-audio CLAP score.
 The classifier of "kl" and "is" is the embedder's own head when it has one (PANNs: 527 AudioSet
 classes), else our label classifier's heads.
 
@@ -44,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import FeatureCache, default_cache_dir, file_hash, model_key, set_key
+from .cache import FeatureCache, default_cache_dir, embedder_key, file_hash, model_key, set_key
 from .fad import Statistics, fad, fad_inf, per_clip_fad
 from .prompts import AUDIO_SUFFIXES, PromptItem, read_prompt_file
 
@@ -174,6 +177,7 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
                   labels_model: str | os.PathLike | Any | None = None, covariance: str = "full",
                   cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                   device: str = "cpu", conditioning_clap: str | None = None, model: str | None = None,
+                  novelty_index: str | os.PathLike | Any | None = None, novelty_threshold: float = 0.9,
                   progress: bool = True) -> dict[str, Any]:
     """Score a folder (or list) of generated clips against reference clips; see the module docstring.
 
@@ -192,6 +196,9 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
         conditioning_clap: weights fingerprint of the CLAP that conditioned generation, to say whether the
             scoring CLAP is independent of it.
         model: name of the generating model for the report (default: from the sidecars).
+        novelty_index: a training index (folder from `soundsmith eval index`, a corpus folder whose index
+            was built with the `embedding` embedder, or a loaded `TrainingIndex`): adds the novelty section.
+        novelty_threshold: similarity at or above which a clip counts as a near copy, in (0, 1] (default 0.9).
     Returns the results dict (also written to `out`).
     """
     unknown = [m for m in metrics if m not in METRICS]
@@ -201,6 +208,13 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
 
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
+    from .novelty import check_threshold, resolve_index
+
+    check_threshold(novelty_threshold, "novelty_threshold")
+    index = None
+    if novelty_index is not None:  # before any embedding: a missing index says how to build one
+        index = resolve_index(novelty_index, embedder=embedding if isinstance(embedding, str) else embedding.name,
+                              cache_dir=cache_dir or None)
     gen_files = list_audio(generated, "generated")
     if reference is None:
         needing = [m for m in ("fad", "kl") if m in metrics]
@@ -218,7 +232,9 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
     # 1. the models each metric needs --------------------------------------------------------------------
     extractors: dict[str, Extractor] = {}
     embedder = None
-    if "fad" in metrics or "kl" in metrics or "is" in metrics:
+    same_for_novelty = index is not None and index.embedder_name == (
+        embedding if isinstance(embedding, str) else embedding.name)
+    if "fad" in metrics or "kl" in metrics or "is" in metrics or same_for_novelty:
         embedder = _get_embedder(embedding, embedding_checkpoint, device)
         info = embedder.describe()
         results["embedding"] = info
@@ -239,8 +255,19 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
         return kept[1] if kept is not None and kept[0] is wave else embedder.logits(wave, sr)
 
     if embedder is not None:
-        emb_key = model_key({k: v for k, v in info.items() if k != "checkpoint"}, embedder.fingerprint())  # not where
+        emb_key = embedder_key(embedder)  # the settings and weights, not where the weights are
         extractors["embedding"] = (FeatureCache(root, "emb", emb_key), embed_fn)
+    novelty_key = None  # the extractor whose windows give the clip vectors for novelty
+    if index is not None:
+        from .novelty import check_embedder, index_embedder
+
+        if same_for_novelty:
+            check_embedder(index, embedder)
+            novelty_key = "embedding"
+        else:  # the index was built with another embedder than the FAD one: load that one as well
+            nov_embedder = index_embedder(index, device=device)
+            extractors["novelty"] = (FeatureCache(root, "emb", embedder_key(nov_embedder)), nov_embedder.embed)
+            novelty_key = "novelty"
     need_labeler = "labels" in metrics or (("kl" in metrics or "is" in metrics) and not classifier_from_embedder)
     if need_labeler:
         try:
@@ -274,7 +301,7 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
 
     # 2. per-clip arrays (cached), skipping unusable clips ------------------------------------------------
     logits_key = "logits" if "logits" in extractors else ("labelfeat" if labeler is not None else None)
-    gen_needs = {k: v for k, v in extractors.items() if k != "embedding" or "fad" in metrics}
+    gen_needs = {k: v for k, v in extractors.items() if k != "embedding" or "fad" in metrics or novelty_key == k}
     ref_needs = {}
     if "fad" in metrics:
         ref_needs["embedding"] = extractors["embedding"]
@@ -405,6 +432,23 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
                 _metric(results, name, m["accuracy"], m["n"], dt, labeler.name)
             for i, t in zip(idx, truth):
                 per_clip[i]["labels"] = t
+
+    # 7. novelty: the nearest training clip of each generated clip -------------------------------------
+    if index is not None:
+        t0 = time.perf_counter()
+        from .novelty import novelty, pool_clip
+
+        nov = novelty(np.stack([pool_clip(a) for a in gen.arrays[novelty_key]]), index, threshold=novelty_threshold)
+        for row, near in zip(per_clip, nov.pop("per_clip")):
+            row.update({"novelty_similarity": near["similarity"], "nearest_train_file": near["nearest_file"],
+                        "nearest_train_caption": near["nearest_caption"], "above_threshold": near["above_threshold"]})
+        results["novelty"] = {**nov, "index": index.summary()}
+        dt = time.perf_counter() - t0
+        note = f"max cosine to {len(index)} {index.split} clips ({index.embedder_name})"
+        for stat in ("mean", "median", "p90", "max"):
+            _metric(results, f"novelty_sim_{stat}", nov[stat], nov["n"], dt, f"{stat} over clips of the {note}")
+        _metric(results, "plagiarism_rate", nov["plagiarism_rate"], nov["n"], dt,
+                f"fraction of clips with similarity >= {novelty_threshold:g} (MusicLDM SIM_AA@90 at 0.9)")
 
     results["per_clip"] = per_clip
     timing["total"] = time.perf_counter() - t_start
@@ -562,8 +606,9 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
              limit: int | None = None, pipeline_kwargs: dict[str, Any] | None = None, device: str = "auto",
              dtype: str = "fp32", metrics: Sequence[str] = METRICS, embedding: str | Any = "clap",
              embedding_checkpoint: str | None = None, clap_model: Any = None, labels_model: Any = None,
-             covariance: str = "full", cache_dir: str | os.PathLike | None = None, progress: bool = True,
-             pipeline: Any = None) -> dict[str, Any] | None:
+             covariance: str = "full", cache_dir: str | os.PathLike | None = None,
+             novelty_index: str | os.PathLike | Any | None = None, novelty_threshold: float = 0.9,
+             progress: bool = True, pipeline: Any = None) -> dict[str, Any] | None:
     """Generate `num_per_prompt` clips per prompt of `prompts` into `<out>/generated`, then score them.
 
     Args:
@@ -577,8 +622,8 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
         pipeline_kwargs: passed to every pipeline call (duration_s, num_inference_steps, guidance_scale,
             scheduler, negative_prompt, watermark).
         device, dtype: where and how the pipeline runs ("auto": each accelerate process's device).
-        metrics, embedding, embedding_checkpoint, clap_model, labels_model, covariance, cache_dir: as
-            `score_folders`.
+        metrics, embedding, embedding_checkpoint, clap_model, labels_model, covariance, cache_dir,
+            novelty_index, novelty_threshold: as `score_folders`.
         pipeline: an already loaded pipeline (tests, the app); `model` then only names it.
     Returns the results dict on the main process, None on the others.
     """
@@ -592,6 +637,12 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
     check_int("batch_size", batch_size, 1, 4096)
     items = read_prompt_file(prompts, reference_dir=reference, limit=limit)
     ref_source = _reference_set(items, reference)
+    if novelty_index is not None:  # fail before generating anything: a missing index says how to build one
+        from .novelty import check_threshold, resolve_index
+
+        check_threshold(novelty_threshold, "novelty_threshold")
+        novelty_index = resolve_index(novelty_index, embedder=embedding if isinstance(embedding, str)
+                                      else embedding.name, cache_dir=cache_dir or None)
     if ref_source is None and any(m in metrics for m in ("fad", "kl")):  # fail before generating anything
         raise ValueError(f"metrics fad and kl need reference audio: {prompts} names no reference clips and no "
                          "reference folder was given (or leave fad,kl out of the metrics)")
@@ -655,7 +706,8 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
         [p[4] for p in plan], ref_source, metrics=metrics, embedding=embedding,
         embedding_checkpoint=embedding_checkpoint, clap_model=clap_model, labels_model=labels_model,
         covariance=covariance, cache_dir=cache_dir, device=str(state.device) if device == "auto" else device,
-        conditioning_clap=conditioning_clap_fingerprint(model, pipe), model=str(model), progress=progress)
+        conditioning_clap=conditioning_clap_fingerprint(model, pipe), model=str(model),
+        novelty_index=novelty_index, novelty_threshold=novelty_threshold, progress=progress)
     results["generation"] = {**settings, "clips": len(plan), "generated_now": len(todo),
                              "seconds": round(generation_s, 2), "processes": state.num_processes,
                              "folder": str(gen_dir)}

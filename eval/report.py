@@ -5,8 +5,10 @@
 - results.csv: one row per metric: metric, value, model, embedding (the model that metric used), n, time_s, note.
 - report.md and report.html: the metric table, what was not computed, warnings, label accuracy, and
   matplotlib plots: CLAP score per prompt, the FAD-inf fit, and the worst clips by per-clip FAD with their
-  mel spectrograms. The PNGs are written to plots/ (linked from report.md) and embedded as base64 in
-  report.html, which therefore needs no other file.
+  mel spectrograms; with a training index, the novelty section: the distribution of each clip's
+  similarity to its nearest training clip, the plagiarism rate, and per clip the nearest training clip
+  (file + caption) beside its text-audio CLAP score. The PNGs are written to plots/ (linked from
+  report.md) and embedded as base64 in report.html, which therefore needs no other file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("metric", "value", "model", "embedding", "n", "time_s", "note")
 WORST_CLIPS = 5
+NOVELTY_ROWS = 100  # per-clip novelty rows in report.md/.html (most similar first); results.json has all
+NOVELTY_PRINTED = 5  # ... and in the printed table
 
 
 def metric_model(results: dict[str, Any], metric: str) -> str:
@@ -38,6 +42,8 @@ def metric_model(results: dict[str, Any], metric: str) -> str:
         return str(results.get("classifier", {}).get("name", ""))
     if metric.startswith("label_accuracy"):
         return "soundsmith-labels"
+    if metric.startswith(("novelty", "plagiarism")):
+        return str(results.get("novelty", {}).get("index", {}).get("embedder", ""))
     return ""
 
 
@@ -51,7 +57,21 @@ def format_metric_table(results: dict[str, Any]) -> str:
         lines.append(f"{m['metric']:<28}{m['value']:>12.4f}{m['n']:>8}  {metric_model(results, m['metric'])}")
     for m in results.get("not_computed", []):
         lines.append(f"{m['metric']:<28}{'-':>12}{'':>8}  not computed: {m['reason']}")
+    nov = results.get("novelty")
+    if nov:
+        lines.append(f"novelty: {nov['above_threshold']} of {nov['n']} clips at or above similarity "
+                     f"{nov['threshold']:g} to a training clip; most similar:")
+        for c in novelty_rows(results)[:NOVELTY_PRINTED]:
+            clap = f"{c['clap_score']:.3f}" if isinstance(c.get("clap_score"), float) else "-"
+            lines.append(f"  {c['novelty_similarity']:.3f}  {Path(c['file']).name} ~ {c['nearest_train_file']} "
+                         f"({c.get('nearest_train_caption') or ''}); CLAP score {clap}")
     return "\n".join(lines)
+
+
+def novelty_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-clip rows with a nearest training clip, most similar first."""
+    rows = [c for c in results.get("per_clip", []) if isinstance(c.get("novelty_similarity"), float)]
+    return sorted(rows, key=lambda c: -c["novelty_similarity"])
 
 
 def write_report(results: dict[str, Any], out: str | os.PathLike) -> dict[str, Path]:
@@ -114,6 +134,23 @@ def make_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         made["fad_inf"] = _save(fig, folder / "fad_inf.png")
+    nov = results.get("novelty")
+    if nov:
+        sims = np.array([c["novelty_similarity"] for c in novelty_rows(results)])
+        fig = Figure(figsize=(6, 3.2), dpi=100)
+        ax = fig.add_subplot()
+        # bins over the values' own range (they crowd near 1); results.json keeps fixed 0.05-wide bins
+        low = min(float(sims.min()), nov["threshold"]) - 0.01
+        ax.hist(sims, bins=np.linspace(low, min(1.0, float(sims.max())) + 0.002, 31), color="#4c72b0",
+                edgecolor="white")
+        ax.axvline(nov["threshold"], color="#c44e52", lw=1, label=f"threshold {nov['threshold']:g}: "
+                   f"{100 * nov['plagiarism_rate']:.1f}% of clips at or above")
+        ax.set_xlabel("cosine similarity to the nearest training clip")
+        ax.set_ylabel("generated clips")
+        ax.set_title(f"Novelty ({nov['n']} clips vs {nov['index']['clips']} training clips)")
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        made["novelty"] = _save(fig, folder / "novelty.png")
     for rank, clip in enumerate(worst_clips(results), 1):
         try:
             made[f"worst_{rank}"] = mel_plot(Path(clip["file"]), folder / f"worst_{rank}.png",
@@ -210,6 +247,35 @@ def report_sections(results: dict[str, Any], plots: dict[str, Path]) -> list[tup
     if "fad_inf" in plots:
         s.append(("h2", "FAD-inf"))
         s.append(("img", plots["fad_inf"], "FD of random subsets against 1/n and the fitted line"))
+    nov = results.get("novelty")
+    if nov:
+        idx = nov["index"]
+        s.append(("h2", "Novelty: nearest training clip"))
+        s.append(("list", [
+            f"index: {idx['path']} ({idx['clips']} clips of the {idx['split']} split of {idx['data_dir']}, "
+            f"embedder {idx['embedder']} {idx['embedder_fingerprint']})",
+            f"similarity to the nearest training clip (cosine): mean {nov['mean']:.3f}, median {nov['median']:.3f}, "
+            f"p90 {nov['p90']:.3f}, max {nov['max']:.3f} over {nov['n']} clips",
+            f"plagiarism rate: {nov['above_threshold']} of {nov['n']} clips ({100 * nov['plagiarism_rate']:.1f}%) "
+            f"at or above {nov['threshold']:g}",
+            "read with the CLAP score: a clip that matches its prompt AND sits near one training clip may be a "
+            "copy; listen to both"]))
+        if "novelty" in plots:
+            s.append(("img", plots["novelty"], "Similarity of each generated clip to its nearest training clip"))
+        edges, counts = nov["histogram"]["edges"], nov["histogram"]["counts"]
+        s.append(("table", ["similarity", "clips"],
+                  [[f"[{edges[i]:.2f}, {edges[i + 1]:.2f}{']' if i == len(counts) - 1 else ')'}", str(c)]
+                   for i, c in enumerate(counts) if c]))
+        rows = novelty_rows(results)
+        more = f" (the {NOVELTY_ROWS} most similar; all in results.json)" if len(rows) > NOVELTY_ROWS else ""
+        s.append(("p", f"Per clip, most similar first{more}; * = at or above the threshold:"))
+        s.append(("table", ["clip", "prompt", "nearest training clip", "its caption", "audio-audio similarity",
+                            "text-audio CLAP score"],
+                  [[Path(c["file"]).name, c.get("prompt") or "", c["nearest_train_file"],
+                    c.get("nearest_train_caption") or "",
+                    f"{c['novelty_similarity']:.3f}" + (" *" if c.get("above_threshold") else ""),
+                    f"{c['clap_score']:.3f}" if isinstance(c.get("clap_score"), float) else ""]
+                   for c in rows[:NOVELTY_ROWS]]))
     worst = worst_clips(results)
     if worst:
         s.append(("h2", f"Worst {len(worst)} clips by per-clip FAD"))

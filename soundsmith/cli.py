@@ -203,6 +203,10 @@ def cmd_eval_score(args: argparse.Namespace) -> None:
 def cmd_eval_index(args: argparse.Namespace) -> None:
     from soundsmith.eval.novelty import build_index, load_index
 
+    if not args.verbose:  # the embedding bar is the progress shown; no weight-loading bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     path = build_index(args.data, args.out, embedder=args.embedder, embedder_checkpoint=args.embedder_checkpoint,
                        split=args.split, cache_dir=args.cache_dir, device=args.device)
     print(path)
@@ -426,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "valid", "test"), default="train", help="corpus split (default: train)")
     p.add_argument("--out", default=None, help="index folder (default: under the cache, found again from DATA)")
     p.add_argument("--embedder", default="clap", help="eval embedder (default: clap, our CLAP audio tower); "
-                   "--embedding of eval run/score must match it")
+                   "`eval run/score --novelty-index DATA` finds the index of their --embedding")
     p.add_argument("--embedder-checkpoint", default=None, help="its weights (default: the shipped/standard ones)")
     p.add_argument("--device", default="cpu", help="where the embedder runs (default: cpu)")
     p.add_argument("--cache-dir", default=None, help="embedding cache and default index place (default: "
