@@ -198,7 +198,8 @@ def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSetti
                 queue.empty()
                 bar.progress(0.0, text="conditioning")
                 entry = jobs.generate(pipe, settings, caps, ui.workspace().new_folder("gen"),
-                                      entry_id=ui.next_id("gen"), model=path, callback=callback)
+                                      entry_id=ui.next_id("gen"), model=path, callback=callback,
+                                      nearest=ui.novelty_check()[0])
         except GenerationCancelled:
             callback.reraise()  # the user's interrupt: let Streamlit rerun (the notice shows then)
             status.update(label="Interrupted", state="error")

@@ -186,6 +186,8 @@ class Take:
     wav: Path
     flac: Path
     png: Path
+    watermark: str = "off"  # "payload 0x1a2b (soundsmith-stdm/1)", or why there is none
+    nearest: tuple[float, str, str] | None = None  # (similarity, training file, its caption) of the nearest clip
 
 
 @dataclass
@@ -209,10 +211,22 @@ class HistoryEntry:
         return {**self.settings, "seed": take.seed, "num_waveforms": 1}
 
 
+def watermark_state(parameters: dict[str, Any]) -> str:
+    """What a result card says about the watermark, from the output's sidecar fields."""
+    if parameters.get("watermarked"):
+        return f"payload 0x{int(parameters['watermark_payload']):04x} ({parameters.get('watermark_scheme')})"
+    if parameters.get("watermark"):
+        return "none: the clip is shorter than a watermark block (0.5 s)"
+    return "off"
+
+
 def generate(pipe: Any, settings: GenerationSettings, caps: Capabilities, folder: str | os.PathLike, *,
-             entry_id: int, model: str, callback: Callable[[int, int], Any] | None = None) -> HistoryEntry:
+             entry_id: int, model: str, callback: Callable[[int, int], Any] | None = None,
+             nearest: Callable[[Any, int], tuple[float, str, str]] | None = None) -> HistoryEntry:
     """Run one generation and write each clip as WAV and FLAC (with JSON sidecars) plus its waveform/mel PNG
-    into `folder`. Raises the pipeline's ValueError / GenerationCancelled unchanged."""
+    into `folder`. `nearest(wave [C, T], sample_rate)` -> (similarity, file, caption) of the nearest training
+    clip (the novelty check), when a training index is set. Raises the pipeline's ValueError /
+    GenerationCancelled unchanged."""
     from .plots import clip_figure_png
 
     settings.check(caps)
@@ -231,7 +245,8 @@ def generate(pipe: Any, settings: GenerationSettings, caps: Capabilities, folder
         score = None if output.clap_scores is None else float(output.clap_scores[i])
         takes.append(Take(index=i, prompt=output.prompts[i], seed=output.seeds[i], clap_score=score,
                           duration_s=audio.shape[-1] / output.sample_rate, sample_rate=output.sample_rate,
-                          wav=wav, flac=flac, png=png))
+                          wav=wav, flac=flac, png=png, watermark=watermark_state(output.parameters),
+                          nearest=None if nearest is None else tuple(nearest(audio, output.sample_rate))))
     return HistoryEntry(id=entry_id, model=model, settings={**settings.to_dict(), "seed": seed},
                         parameters=dict(output.parameters), takes=takes, seconds=seconds)
 

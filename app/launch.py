@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .models import MODEL_DIR_ENV
+from .models import MODEL_DIR_ENV, NOVELTY_INDEX_ENV
 
 ENTRY = Path(__file__).resolve().parent / "streamlit_app.py"
 
@@ -33,8 +33,11 @@ def check_port(port: int, address: str) -> None:
             raise OSError(f"cannot serve on {address}:{port} ({err.strerror or err}); pick another --port") from None
 
 
-def launch_app(*, port: int = 8501, model_dir: str | os.PathLike | None = None, address: str = "127.0.0.1") -> int:
-    """Run the app until Ctrl+C. `model_dir`: the folder whose model folders the picker offers."""
+def launch_app(*, port: int = 8501, model_dir: str | os.PathLike | None = None, address: str = "127.0.0.1",
+               novelty_index: str | os.PathLike | None = None) -> int:
+    """Run the app until Ctrl+C. `model_dir`: the folder whose model folders the picker offers;
+    `novelty_index`: a training index folder or corpus folder (`soundsmith eval index DATA`) for the
+    nearest-training-clip line of each result (default: the repository's standard corpus, if indexed)."""
     import importlib.util
 
     if importlib.util.find_spec("streamlit") is None:
@@ -45,6 +48,10 @@ def launch_app(*, port: int = 8501, model_dir: str | os.PathLike | None = None, 
         if not folder.is_dir():
             raise FileNotFoundError(f"--model-dir folder not found: {folder}")
         env[MODEL_DIR_ENV] = str(folder.resolve())
+    if novelty_index is not None:
+        from soundsmith.eval.novelty import resolve_index
+
+        env[NOVELTY_INDEX_ENV] = str(resolve_index(novelty_index).path)  # fails here, in one line, if missing
     check_port(port, address)
     host = f"[{address}]" if ":" in address else address
     print(f"soundsmith app: open http://{host}:{port}  (Ctrl+C stops it)", flush=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_DIR_ENV = "SOUNDSMITH_MODEL_DIR"  # set by `soundsmith app --model-dir`
+NOVELTY_INDEX_ENV = "SOUNDSMITH_NOVELTY_INDEX"  # set by `soundsmith app --novelty-index`
 SHIPPED = ("default-ldm", "default-tokens")  # the shipped defaults of both backends, offered first
 KNOWN_FEATURES = ("diffusion", "sampling", "audio_to_audio", "inpaint", "continuation")
 

@@ -14,6 +14,7 @@ from streamlit.runtime.scriptrunner import RerunException, StopException
 
 from . import jobs
 from .models import (
+    NOVELTY_INDEX_ENV,
     Capabilities,
     ModelGate,
     capabilities_of,
@@ -72,6 +73,31 @@ def show_error(err: BaseException, what: str = "") -> None:
 def cached_model(path: str, stamp: float) -> Any:
     """One loaded pipeline per model folder (and config.json version) per process, shared by all sessions."""
     return load_model(path, stamp)
+
+
+@st.cache_resource(show_spinner="Loading the training index…", max_entries=2)
+def cached_novelty(source: str) -> Callable[[Any, int], tuple[float, str, str]]:
+    """nearest(wave [C, T], sample_rate) -> (similarity, file, caption) over a training index, loaded once."""
+    from soundsmith.eval.novelty import index_embedder, nearest_training_clip, resolve_index
+
+    index = resolve_index(source)
+    embedder = index_embedder(index)
+    return lambda wave, sample_rate: tuple(nearest_training_clip(wave, sample_rate, index, embedder))
+
+
+def novelty_check() -> tuple[Callable[[Any, int], tuple[float, str, str]] | None, str]:
+    """(the nearest-training-clip function, or None and why): the index of `--novelty-index`, else of the
+    repository's standard corpus when one has been built."""
+    source = os.environ.get(NOVELTY_INDEX_ENV)
+    if not source:
+        corpus = Path(__file__).resolve().parent.parent / "data" / "corpus"
+        if not (corpus / "metadata.jsonl").is_file():
+            return None, "no training index (start the app with --novelty-index DATA)"
+        source = str(corpus)
+    try:
+        return cached_novelty(source), ""
+    except (FileNotFoundError, ValueError) as err:
+        return None, one_line(err)
 
 
 @st.cache_resource
@@ -200,6 +226,12 @@ def take_card(entry: jobs.HistoryEntry, take: jobs.Take, *, prefix: str) -> None
         score = "n/a" if take.clap_score is None else f"{take.clap_score:.3f}"
         st.markdown(f"**{take.prompt}**  \nseed `{take.seed}` · CLAP score {score} · {take.duration_s:.2f} s · "
                     f"{take.sample_rate} Hz")
+        if take.nearest is not None:
+            similarity, file_name, caption = take.nearest
+            near = f"nearest training clip `{file_name}` (similarity {similarity:.3f}): {caption}"
+        else:
+            near = f"nearest training clip: {novelty_check()[1] or 'not computed'}"
+        st.caption(f"watermark: {take.watermark}  \n{near}")
         st.audio(str(take.wav), format="audio/wav")
         st.image(str(take.png), width="stretch")
         c1, c2, c3 = st.columns(3)

@@ -233,7 +233,8 @@ def _require(module: str, feature: str) -> None:
 def cmd_app(args: argparse.Namespace) -> None:
     from soundsmith.app.launch import launch_app
 
-    code = launch_app(port=args.port, model_dir=args.model_dir, address=args.address)
+    code = launch_app(port=args.port, model_dir=args.model_dir, address=args.address,
+                      novelty_index=args.novelty_index)
     if code not in (0, 130):  # streamlit said why on stderr
         raise UsageError(f"streamlit exited with status {code}")
 
@@ -453,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the shipped models/); any other model folder can be typed in the app")
     p.add_argument("--address", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine "
                    "only; 0.0.0.0 serves every interface)")
+    p.add_argument("--novelty-index", default=None, metavar="DIR", help="training index or corpus folder "
+                   "(`soundsmith eval index DATA`): each result names its nearest training clip (default: the "
+                   "repository's data/corpus when indexed)")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("detect", help="look for the generation watermark in audio files")

@@ -146,9 +146,13 @@ def test_launcher_command_and_port_check(capsys):
             check_port(port, "127.0.0.1")
         assert main(["app", "--port", str(port), "--model-dir", str(tiny_model_dir())]) == 2
     assert main(["app", "--model-dir", "/nonexistent/models"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    # (building the tiny models on first use may log weight loading; only our error lines count)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("soundsmith:")]
     assert err[0].startswith(f"soundsmith: error: cannot serve on 127.0.0.1:{port}")
     assert err[1] == "soundsmith: error: --model-dir folder not found: /nonexistent/models"
+    assert main(["app", "--model-dir", str(tiny_model_dir()), "--novelty-index", "/nonexistent/index"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no training index at /nonexistent/index" in err[0] and "eval index" in err[0]
 
 
 # --------------------------------------------------------------------------------------------- Generate
@@ -170,6 +174,11 @@ def test_generate_page_makes_cards_with_downloads(app, tmp_path):
     labels = [b.label for b in app.get("download_button")]
     assert labels.count("WAV") == 2 and labels.count("FLAC") == 2
     assert any("seed `7`" in m.value and "CLAP score" in m.value for m in app.markdown)
+    # each card says whether the clip is watermarked and how close it is to the training data (no index here)
+    notes = [c.value for c in app.caption if c.value.startswith("watermark:")]
+    assert len(notes) == 2 and all("watermark: payload 0x" in n for n in notes)
+    assert all("nearest training clip: no training index at" in n and "soundsmith eval index" in n for n in notes)
+    assert entry.takes[0].watermark.startswith("payload 0x") and entry.takes[0].nearest is None
     assert entry.parameters["backend"] == "ldm" and entry.parameters["num_inference_steps"] == 3
 
 
@@ -384,3 +393,24 @@ def test_evaluate_a_prompt_set_with_the_model(app, tmp_path):
     app.text_input(key="e_reference").set_value(str(tmp_path / "missing"))
     app.button(key="e_run").click().run()
     assert errors(app) == [f"reference folder not found: {tmp_path / 'missing'}"]
+
+
+def test_results_name_their_nearest_training_clip(tmp_path):
+    # jobs.generate asks the novelty check for every clip and keeps what it says with the take
+    from soundsmith.app import jobs
+    from soundsmith.app.models import capabilities_of, load_model
+
+    pipe = load_model(str(tiny_model_dir() / "default-ldm"))
+    seen = []
+
+    def nearest(wave, sample_rate):
+        seen.append((wave.shape, sample_rate))
+        return 0.93, "train/000042.wav", "a dog barks twice"
+
+    settings = jobs.GenerationSettings(prompt="a dog", duration_s=0.5, num_waveforms=2, seed=3, num_inference_steps=2)
+    entry = jobs.generate(pipe, settings, capabilities_of(pipe), tmp_path, entry_id=1, model="tiny",
+                          nearest=nearest)
+    assert [t.nearest for t in entry.takes] == [(0.93, "train/000042.wav", "a dog barks twice")] * 2
+    assert len(seen) == 2 and seen[0][1] == pipe.sample_rate
+    assert jobs.watermark_state({"watermark": False}) == "off"
+    assert jobs.watermark_state({"watermark": True, "watermarked": False}).startswith("none: the clip is shorter")
