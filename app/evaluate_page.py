@@ -8,6 +8,7 @@ from typing import Any
 
 import streamlit as st
 from soundsmith.app import jobs, ui
+from soundsmith.pipelines.base import GenerationCancelled
 
 METRIC_NAMES = {"fad": "FAD", "clap": "CLAP score", "kl": "KL (paired clips)", "is": "Inception score",
                 "labels": "label accuracy"}
@@ -86,6 +87,9 @@ def prompt_set_tab() -> None:
         return
     out = ui.workspace().new_folder("eval")
     queue = st.empty()
+    bar = st.progress(0.0, text="waiting for the model…")
+    callback = ui.ProgressCallback(bar, state_key="e_progress", describe=lambda done, total: (
+        f"generated {done} of {total} clips" + ("; scoring…" if done >= total else "")))
     try:
         with st.status("Generating and scoring…", expanded=False) as status:
             with ui.gate_for(path).hold(on_wait=ui.queue_message(queue)):
@@ -93,8 +97,13 @@ def prompt_set_tab() -> None:
                 results = jobs.evaluate_prompt_set(
                     pipe, path, Path(prompts), ref, ui.workspace(), limit=int(ss["e_limit"]),
                     num_per_prompt=int(ss["e_per_prompt"]), seed=int(ss["e_seed"]),
-                    pipeline_kwargs={"duration_s": float(ss["e_duration"])}, out=out, **settings)
+                    pipeline_kwargs={"duration_s": float(ss["e_duration"])}, out=out, callback=callback,
+                    **settings)
             status.update(label="Evaluation done", state="complete")
+        bar.empty()
+    except GenerationCancelled:
+        callback.reraise()  # the user interacted mid-run: let Streamlit rerun
+        return
     except Exception as err:  # noqa: BLE001 - one line, the app keeps working
         ui.show_error(err, "evaluation failed: ")
         return

@@ -372,13 +372,16 @@ def score_uploaded_sets(generated: Sequence[Path], reference: Sequence[Path], wo
 
 def evaluate_prompt_set(pipe: Any, model: str, prompts: Path, reference: Path | None, workspace: Workspace, *,
                         limit: int, num_per_prompt: int, seed: int, metrics: Sequence[str], embedding: str,
-                        covariance: str, pipeline_kwargs: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The harness's `run_eval` with the app's loaded pipeline: generate `limit` prompts, then score them."""
+                        covariance: str, pipeline_kwargs: dict[str, Any], out: Path,
+                        callback: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+    """The harness's `run_eval` with the app's loaded pipeline: generate `limit` prompts, then score them.
+    `callback(clips_done, clips_total)` follows the generation (False stops it)."""
     from soundsmith.eval.harness import run_eval
 
     return run_eval(model, prompts, reference, out, num_per_prompt=num_per_prompt, seed=seed, limit=limit,
                     pipeline=pipe, pipeline_kwargs=pipeline_kwargs, metrics=list(metrics), embedding=embedding,
-                    covariance=covariance, cache_dir=workspace.cache_dir, progress=False, device="cpu")
+                    covariance=covariance, cache_dir=workspace.cache_dir, progress=False, device="cpu",
+                    callback=callback)
 
 
 def per_clip_table(results: dict[str, Any]) -> list[dict[str, Any]]:

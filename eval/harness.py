@@ -608,7 +608,8 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
              embedding_checkpoint: str | None = None, clap_model: Any = None, labels_model: Any = None,
              covariance: str = "full", cache_dir: str | os.PathLike | None = None,
              novelty_index: str | os.PathLike | Any | None = None, novelty_threshold: float = 0.9,
-             progress: bool = True, pipeline: Any = None) -> dict[str, Any] | None:
+             progress: bool = True, pipeline: Any = None,
+             callback: Callable[[int, int], Any] | None = None) -> dict[str, Any] | None:
     """Generate `num_per_prompt` clips per prompt of `prompts` into `<out>/generated`, then score them.
 
     Args:
@@ -625,6 +626,9 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
         metrics, embedding, embedding_checkpoint, clap_model, labels_model, covariance, cache_dir,
             novelty_index, novelty_threshold: as `score_folders`.
         pipeline: an already loaded pipeline (tests, the app); `model` then only names it.
+        callback: `callback(clips_done, clips_to_generate)` after every generated batch (the main process's
+            share); returning False stops before the next batch with `GenerationCancelled` (the clips
+            written so far stay, and a rerun continues from them).
     Returns the results dict on the main process, None on the others.
     """
     from accelerate import PartialState
@@ -695,6 +699,11 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
                             "labels": item.labels, "prompt_key": item.key, "process_index": state.process_index}
                     write_audio(path, output.audios[j], output.sample_rate, metadata=meta)
                 bar.update(len(batch))
+                if callback is not None and callback(s + len(batch), len(mine)) is False:
+                    from soundsmith.pipelines.base import GenerationCancelled
+
+                    raise GenerationCancelled(f"evaluation stopped after {s + len(batch)} of {len(mine)} clips; "
+                                              "the clips written so far are kept")
             bar.close()
         state.wait_for_everyone()
     generation_s = time.perf_counter() - t0

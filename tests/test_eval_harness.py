@@ -327,6 +327,23 @@ def test_run_eval_generates_scores_and_resumes(tmp_path, pipe, corpus, labeler):
         run_eval("tiny-model", prompts, corpus, out, **{**kwargs, "seed": 11})
 
 
+def test_run_eval_reports_progress_and_stops_when_asked(tmp_path, pipe, corpus):
+    from soundsmith.pipelines.base import GenerationCancelled
+
+    prompts = write_prompts(tmp_path / "p.jsonl", corpus)
+    kwargs = dict(num_per_prompt=2, batch_size=3, pipeline_kwargs={"duration_s": 0.3}, metrics=["clap"],
+                  clap_model=pipe.conditioner.model, cache_dir=tmp_path / "cache", progress=False, pipeline=pipe)
+    seen = []
+    with pytest.raises(GenerationCancelled, match="stopped after 3 of 8 clips"):
+        run_eval("m", prompts, corpus, tmp_path / "out",
+                 callback=lambda done, total: seen.append((done, total)) or False, **kwargs)
+    assert seen == [(3, 8)] and len(list((tmp_path / "out" / "generated").glob("*.wav"))) == 3  # kept
+    seen.clear()
+    r = run_eval("m", prompts, corpus, tmp_path / "out", callback=lambda done, total: seen.append((done, total)),
+                 **kwargs)
+    assert seen == [(3, 5), (5, 5)] and r["generation"]["generated_now"] == 5  # resumed from the 3 kept
+
+
 def test_run_eval_bad_input_fails_before_generating(tmp_path, pipe, corpus):
     (tmp_path / "p.csv").write_text("id,words\n1,rain\n")
     with pytest.raises(ValueError, match="no caption column"):
