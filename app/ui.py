@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,22 @@ class ProgressCallback:
     and turned into the pipeline's own cancel (return False -> GenerationCancelled), so the pipeline unwinds
     cleanly; `reraise()` then hands Streamlit its request back."""
 
+    MIN_INTERVAL_S = 0.25
+
     def __init__(self, bar: Any, *, state_key: str = "progress", describe: Callable[[int, int], str] | None = None):
         self.bar = bar
         self.state_key = state_key
         self.describe = describe or (lambda step, total: f"step {step} of {total}")
         self.control: BaseException | None = None
+        self.last_update = 0.0
 
     def __call__(self, step: int, total: int) -> bool:
+        # a token model calls back once per token (~1,000 times for 5 s): drawing each one costs more than
+        # the sampling, so the bar moves at most every MIN_INTERVAL_S (and always at the end)
+        now = time.monotonic()
+        if step < total and now - self.last_update < self.MIN_INTERVAL_S:
+            return True
+        self.last_update = now
         return self.update(step / max(total, 1), self.describe(step, total))
 
     def update(self, fraction: float, text: str) -> bool:
