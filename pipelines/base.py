@@ -498,52 +498,22 @@ def check_float(name: str, value: Any, low: float, high: float, *, low_open: boo
 # ------------------------------------------------------------------------------------- prompt files
 
 
-PROMPT_KEYS = ("prompt", "caption", "text")
-
-
 def read_prompts_file(path: str | os.PathLike) -> list[str]:
-    """Prompts from a file: `.jsonl` (one object per line with "prompt", "caption" or "text"), `.csv`
-    (a "prompt"/"caption"/"text" column, else the first column) or text (one prompt per line; blank
-    lines and lines starting with '#' are skipped). Errors name the file and line."""
-    import csv
-    import json
-
+    """Prompts from a file: `.jsonl` or `.csv` as the eval harness reads them (eval/prompts.py: the text in
+    a "caption", "prompt", "text" or "description" field or column), or plain text (one prompt per line;
+    blank lines and lines starting with '#' are skipped). Errors name the file and line."""
     path = Path(path)
+    if path.suffix.lower() in (".jsonl", ".csv"):
+        from soundsmith.eval.prompts import read_prompt_file  # one reader for both formats
+
+        return [item.prompt for item in read_prompt_file(path)]
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable UTF-8 text file ({' '.join(str(err).split())[:120]})") from None
-    prompts: list[str] = []
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-            key = next((k for k in PROMPT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
-            if key is None:
-                raise ValueError(f"{path}:{n}: expected an object with a string field 'prompt', 'caption' or 'text'")
-            prompts.append(row[key])
-    elif suffix == ".csv":
-        rows = list(csv.reader(text.splitlines()))
-        if not rows:
-            raise ValueError(f"{path}: empty CSV file")
-        header = [h.strip().lower() for h in rows[0]]
-        col = next((header.index(k) for k in PROMPT_KEYS if k in header), None)
-        body = rows[1:] if col is not None else rows
-        for row in body:
-            if row and any(cell.strip() for cell in row):
-                prompts.append(row[col or 0])
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    for n, p in enumerate(prompts, 1):
-        if not p.strip():
-            raise ValueError(f"{path}: prompt {n} is empty")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise ValueError(f"{path}: no prompts found")
     return prompts

@@ -221,8 +221,11 @@ def test_read_prompts_file(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n\n{"caption": "b", "label": "x"}\n')
     assert read_prompts_file(tmp_path / "p.jsonl") == ["a", "b"]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"label": 1}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2: expected an object"):
+    with pytest.raises(ValueError, match="bad.jsonl:2: no caption field"):
         read_prompts_file(tmp_path / "bad.jsonl")
+    (tmp_path / "nocol.csv").write_text("id,label\n1,x\n")
+    with pytest.raises(ValueError, match="nocol.csv: no caption column"):
+        read_prompts_file(tmp_path / "nocol.csv")
     (tmp_path / "empty.txt").write_text("\n# nothing\n")
     with pytest.raises(ValueError, match="no prompts found"):
         read_prompts_file(tmp_path / "empty.txt")
