@@ -65,13 +65,13 @@ def read_clips(folder: Path, rows: list[dict], seed: int) -> tuple[torch.Tensor,
 def label_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
     """Rank (1 = top) of each prompt's class among its family's classes by the label classifier's logits."""
     from soundsmith.eval.labels import LabelClassifier
+    from soundsmith.eval.prompts import DOMAIN_FAMILY
 
     clf = LabelClassifier.from_pretrained(args.labels)
     logits = clf.family_logits(clf.features(list(waves), sample_rate))
-    family = {"sfx": "sfx_class", "music": "instrument", "speech": "language"}
     ranks = []
     for i, r in enumerate(rows):
-        fam = family[r["domain"]]
+        fam = DOMAIN_FAMILY[r["domain"]]
         scores = logits[fam][i]
         true = clf.classes[fam].index(r["label"])
         ranks.append(1 + int((scores > scores[true]).sum()))

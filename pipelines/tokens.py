@@ -543,19 +543,21 @@ class TokenPipeline(Pipeline):
             raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
         config = TokenConfig.from_dict(raw, str(config_path))
         parts = {name: folder / rel for name, rel in config.components.items()}
-        pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder))
-        pipe.check_fingerprints(str(config_path), config.fingerprints)
+        pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder),
+                              recorded=config.fingerprints)
         return pipe.to(device, dtype)
 
     @classmethod
     def from_parts(cls, parts: Mapping[str, str | os.PathLike], *, config: TokenConfig | None = None,
-                   where: str = "parts", name_or_path: str = "") -> TokenPipeline:
+                   where: str = "parts", name_or_path: str = "",
+                   recorded: Mapping[str, str] | None = None) -> TokenPipeline:
         """Build a pipeline from separately trained part folders (the `export/` of each training run).
 
         Args:
             parts: part name (clap, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm (optional), codec)
                 -> folder. The parts must belong together: `check_parts` compares their vocabularies.
             config: sampling defaults (default `TokenConfig()`).
+            recorded: fingerprints a saved folder's config.json records (see `check_fingerprints`).
         """
         from soundsmith.codecs.neural_codec import NeuralCodec
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
@@ -581,7 +583,7 @@ class TokenPipeline(Pipeline):
         codec = NeuralCodec.from_pretrained(paths["codec"])
         pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
                    name_or_path=name_or_path or where)
-        pipe.check_fingerprints(where)  # each LM's trained_with: parts from other runs are refused
+        pipe.check_fingerprints(where, recorded)  # each LM's trained_with: parts from other runs are refused
         return pipe
 
 

@@ -256,10 +256,9 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_assemble_tokens(args: argparse.Namespace) -> None:
-    from soundsmith.pipelines.tokens import TokenPipeline
+    from soundsmith.pipelines.tokens import PARTS, TokenPipeline
 
-    parts = {name: getattr(args, name) for name in ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm",
-                                                    "fine_lm", "codec") if getattr(args, name) is not None}
+    parts = {name: getattr(args, name) for name in PARTS if getattr(args, name) is not None}
     pipe = TokenPipeline.from_parts(parts, where="soundsmith assemble tokens")
     link = {"clap": args.clap} if args.link_clap else None
     print(pipe.save_pretrained(args.out, dtype="fp16" if args.fp16 else None, link=link))
