@@ -39,61 +39,14 @@ def tiny_model_dir() -> Path:
 def tiny_musicgen_dir() -> Path:
     """A tiny random transformers MusicGen folder, outside the model dir (the user types its path)."""
     if "musicgen" not in _BUILT:
-        import torch
-        from transformers import (
-            EncodecConfig,
-            EncodecFeatureExtractor,
-            GenerationConfig,
-            MusicgenConfig,
-            MusicgenDecoderConfig,
-            MusicgenForConditionalGeneration,
-            MusicgenProcessor,
-            T5Config,
-        )
-
-        # Copied from tests/test_musicgen.py (folder fixture), smaller window
-        tokenizer = t5_tokenizer()
-        text = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
-        audio = EncodecConfig(sampling_rate=8000, audio_channels=1, num_filters=4, num_residual_layers=1,
-                              upsampling_ratios=[8, 5], codebook_size=1024, codebook_dim=16, hidden_size=16,
-                              target_bandwidths=[8.0], num_lstm_layers=1, use_causal_conv=False, normalize=False,
-                              chunk_length_s=None, overlap=None)
-        decoder = MusicgenDecoderConfig(vocab_size=1024, num_codebooks=4, hidden_size=16, num_hidden_layers=2,
-                                        num_attention_heads=2, ffn_dim=32, max_position_embeddings=256,
-                                        pad_token_id=1024, bos_token_id=1024)
-        torch.manual_seed(0)
-        model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder))
-        for layer in model.audio_encoder.quantizer.layers:  # zero codebooks would all decode alike
-            layer.codebook.embed.normal_()
-            layer.codebook.embed_avg.copy_(layer.codebook.embed)
-        model.generation_config = GenerationConfig(decoder_start_token_id=1024, pad_token_id=1024, bos_token_id=1024,
-                                                   do_sample=True, guidance_scale=3.0, top_k=10, max_length=120)
-        path = Path(tempfile.mkdtemp(prefix="soundsmith-app-musicgen-"))
         import atexit
 
+        from musicgen_helpers import write_tiny_musicgen
+
+        path = Path(tempfile.mkdtemp(prefix="soundsmith-app-musicgen-"))
         atexit.register(shutil.rmtree, path, ignore_errors=True)
-        model.save_pretrained(str(path))
-        MusicgenProcessor(feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=8000),
-                          tokenizer=tokenizer).save_pretrained(str(path))
-        _BUILT["musicgen"] = path
+        _BUILT["musicgen"] = write_tiny_musicgen(path, max_length=120)
     return _BUILT["musicgen"]
-
-
-def t5_tokenizer():
-    """Copied from tests/test_musicgen.py: a T5 tokenizer from a Unigram model trained here (offline)."""
-    import json
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import T5Tokenizer
-
-    texts = ["a jazzy piano trio", "rain on a tin roof", "a dog barks twice", "upbeat drums and bass",
-             "thunder over the sea", "a calm acoustic guitar"] * 4
-    unigram = Tokenizer(models.Unigram())
-    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    unigram.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=60, unk_token="<unk>",
-                                                               special_tokens=["<pad>", "</s>", "<unk>"]))
-    vocab = json.loads(unigram.to_str())["model"]["vocab"]
-    return T5Tokenizer(vocab=[(piece, score) for piece, score in vocab], extra_ids=0)
 
 
 def wav_bytes(seconds: float = 1.0, freq: float = 330.0, seed: int = 0) -> bytes:
