@@ -246,7 +246,7 @@ def generate(pipe: Any, settings: GenerationSettings, caps: Capabilities, folder
         takes.append(Take(index=i, prompt=output.prompts[i], seed=output.seeds[i], clap_score=score,
                           duration_s=audio.shape[-1] / output.sample_rate, sample_rate=output.sample_rate,
                           wav=wav, flac=flac, png=png, watermark=watermark_state(output.parameters),
-                          nearest=None if nearest is None else tuple(nearest(audio, output.sample_rate))))
+                          nearest=None if nearest is None else nearest(audio, output.sample_rate)))
     return HistoryEntry(id=entry_id, model=model, settings={**settings.to_dict(), "seed": seed},
                         parameters=dict(output.parameters), takes=takes, seconds=seconds)
 
