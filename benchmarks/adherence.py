@@ -1,17 +1,22 @@
-"""Prompt adherence of a generation model (DESIGN.md, "Standard material"): one clip per prompt of
-benchmarks/prompts/adherence.jsonl with fixed seeds; the prompt adheres when its class (SFX class,
-instrument or language) is in the top 3 of its family for the clip. Scorers: the eval harness's label
-classifier (`--scorer labels`, default: models/labels, 83-99 % test accuracy per family on corpus clips), or our
-CLAP ranking the class captions ("the sound of rain", "music played on piano") of the prompt's domain
-(`--scorer clap`, the measure used before the classifier landed). Targets: latent diffusion >= 70 %,
-token backend >= 60 % of prompts.
+"""Prompt adherence of a generation model (DESIGN.md, "Standard material"): `--seeds` clips per prompt of
+benchmarks/prompts/adherence.jsonl with fixed seeds; a clip adheres when its prompt's class (SFX class,
+instrument or language) is in the top 3 of its family for the clip. Scorers:
+- `labels`: the eval harness's label classifier on our CLAP's features (models/labels);
+- `feature-labels`: the second label classifier, on hand-crafted features with no CLAP in it
+  (models/labels-features, eval/feature_labels.py), so a model cannot score by pleasing our CLAP alone;
+- `both` (default): the two classifiers side by side, and the clips where one says hit and the other miss;
+- `clap`: our CLAP ranking the class captions ("the sound of rain", "music played on piano") of the
+  prompt's domain (the measure used before the classifiers landed).
+Targets: latent diffusion >= 70 %, token backend >= 60 % of clips.
 
-    .venv/bin/python benchmarks/adherence.py --model models/default-ldm [--scorer labels|clap]
-        [--steps N] [--scheduler NAME] [--guidance G] [--duration 5] [--seed 0] [--out DIR] [--limit N]
-    .venv/bin/python benchmarks/adherence.py --from-clips DIR --scorer clap --model M   # re-score kept clips
+    .venv/bin/python benchmarks/adherence.py --model models/default-ldm [--scorer both|labels|feature-labels|clap]
+        [--seeds 4] [--steps N] [--scheduler NAME] [--guidance G] [--duration 5] [--seed 0] [--out DIR] [--limit N]
+    .venv/bin/python benchmarks/adherence.py --from-clips DIR --model M   # re-score the clips a run kept
 
-Prints one line per prompt (rank of its class) and the hit rate per domain and overall, then a JSON
-summary line. `--out` keeps the clips (WAV + JSON sidecars) for listening.
+Clip k of prompt i uses seed `seed + i * seeds + k` (as `soundsmith eval run`). Prints each prompt's ranks
+under each scorer, the hit rate per label family (and overall) for each scorer beside the classifier's own
+top-1 accuracy on real corpus test clips (its ceiling, from its config.json), the clips where the two
+classifiers disagree, then a JSON summary line. `--out` keeps the clips (WAV + JSON sidecars) for listening.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+SCORERS = ("labels", "feature-labels", "clap")
+BOTH = ("labels", "feature-labels")  # what `--scorer both` runs
 
 
 def class_labels(domain: str) -> list[str]:
@@ -34,6 +42,13 @@ def class_labels(domain: str) -> list[str]:
     return {"sfx": list(sfx.SFX_CLASSES), "music": list(music.INSTRUMENTS), "speech": list(speech.LANGUAGES)}[domain]
 
 
+def prompt_family(row: dict) -> str:
+    """The label family a prompt row names: its "family", else its domain's (sfx_class, instrument, language)."""
+    from soundsmith.eval.prompts import DOMAIN_FAMILY
+
+    return str(row.get("family") or DOMAIN_FAMILY[row["domain"]])
+
+
 def class_ranks(audio_emb: torch.Tensor, caption_emb: torch.Tensor, true_index: list[int]) -> list[int]:
     """1-based rank of each clip's true class among the candidate captions (`[N, D]` x `[C, D]`, cosine)."""
     sims = audio_emb @ caption_emb.T  # [N, C]
@@ -41,8 +56,13 @@ def class_ranks(audio_emb: torch.Tensor, caption_emb: torch.Tensor, true_index: 
     return (1 + (sims > own[:, None]).sum(1)).tolist()
 
 
-def read_clips(folder: Path, rows: list[dict], seed: int) -> tuple[torch.Tensor, int, dict]:
-    """The clips an earlier `--out` run kept: prompt i is the clip whose sidecar says (prompt i, seed + i)."""
+def clip_seeds(num_prompts: int, seeds: int, seed: int) -> list[int]:
+    """Seed of clip k of prompt i, flattened prompt-major: seed + i * seeds + k."""
+    return [seed + i * seeds + k for i in range(num_prompts) for k in range(seeds)]
+
+
+def read_clips(folder: Path, rows: list[dict], seeds: list[int]) -> tuple[torch.Tensor, int, dict]:
+    """The clips an earlier `--out` run kept: clip j is the one whose sidecar says (rows[j] prompt, seeds[j])."""
     from soundsmith.codecs.audio import read_audio
 
     by_key = {}
@@ -50,10 +70,10 @@ def read_clips(folder: Path, rows: list[dict], seed: int) -> tuple[torch.Tensor,
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         by_key[(meta.get("prompt"), meta.get("seed"))] = (sidecar.with_suffix(".wav"), meta)
     waves, settings, sr = [], {}, None
-    for i, r in enumerate(rows):
-        if (r["prompt"], seed + i) not in by_key:
-            raise SystemExit(f"--from-clips: no clip for prompt {i} ({r['prompt']!r}, seed {seed + i}) in {folder}")
-        path, meta = by_key[(r["prompt"], seed + i)]
+    for r, s in zip(rows, seeds):
+        if (r["prompt"], s) not in by_key:
+            raise SystemExit(f"--from-clips: no clip for prompt {r['prompt']!r} with seed {s} in {folder}")
+        path, meta = by_key[(r["prompt"], s)]
         sr = int(meta["sample_rate"])
         wave, _ = read_audio(path, sample_rate=sr, channels=1)
         waves.append(torch.from_numpy(wave))
@@ -62,24 +82,32 @@ def read_clips(folder: Path, rows: list[dict], seed: int) -> tuple[torch.Tensor,
     return torch.stack([w[..., :n] for w in waves]), sr, settings
 
 
-def label_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
-    """Rank (1 = top) of each prompt's class among its family's classes by the label classifier's logits."""
-    from soundsmith.eval.labels import LabelClassifier
-    from soundsmith.eval.prompts import DOMAIN_FAMILY
+def load_classifier(args: argparse.Namespace, scorer: str) -> Any:
+    """The label classifier behind a scorer; both share the API adherence uses (eval/feature_labels.py)."""
+    if scorer == "labels":
+        from soundsmith.eval.labels import LabelClassifier
 
-    clf = LabelClassifier.from_pretrained(args.labels)
-    logits = clf.family_logits(clf.features(list(waves), sample_rate))
-    ranks = []
-    for i, r in enumerate(rows):
-        fam = DOMAIN_FAMILY[r["domain"]]
-        scores = logits[fam][i]
-        true = clf.classes[fam].index(r["label"])
-        ranks.append(1 + int((scores > scores[true]).sum()))
+        return LabelClassifier.from_pretrained(args.labels)
+    from soundsmith.eval.feature_labels import load_feature_label_classifier
+
+    return load_feature_label_classifier(args.feature_labels)
+
+
+def classifier_ranks(clf: Any, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
+    """Rank (1 = top) of each clip's prompt class among its family's classes by the classifier's logits."""
+    from soundsmith.eval.feature_labels import family_ranks
+
+    x = clf.features(list(waves), sample_rate)  # [N, D]
+    ranks = [0] * len(rows)
+    for family in dict.fromkeys(prompt_family(r) for r in rows):
+        idx = [i for i, r in enumerate(rows) if prompt_family(r) == family]
+        for i, rank in zip(idx, family_ranks(clf, x[idx], family, [rows[i]["label"] for i in idx])):
+            ranks[i] = rank
     return ranks
 
 
 def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
-    """Rank of each prompt's class caption among its domain's class captions by our CLAP."""
+    """Rank of each clip's class caption among its domain's class captions by our CLAP."""
     from soundsmith.pipelines.ldm import ClapConditioner
     from soundsmith.train.captions import class_caption
 
@@ -104,45 +132,72 @@ def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, 
     return ranks
 
 
+def hit_rates(rows: list[dict], hits: list[bool]) -> dict[str, float]:
+    """Share of hits per family (in first-seen order) and over all clips ("all")."""
+    out = {}
+    for family in dict.fromkeys(prompt_family(r) for r in rows):
+        h = [hit for r, hit in zip(rows, hits) if prompt_family(r) == family]
+        out[family] = sum(h) / len(h)
+    out["all"] = sum(hits) / len(hits)
+    return out
+
+
+def ceilings(clf: Any) -> dict[str, float]:
+    """A classifier's top-1 accuracy per family on real corpus test clips (true domain given), from the
+    training report in its config.json: what adherence could reach if every clip were a perfect example."""
+    acc = (clf.report or {}).get("test_accuracy", {})
+    return {f: float(m["accuracy"]) for f, m in acc.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "default-ldm"), help="pipeline folder")
-    p.add_argument("--scorer", choices=("labels", "clap"), default="labels",
-                   help="labels (default): the eval harness's label classifier ranks the classes of the prompt's "
-                   "family; clap: our CLAP ranks the class captions")
-    p.add_argument("--labels", default=str(ROOT / "models" / "labels"), help="label classifier folder")
+    p.add_argument("--scorer", choices=(*SCORERS, "both"), default="both",
+                   help="both (default): the two label classifiers side by side; labels: the CLAP-feature "
+                   "classifier; feature-labels: the hand-crafted-feature classifier; clap: our CLAP ranks the "
+                   "class captions")
+    p.add_argument("--labels", default=str(ROOT / "models" / "labels"), help="CLAP-feature label classifier folder")
+    p.add_argument("--feature-labels", default=str(ROOT / "models" / "labels-features"),
+                   help="hand-crafted-feature label classifier folder")
     p.add_argument("--clap", default=None, help="CLAP folder for --scorer clap (default: the pipeline's own CLAP)")
     p.add_argument("--from-clips", default=None, help="score the clips an earlier run kept with --out (same "
-                   "prompts and seed) instead of generating")
+                   "prompts, seed and seeds) instead of generating")
     p.add_argument("--prompts", default=str(ROOT / "benchmarks" / "prompts" / "adherence.jsonl"))
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="clip k of prompt i uses seed + i * seeds + k (default 0)")
+    p.add_argument("--seeds", type=int, default=4, help="clips per prompt, each scored (default 4)")
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="keep the clips here (WAV + JSON)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
+    scorers = BOTH if args.scorer == "both" else (args.scorer,)
 
     from soundsmith.pipelines import load_pipeline
 
-    rows = [json.loads(line) for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = rows[: args.limit] if args.limit else rows
+    prompts = [json.loads(line) for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = prompts[: args.limit] if args.limit else prompts
+    rows = [r for r in prompts for _ in range(args.seeds)]  # one row per clip, prompt-major
+    seeds = clip_seeds(len(prompts), args.seeds, args.seed)
     kwargs = {k: v for k, v in (("num_inference_steps", args.steps), ("scheduler", args.scheduler),
                                 ("guidance_scale", args.guidance)) if v is not None}
+    classifiers = {s: load_classifier(args, s) for s in scorers if s != "clap"}  # before generating: fail early
 
-    # 1. one clip per prompt, prompt i with seed + i (or the clips of an earlier run)
+    # 1. `seeds` clips per prompt (or the clips of an earlier run)
     t0 = time.perf_counter()
     if args.from_clips:
-        waves, sample_rate, settings = read_clips(Path(args.from_clips), rows, args.seed)
+        waves, sample_rate, settings = read_clips(Path(args.from_clips), rows, seeds)
     else:
         pipe = load_pipeline(args.model)
         pipe.progress_bar = False
-        out = pipe([r["prompt"] for r in rows], duration_s=args.duration, seed=args.seed,
+        out = pipe([r["prompt"] for r in rows], duration_s=args.duration, seed=seeds,
                    batch_size=args.batch_size, watermark=False, **kwargs)
         if args.out:
             out.save(args.out)
@@ -150,27 +205,63 @@ def main(argv: list[str] | None = None) -> int:
         settings = {k: out.parameters[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")}
     seconds = time.perf_counter() - t0
 
-    # 2. rank the classes of each prompt's family (SFX class, instrument, language) for its clip
-    ranks_of = label_ranks if args.scorer == "labels" else clap_ranks
-    ranks = ranks_of(args, rows, waves, sample_rate)
-    hits: dict[str, list[bool]] = {}
-    print(f"{'rank':>4}  domain  label            prompt")
-    for domain in ("sfx", "music", "speech"):
-        for i, r in enumerate(rows):
-            if r["domain"] == domain:
-                hits.setdefault(domain, []).append(ranks[i] <= args.top)
-                print(f"{ranks[i]:>4}  {domain:<6}  {r['label']:<15}  {r['prompt']}")
-    per_domain = {d: sum(h) / len(h) for d, h in hits.items()}
-    every = [x for h in hits.values() for x in h]
-    overall = sum(every) / len(every)
-    chance = {d: min(1.0, args.top / len(class_labels(d))) for d in hits}
-    print(f"\ntop-{args.top} adherence ({args.scorer} scorer): {overall:.1%} of {len(every)} prompts "
-          "(targets: latent diffusion >= 70%, tokens >= 60%); "
-          + ", ".join(f"{d} {v:.1%} (chance {chance[d]:.0%})" for d, v in per_domain.items()))
+    # 2. rank each clip's prompt class among its family's classes, under each scorer
+    ranks = {s: clap_ranks(args, rows, waves, sample_rate) if s == "clap" else
+             classifier_ranks(classifiers[s], rows, waves, sample_rate) for s in scorers}
+    hits = {s: [r <= args.top for r in ranks[s]] for s in scorers}
+
+    # 3. per prompt: the ranks of its clips under each scorer
+    print(f"ranks of each prompt's class in the {args.seeds} clip(s) of the prompt (hits = in the top {args.top})")
+    print(f"{'family':<11} {'label':<15} " + " ".join(f"{s:<{3 * args.seeds + 8}}" for s in scorers) + " prompt")
+    for i, r in enumerate(prompts):
+        cells = []
+        for s in scorers:
+            mine = ranks[s][i * args.seeds:(i + 1) * args.seeds]
+            text = " ".join(map(str, mine)) + f" ({sum(x <= args.top for x in mine)}/{args.seeds})"
+            cells.append(f"{text:<{3 * args.seeds + 8}}")
+        print(f"{prompt_family(r):<11} {r['label']:<15} " + " ".join(cells) + f" {r['prompt']}")
+
+    # 4. hit rate per family for each scorer, beside each classifier's accuracy on real test clips
+    rates = {s: hit_rates(rows, hits[s]) for s in scorers}
+    ceiling = {s: ceilings(classifiers[s]) for s in classifiers}
+    n_family = {f: sum(prompt_family(r) == f for r in rows) for f in rates[scorers[0]] if f != "all"}
+    n_family["all"] = len(rows)
+    chance = {f: min(1.0, args.top / len(class_labels(next(r["domain"] for r in rows if prompt_family(r) == f))))
+              for f in n_family if f != "all"}
+    print(f"\ntop-{args.top} adherence over {len(rows)} clips ({len(prompts)} prompts x {args.seeds} seeds); "
+          "in brackets: the classifier's top-1 accuracy on real corpus test clips (its ceiling)")
+    print(f"{'family':<11}{'clips':>6}{'chance':>8}  " + "".join(f"{s:<24}" for s in scorers))
+    for f, n in n_family.items():
+        cells = []
+        for s in scorers:
+            c = ceiling.get(s, {}).get(f)
+            cells.append(f"{rates[s][f]:>6.1%}" + (f" ({c:.3f})" if c is not None else "") + " " * 10)
+        print(f"{f:<11}{n:>6}{format(chance[f], '>8.0%') if f in chance else '':>8}  "
+              + "".join(f"{c:<24}" for c in cells))
+    print("targets: latent diffusion >= 70%, tokens >= 60%")
+
+    # 5. where the two classifiers disagree: a hit under one, a miss under the other
+    disagree = None
+    if len(scorers) == 2:
+        a, b = scorers
+        idx = [j for j in range(len(rows)) if hits[a][j] != hits[b][j]]
+        disagree = {"clips": len(idx), "prompts": len({j // args.seeds for j in idx}),
+                    f"only_{a}": sum(hits[a][j] for j in idx), f"only_{b}": sum(hits[b][j] for j in idx)}
+        print(f"\n{a} and {b} disagree (hit under one, miss under the other) on {len(idx)} of {len(rows)} clips "
+              f"({disagree['prompts']} of {len(prompts)} prompts): hit only under {a} {disagree[f'only_{a}']}, "
+              f"only under {b} {disagree[f'only_{b}']}")
+        if idx:
+            print(f"{'rank ' + a:>14} {'rank ' + b:>22} {'seed':>6}  prompt")
+            for j in idx:
+                print(f"{ranks[a][j]:>14} {ranks[b][j]:>22} {seeds[j]:>6}  {rows[j]['prompt']}")
+
     source = f"read from {args.from_clips}" if args.from_clips else "generated"
     print(f"clips: {len(rows)} x {args.duration} s {source} in {seconds:.1f} s; settings {settings}")
-    print(json.dumps({"model": args.model, "scorer": args.scorer, "top": args.top, "adherence": overall,
-                      "per_domain": per_domain, "chance": chance, "num_prompts": len(every), **settings,
+    print(json.dumps({"model": args.model, "scorers": list(scorers), "top": args.top, "seeds": args.seeds,
+                      "num_prompts": len(prompts), "num_clips": len(rows),
+                      "adherence": {s: rates[s]["all"] for s in scorers},
+                      "per_family": {s: {f: v for f, v in rates[s].items() if f != "all"} for s in scorers},
+                      "ceiling": ceiling, "chance": chance, "disagree": disagree, **settings,
                       "seconds": round(seconds, 2)}))
     return 0
 

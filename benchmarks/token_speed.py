@@ -10,10 +10,11 @@ audio with the token pipeline at its default settings.
    - ours, no cache: the same model re-running the whole sequence for every token
    - MusicgenForCausalLM.generate (one codebook, so one token per step like ours; no text cross-attention)
    - LlamaForCausalLM.generate (SDPA, DynamicCache), the alternative the brief names
-2. 5 s of audio: `TokenPipeline` with the default model (models/default-tokens) or, before it ships, random
-   parts of its sizes (train/configs/*-lm.json; 12 x 1024 conditioning RVQ; 512 k-means clusters; the 8 x 1024
-   default codec; the shipped CLAP when models/clap exists), guidance 3 (batched CFG), one output; split into
-   its stages, for both fine-stage patterns (delay, parallel).
+2. 5 s of audio: `TokenPipeline` with `--model` (default models/default-tokens) or, when that folder is
+   missing, random parts of its sizes (train/configs/*-lm.json; 12 x 1024 conditioning RVQ; 512 k-means
+   clusters; the default codec, the 8 x 1024 mel RVQ over models/mel-codec's VAE, decoded by `--vocoder`;
+   the shipped CLAP when models/clap exists), guidance 3 (batched CFG), one output; split into its stages,
+   for both fine-stage patterns (delay, parallel; a model folder only has its own).
 Every case reports wall time and this process's CPU time: on a machine shared with other jobs the wall
 time includes waiting for a core; CPU time is what the work costs. Median of `--repeats` after a warm-up.
 """
@@ -109,11 +110,13 @@ def decode_cases(batch: int, new: int) -> dict[str, Callable[[], object]]:
 # ------------------------------------------------------------------------------------------- pipeline
 
 
-def default_pipeline(fine_pattern: str = "delay"):
-    """models/default-tokens, or random parts of the shipped sizes (CLAP: models/clap when present)."""
+def default_pipeline(fine_pattern: str = "delay", model: Path | None = None, vocoder: str | None = None):
+    """`model` (default models/default-tokens), or random parts of the shipped sizes (CLAP: models/clap when
+    present); `vocoder` replaces the codec's vocoder (a mel RVQ codec only)."""
     import dataclasses
 
-    from soundsmith.codecs.neural_codec import NeuralCodec
+    from soundsmith.codecs.mel_codec import MelLatentCodec
+    from soundsmith.codecs.mel_rvq import MelRVQCodec
     from soundsmith.gen.clap import SoundsmithClap, load_clap
     from soundsmith.gen.cond_tokens import ConditioningQuantizer
     from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
@@ -122,9 +125,16 @@ def default_pipeline(fine_pattern: str = "delay"):
     from soundsmith.pipelines.ldm import ClapConditioner
     from soundsmith.pipelines.tokens import TokenPipeline
 
-    shipped = ROOT / "models" / "default-tokens"
-    if (shipped / "config.json").is_file() and fine_pattern == "delay":
-        return TokenPipeline.from_pretrained(shipped), f"shipped {shipped.relative_to(ROOT)}"
+    shipped = model or ROOT / "models" / "default-tokens"
+    if (shipped / "config.json").is_file():
+        pipe = TokenPipeline.from_pretrained(shipped)
+        if vocoder is not None:
+            from soundsmith.codecs.vocoders import build_vocoder
+
+            codec = pipe.codec
+            pipe.codec = codec.with_vocoder(build_vocoder(vocoder, mel=codec.mel_codec.vae.config.mel,
+                                                          base_dir=codec._mel_codec_folder))
+        return pipe, f"{shipped}"
     torch.manual_seed(0)
     clap_dir = ROOT / "models" / "clap"
     clap = load_clap(clap_dir) if (clap_dir / "config.json").is_file() else SoundsmithClap()
@@ -133,9 +143,11 @@ def default_pipeline(fine_pattern: str = "delay"):
     rvq.init_from_data_(torch.nn.functional.normalize(torch.randn(2048, 512), dim=-1))
     kmeans = SemanticTokenizer(ClapFrameFeatures(clap), n_clusters=512)
     kmeans.centroids = torch.randn(512, kmeans.config.dim)
-    codec = NeuralCodec().eval()
+    mel_codec = MelLatentCodec.from_pretrained(ROOT / "models" / "mel-codec", vocoder=vocoder or "griffin-lim")
+    codec = MelRVQCodec(mel_codec).eval()
     with torch.no_grad():
-        codec.quantizer.initialize_(codec.encoder(torch.randn(2, 1, 32000) * 0.1))
+        codec.quantizer.initialize_(torch.randn(4096, codec.config.dim))
+    r = round(codec.frame_rate / kmeans.frame_rate)
     lms = []
     for stage in ("semantic", "coarse", "fine"):
         raw = json.loads((ROOT / "train" / "configs" / f"{stage}-lm.json").read_text())
@@ -143,18 +155,19 @@ def default_pipeline(fine_pattern: str = "delay"):
         if stage == "fine":
             model["fine_pattern"] = fine_pattern
         rate = kmeans.frame_rate if stage == "semantic" else codec.frame_rate
-        window = int(round(raw.get("window_s", 5.0) * rate)) // (2 if stage == "coarse" else 1) * (
-            2 if stage == "coarse" else 1)
+        m = r if stage == "coarse" else 1
+        window = int(round(raw.get("window_s", 5.0) * rate)) // m * m
         lms.append(build_lm(TokenLMConfig(stage=stage, cond_levels=rvq.n_levels, cond_codebook_size=rvq.codebook_size,
                                           semantic_vocab=512, acoustic_codebook_size=codec.codebook_size,
-                                          frames_per_semantic=2, window=window, frame_rate=rate, **model)))
+                                          frames_per_semantic=r, window=window, frame_rate=rate, **model)))
     pipe = TokenPipeline(ClapConditioner(clap), rvq, kmeans, *lms, codec)
     what = "random parts of the default sizes" + (" + shipped CLAP" if (clap_dir / "config.json").is_file() else "")
     return pipe, what
 
 
-def pipeline_case(repeats: int, seconds: float, fine_pattern: str) -> dict[str, object]:
-    pipe, what = default_pipeline(fine_pattern)
+def pipeline_case(repeats: int, seconds: float, fine_pattern: str, model: Path | None = None,
+                  vocoder: str | None = None) -> dict[str, object]:
+    pipe, what = default_pipeline(fine_pattern, model, vocoder)
     pipe.progress_bar = False
     stages: dict[str, float] = {}
 
@@ -169,6 +182,8 @@ def pipeline_case(repeats: int, seconds: float, fine_pattern: str) -> dict[str, 
 
     for name in ("semantic_lm", "coarse_lm", "fine_lm"):
         part = getattr(pipe, name)
+        if part is None:  # a model without a fine LM decodes its coarse levels
+            continue
         part.generate = wrap(name.replace("_lm", ""), part.generate)
     pipe.codec.decode = wrap("decode", pipe.codec.decode)
     pipe.conditioner.embed_text = wrap("text", pipe.conditioner.embed_text)
@@ -178,7 +193,8 @@ def pipeline_case(repeats: int, seconds: float, fine_pattern: str) -> dict[str, 
     stages.clear()
     wall, cpu = timed(run, repeats)
     per_run = {k: v / (repeats + 1) for k, v in stages.items()}  # timed() runs one more warm-up
-    sizes = {n: getattr(pipe, n).num_parameters() for n in ("semantic_lm", "coarse_lm", "fine_lm")}
+    sizes = {n: getattr(pipe, n).num_parameters() for n in ("semantic_lm", "coarse_lm", "fine_lm")
+             if getattr(pipe, n) is not None}
     return {"what": what, "fine_pattern": fine_pattern, "wall": wall, "cpu": cpu, "stages": per_run, "sizes": sizes}
 
 
@@ -193,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="audio length of the pipeline case")
     parser.add_argument("--skip-decoding", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--model", type=Path, default=None, help="token model folder for the pipeline case "
+                        "(default: models/default-tokens, else random parts of its sizes)")
+    parser.add_argument("--vocoder", default=None, help="replace the codec's vocoder by this registry name")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -216,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         results["decoding"] = rows
     if not args.skip_pipeline:
         print(f"\ntime to make {args.seconds:g} s of audio (guidance 3, one output, {args.threads} thread(s)); "
-              "target <= 10 s")
+              "target <= 2 s (issue 17)")
         rows = []
-        for pattern in ("delay", "parallel"):
-            r = pipeline_case(args.repeats, args.seconds, pattern)
+        model = args.model or ROOT / "models" / "default-tokens"
+        patterns = ("delay",) if (model / "config.json").is_file() else ("delay", "parallel")
+        for pattern in patterns:
+            r = pipeline_case(args.repeats, args.seconds, pattern, args.model, args.vocoder)
             rows.append(r)
             stages = ", ".join(f"{k.split(' ')[0]} {r['stages'].get(k, 0.0):.2f}" for k in r["stages"] if k.endswith("cpu"))
             print(f"{r['what']}, fine stage '{pattern}': wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s "

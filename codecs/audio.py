@@ -28,6 +28,11 @@ READ_FORMATS = ("wav", "flac", "ogg")
 WRITE_FORMATS = {"wav": ("PCM_16", "PCM_24", "FLOAT"), "flac": ("PCM_16", "PCM_24")}
 MAX_SAMPLE_RATE = 768_000
 
+# Output level of the pipelines: -16 LUFS integrated (where streaming platforms level speech and podcasts,
+# near AudioCraft's 14 dB loudness headroom), peaks capped at -1 dBFS to leave room for lossy encoding
+DEFAULT_LOUDNESS_LUFS = -16.0
+LOUDNESS_PEAK_DB = -1.0
+
 
 def check_sample_rate(sample_rate: int, what: str = "sample_rate") -> int:
     """Return `sample_rate` as an int, or raise a ValueError naming `what` and the allowed range."""

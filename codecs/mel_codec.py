@@ -1,10 +1,13 @@
-"""The latent-diffusion codec: mel front-end + mel VAE + HiFi-GAN vocoder (AudioLDM's first stage).
+"""The latent-diffusion codec: mel front-end + mel VAE + a vocoder (AudioLDM's first stage).
 
     wave [B, C, T] --mono, pad--> log-mel [B, F, S] --VAE--> latent [B, 8, S/4, F/4] * scaling_factor
-    latent --/ scaling_factor, VAE--> log-mel [B, F, S] --vocoder--> wave [B, 1, S * hop]
+    latent --/ scaling_factor, VAE--> log-mel [B, F, S] --vocoder--> wave --resample--> [B, 1, S * hop]
 
-A model folder holds `config.json` plus the sub-folders `vae/` and `vocoder/`; a diffusers
-AudioLDM / MusicLDM pipeline folder (`model_index.json`, `vae/`, `vocoder/`) loads too.
+The vocoder is any `MelVocoder` of the registry (codecs/vocoders.py); its output is resampled to the
+codec's rate, so the codec's rate (16 kHz) stays the pipelines' output rate whichever vocoder decodes.
+A model folder holds `config.json` ("vocoder": a registry spec, paths relative to the folder) plus
+`vae/` (and `vocoder/` or `hifigan-universal-adapter/` where the spec names them); a diffusers
+AudioLDM / MusicLDM pipeline folder (`model_index.json`, `vae/`, `vocoder/`) loads with its own HiFi-GAN.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mel import MelSpectrogram
+from .mel import MelConfig, MelSpectrogram
 from .mel_vae import MelVAE
-from .vocoder import Vocoder
+from .mel_vocoder import MelVocoder, check_same_mel
+from .vocoders import build_vocoder
 from .weights import read_config, read_json_object
 
 log = logging.getLogger(__name__)
@@ -30,13 +34,10 @@ DIFFUSERS_PIPELINES = ("AudioLDMPipeline", "MusicLDMPipeline", "AudioLDM2Pipelin
 class MelLatentCodec(nn.Module):
     """wave `[B, C, T]` <-> scaled VAE latent `[B, latent_channels, S/4, F/4]` (S = mel frames)."""
 
-    def __init__(self, vae: MelVAE, vocoder: Vocoder):
+    def __init__(self, vae: MelVAE, vocoder: MelVocoder):
         super().__init__()
-        vm, wm = vae.config.mel, vocoder.config.mel
-        if (vm.sample_rate, vm.n_mels, vm.hop_length) != (wm.sample_rate, wm.n_mels, wm.hop_length):
-            raise ValueError(f"VAE mel (sample_rate={vm.sample_rate}, n_mels={vm.n_mels}, hop={vm.hop_length}) and "
-                             f"vocoder mel (sample_rate={wm.sample_rate}, n_mels={wm.n_mels}, hop={wm.hop_length}) "
-                             "differ; they were not trained as a pair")
+        vm, wm = vae.config.mel, vocoder.mel
+        check_same_mel(vm, vocoder, "MelLatentCodec")
         if vm != wm:
             log.warning("VAE and vocoder mel configs differ (%s vs %s); encoding with the VAE's", vm, wm)
         self.vae = vae
@@ -114,12 +115,28 @@ class MelLatentCodec(nn.Module):
     def decode(self, latent: Tensor, *, num_samples: int | None = None) -> Tensor:
         """latent `[B, latent, S/4, F/4]` -> wave `[B, 1, S * hop]`, cropped to `num_samples` if given."""
         mel = self.vae.decode(latent / self.scaling_factor)  # [B, F, S]
-        wave = self.vocoder(mel)[:, None]  # [B, 1, T]
+        wave = self.mel_to_wave(mel)  # [B, 1, S * hop]
         if num_samples is not None:
             if not 0 < num_samples <= wave.shape[-1]:
                 raise ValueError(f"num_samples must be in [1, {wave.shape[-1]}], got {num_samples}")
             wave = wave[..., :num_samples]
         return wave
+
+    def mel_to_wave(self, mel: Tensor) -> Tensor:
+        """log-mel `[B, F, S]` -> wave `[B, 1, S * hop]` at the codec's rate: the vocoder, then resampling
+        (and a crop or zero pad of the few samples a resampler or a frame-rate change leaves)."""
+        wave = self.vocoder(mel)  # [B, T'] at the vocoder's rate
+        if self.vocoder.sample_rate != self.sample_rate:
+            from .audio import resample
+
+            wave = resample(wave, self.vocoder.sample_rate, self.sample_rate)
+        length = mel.shape[-1] * self.hop_length
+        wave = wave[:, :length] if wave.shape[-1] >= length else F.pad(wave, (0, length - wave.shape[-1]))
+        return wave[:, None]
+
+    def with_vocoder(self, vocoder: MelVocoder) -> MelLatentCodec:
+        """The same VAE decoded by another vocoder (the VAE is shared, not copied)."""
+        return type(self)(self.vae, vocoder)
 
     def reconstruct(self, wave: Tensor, sample_rate: int | None = None) -> Tensor:
         """encode then decode; `[B, C, T]` -> `[B, 1, T']` with T' the input length at the codec's rate."""
@@ -132,38 +149,90 @@ class MelLatentCodec(nn.Module):
     # ---------------------------------------------------------------------------------------- I/O
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
-        """Write `config.json`, `vae/` and `vocoder/` (dtype=torch.float16 for shipping)."""
+        """Write `config.json`, `vae/` and what the vocoder needs: its spec in config.json, plus `vocoder/`
+        for a trained HiFi-GAN or the mel adapter of the universal one (dtype=torch.float16 for shipping)."""
         from .audio import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(folder / "vae", dtype=dtype)
-        self.vocoder.save_pretrained(folder / "vocoder", dtype=dtype)
+        save_vocoder_files(self.vocoder, folder, dtype=dtype)
         write_json(folder / "config.json", {
-            "_class_name": "MelLatentCodec", "vae": "vae", "vocoder": "vocoder",
+            "_class_name": "MelLatentCodec", "vae": "vae", "vocoder": self.vocoder.spec(),
             "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
         })
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> MelLatentCodec:
-        """Load our folder or a diffusers AudioLDM/MusicLDM pipeline folder; CPU, float32, eval mode."""
+    def from_pretrained(cls, folder: str | os.PathLike, *, vocoder: str | dict | None = None) -> MelLatentCodec:
+        """Load our folder or a diffusers AudioLDM/MusicLDM pipeline folder; CPU, float32, eval mode.
+
+        `vocoder`: a registry name or spec that replaces the folder's own (e.g. "hifigan-universal").
+        """
         folder = Path(folder)
         index = folder / "model_index.json"
         if index.is_file() and not (folder / "config.json").is_file():
             kind = read_json_object(index).get("_class_name")
             if kind not in DIFFUSERS_PIPELINES:
                 raise ValueError(f"{index}: _class_name={kind!r} is not one of {', '.join(DIFFUSERS_PIPELINES)}")
+            spec: str | dict = {"name": "hifigan", "path": "vocoder"}
         else:
-            kind = read_config(folder).get("_class_name")
-            if kind != "MelLatentCodec":
-                raise ValueError(f"{folder / 'config.json'}: _class_name={kind!r}, expected 'MelLatentCodec'")
-        vocoder = Vocoder.from_pretrained(folder / "vocoder")
-        # A diffusers vae/ does not record its mel front-end; it is the vocoder's.
-        vae = MelVAE.from_pretrained(folder / "vae", mel=vocoder.config.mel)
+            raw = read_config(folder)
+            if raw.get("_class_name") != "MelLatentCodec":
+                raise ValueError(f"{folder / 'config.json'}: _class_name={raw.get('_class_name')!r}, "
+                                 "expected 'MelLatentCodec'")
+            spec = raw.get("vocoder", "vocoder")
+            if isinstance(spec, str):  # before the registry: the name of a trained HiFi-GAN sub-folder
+                spec = {"name": "hifigan", "path": spec}
+        return cls.from_parts(folder / "vae", vocoder if vocoder is not None else spec, base_dir=folder)
+
+    @classmethod
+    def from_parts(cls, vae_folder: str | os.PathLike, vocoder: str | dict | MelVocoder, *,
+                   base_dir: str | os.PathLike | None = None, mel: MelConfig | None = None) -> MelLatentCodec:
+        """A VAE folder + a vocoder (built from its spec with paths relative to `base_dir`).
+
+        The mel front-end: `mel` if given, else the VAE folder's record, else (a diffusers vae/ records
+        none) the trained HiFi-GAN's, else the AudioLDM default.
+        """
+        if mel is None:
+            mel = _recorded_mel(Path(vae_folder))
+        if mel is None and not isinstance(vocoder, MelVocoder):
+            spec = {"name": vocoder} if isinstance(vocoder, str) else dict(vocoder)
+            if spec.get("name") == "hifigan":  # a transformers vocoder/ records its rate, bins and hop
+                from .vocoder import Vocoder
+
+                path = Path(spec.get("path", "vocoder"))
+                path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+                vocoder = Vocoder.from_pretrained(path)
+                mel = vocoder.mel
+        mel = mel or MelConfig()
+        if not isinstance(vocoder, MelVocoder):
+            vocoder = build_vocoder(vocoder, mel=mel, base_dir=base_dir)
+        vae = MelVAE.from_pretrained(vae_folder, mel=mel)
         return cls(vae, vocoder).eval()
 
     def num_parameters(self) -> dict[str, int]:
-        return {"vae": self.vae.num_parameters(), "vocoder": self.vocoder.num_parameters()}
+        return {"vae": self.vae.num_parameters(),
+                "vocoder": sum(p.numel() for p in self.vocoder.parameters())}
+
+
+def save_vocoder_files(vocoder: MelVocoder, folder: Path, *, dtype: torch.dtype | None = None) -> None:
+    """Write the files a vocoder's spec points to inside `folder` (trained weights, a mel adapter)."""
+    spec = vocoder.spec()
+    if spec["name"] == "hifigan":
+        vocoder.save_pretrained(folder / spec.get("path", "vocoder"), dtype=dtype)
+    elif spec["name"] == "hifigan-universal":
+        vocoder.adapter.save_pretrained(folder / spec["adapter"], dtype=dtype)
+
+
+def _recorded_mel(vae_folder: Path) -> MelConfig | None:
+    """The mel front-end a soundsmith vae/ config records (None for a diffusers AutoencoderKL folder)."""
+    from .weights import config_from_dict
+
+    config = vae_folder / "config.json"
+    if not config.is_file():
+        return None
+    mel = read_json_object(config).get("mel")
+    return config_from_dict(MelConfig, mel, f"{config} 'mel'") if isinstance(mel, dict) else None
 
 

@@ -1,5 +1,9 @@
 """HiFi-GAN vocoder: transformers `SpeechT5HifiGan` generator, log-mel `[B, F, S]` -> wave `[B, T]`.
 
+Registry name "hifigan" (codecs/vocoders.py): a HiFi-GAN trained here, or a published AudioLDM /
+MusicLDM `vocoder/` folder. The pretrained universal HiFi-GAN runs on this class too
+(codecs/hifigan_universal.py).
+
 The weights are a plain `SpeechT5HifiGan` state dict (`conv_pre`, `upsampler.N`, `resblocks.N.convs1/2.M`,
 `conv_post`, `mean`, `scale`), so a published transformers `vocoder/` folder (AudioLDM, MusicLDM) loads
 as it is. Each transposed convolution upsamples by its rate with padding (kernel - rate) / 2, so S
@@ -13,6 +17,7 @@ and sums where autograd allows, and takes the mel channel-first (no transposed c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mel import MelConfig
+from .mel_vocoder import MelVocoder
 from .weights import (
     config_from_dict,
     find_weights,
@@ -136,8 +142,10 @@ def config_from_transformers(config: dict[str, Any], source: str | os.PathLike =
         raise ValueError(f"{source}: {err}") from None
 
 
-class Vocoder(nn.Module):
+class Vocoder(MelVocoder):
     """log-mel `[B, F, S]` -> wave `[B, S * hop]` in [-1, 1] (HiFi-GAN generator)."""
+
+    name = "hifigan"
 
     def __init__(self, config: VocoderConfig | None = None):
         super().__init__()
@@ -154,11 +162,17 @@ class Vocoder(nn.Module):
     def sample_rate(self) -> int:
         return self.config.sampling_rate
 
+    @property
+    def mel(self) -> MelConfig:
+        return self.config.mel
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "path": "vocoder"}
+
     def forward(self, mel: Tensor) -> Tensor:
         """`[B, F, S]` -> `[B, S * hop]`: `SpeechT5HifiGan.forward(mel.transpose(1, 2))[:, :S * hop]`."""
         g, cfg = self.hifigan, self.config
-        if mel.dim() != 3 or mel.shape[1] != cfg.model_in_dim:
-            raise ValueError(f"mel must be [B, F={cfg.model_in_dim}, S], got {list(mel.shape)}")
+        self.check_mel(mel)
         if cfg.normalize_before:
             mel = (mel - g.mean[:, None]) / g.scale[:, None]
         slope = cfg.leaky_relu_slope
@@ -226,8 +240,12 @@ class Vocoder(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> Vocoder:
-        """Load our folder or a transformers `SpeechT5HifiGan` folder; CPU, float32, eval mode."""
+    def from_pretrained(cls, folder: str | os.PathLike, *, mel: MelConfig | None = None) -> Vocoder:
+        """Load our folder or a transformers `SpeechT5HifiGan` folder; CPU, float32, eval mode.
+
+        `mel`: the full front-end of the codec that feeds it, where the folder records only rate, bins and
+        hop (a transformers folder); it must agree with those three.
+        """
         folder = Path(folder)
         raw = read_config(folder)
         kind = raw.get("_class_name")
@@ -241,6 +259,11 @@ class Vocoder(nn.Module):
         else:
             raise ValueError(f"{folder / CONFIG_NAME}: neither a soundsmith 'Vocoder' nor a transformers "
                              f"SpeechT5HifiGan config (_class_name={kind!r}, model_type={raw.get('model_type')!r})")
+        if mel is not None:
+            try:
+                config = dataclasses.replace(config, mel=mel)
+            except ValueError as err:
+                raise ValueError(f"{folder}: this vocoder does not fit the codec's mel ({err})") from None
         model = cls(config)
         load_strict(model.hifigan, read_state_dict(weights), weights, what="Vocoder")
         return model.float().eval()

@@ -48,10 +48,17 @@ def _neural_codec() -> Callable[[Path], Any]:
     return NeuralCodec.from_pretrained
 
 
-# config.json "_class_name" -> factory returning a loader `folder -> codec`; the RVQ codec adds itself here.
+def _mel_rvq_codec() -> Callable[[Path], Any]:
+    from soundsmith.codecs.mel_rvq import MelRVQCodec
+
+    return MelRVQCodec.from_pretrained
+
+
+# config.json "_class_name" -> factory returning a loader `folder -> codec`.
 CODECS: dict[str, Callable[[], Callable[[Path], Any]]] = {
     "MelLatentCodec": _mel_latent_codec,
     "NeuralCodec": _neural_codec,
+    "MelRVQCodec": _mel_rvq_codec,  # the token default: residual VQ over the mel VAE latent
 }
 DIFFUSERS_PIPELINES = {"AudioLDMPipeline": "MelLatentCodec", "MusicLDMPipeline": "MelLatentCodec",
                        "AudioLDM2Pipeline": "MelLatentCodec"}

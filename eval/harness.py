@@ -20,7 +20,9 @@ content, eval/cache.py), then computes the chosen metrics (docs/metrics.md):
 - "kl": KL divergences between the classifier distributions of each generated clip and its paired
   reference (the sidecar's "reference", else the same file name);
 - "is": Inception Score (10 splits);
-- "labels": the label classifier's accuracy per family against the prompts' labels.
+- "labels": the label classifier's accuracy per family against the prompts' labels, and beside it the
+  accuracy of the second classifier, on hand-crafted features (eval/feature_labels.py, no CLAP), with the
+  clips where the two predict different labels.
 With a training index (`novelty_index`, eval/novelty.py) it adds novelty: each generated clip's nearest
 training clip and their audio-audio similarity, the distribution and the plagiarism rate at a threshold,
 beside the clip's text-audio CLAP score.
@@ -47,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import FeatureCache, default_cache_dir, embedder_key, file_hash, model_key, set_key
+from .cache import FeatureCache, default_cache_dir, embedder_key, file_hash, set_key
 from .fad import Statistics, fad, fad_inf, per_clip_fad
 from .prompts import AUDIO_SUFFIXES, PromptItem, read_prompt_file
 
@@ -174,7 +176,8 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
                   reference: str | os.PathLike | Sequence[str | os.PathLike], *,
                   metrics: Sequence[str] = METRICS, embedding: str | Any = "clap",
                   embedding_checkpoint: str | None = None, clap_model: str | os.PathLike | Any | None = None,
-                  labels_model: str | os.PathLike | Any | None = None, covariance: str = "full",
+                  labels_model: str | os.PathLike | Any | None = None,
+                  feature_labels_model: str | os.PathLike | Any | None = None, covariance: str = "full",
                   cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                   device: str = "cpu", conditioning_clap: str | None = None, model: str | None = None,
                   novelty_index: str | os.PathLike | Any | None = None, novelty_threshold: float = 0.9,
@@ -189,6 +192,8 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
         clap_model: CLAP folder (ours or a transformers ClapModel folder) or a loaded CLAP for the CLAP
             score (default: models/clap).
         labels_model: label classifier folder or a loaded `LabelClassifier` (default: models/labels).
+        feature_labels_model: folder or loaded `FeatureLabelClassifier`, the second classifier of "labels"
+            (default: models/labels-features).
         covariance: "full" (default), "diagonal" or "shrinkage" (eval/fad.py).
         cache_dir: embedding cache root (default: `eval.cache.default_cache_dir()`); False-y "" disables it.
         out: if given, results.json/.csv and the report are written there.
@@ -278,8 +283,18 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
                     _not_computed(results, m, f"no label classifier: {' '.join(str(err).split())}")
         if labeler is not None:
             feats = labeler.features
-            key = model_key({k: v for k, v in feats.describe().items() if k != "clap"}, feats.clap_fingerprint)
-            extractors["labelfeat"] = (FeatureCache(root, "labelfeat", key), lambda w, sr: feats([w], sr)[0])
+            extractors["labelfeat"] = (FeatureCache(root, feats.cache_namespace, feats.cache_key()),
+                                       lambda w, sr: feats([w], sr)[0])
+    feature_labeler = None
+    if "labels" in metrics:  # the second, CLAP-free classifier, reported beside the first
+        try:
+            feature_labeler = _get_feature_labeler(feature_labels_model)
+        except (FileNotFoundError, ValueError) as err:
+            _not_computed(results, "feature_label_accuracy", f"no feature label classifier: {err}")
+        else:
+            hand = feature_labeler.features
+            extractors["featlabel"] = (FeatureCache(root, hand.cache_namespace, hand.cache_key()),
+                                       lambda w, sr: hand([w], sr)[0])
     if "kl" in metrics or "is" in metrics:
         if classifier_from_embedder:
             extractors["logits"] = (FeatureCache(root, "logits", emb_key), logits_fn)
@@ -410,28 +425,44 @@ def score_folders(generated: str | os.PathLike | Sequence[str | os.PathLike],
                     f"{results['classifier']['name']}")
             _metric(results, "inception_score_std", std, len(gen), dt, "std over splits")
 
-    # 6. label accuracy ----------------------------------------------------------------------------------
-    if "labels" in metrics and labeler is not None:
+    # 6. label accuracy: each classifier (CLAP features; hand-crafted features), and where they disagree --
+    classifiers = [(key, prefix, clf) for key, prefix, clf in (("labelfeat", "", labeler),
+                                                               ("featlabel", "feature_", feature_labeler))
+                   if "labels" in metrics and clf is not None]
+    predictions: dict[str, list[dict[str, str]]] = {}
+    idx = [i for i, m in enumerate(gen.meta) if isinstance(m.get("labels"), dict) and m["labels"]]
+    if classifiers and not idx:  # one entry for both classifiers: the reason is the prompts'
+        _not_computed(results, "label_accuracy", "no true labels: the prompts carry none (a prompt file with "
+                      "'labels' or 'domain' + 'label', e.g. benchmarks/prompts/adherence.jsonl)")
+    for key, prefix, clf in classifiers:
         t0 = time.perf_counter()
-        predicted = labeler.predict_features(np.stack(gen.arrays["labelfeat"]))
+        predicted = predictions[prefix] = clf.predict_features(np.stack(gen.arrays[key]))
         for row, pred in zip(per_clip, predicted):
-            row["predicted"] = pred
-        idx = [i for i, m in enumerate(gen.meta) if isinstance(m.get("labels"), dict) and m["labels"]]
-        if not idx:
-            _not_computed(results, "label_accuracy", "no true labels: the prompts carry none (a prompt file with "
-                          "'labels' or 'domain' + 'label', e.g. benchmarks/prompts/adherence.jsonl)")
-        else:
+            row[f"predicted{'_features' if prefix else ''}"] = pred
+        if idx:
             from .metrics import label_accuracy
 
-            truth = [{k: v for k, v in gen.meta[i]["labels"].items() if k in labeler.classes} for i in idx]
+            truth = [{k: v for k, v in gen.meta[i]["labels"].items() if k in clf.classes} for i in idx]
             acc = label_accuracy([predicted[i] for i in idx], truth)
-            results["label_accuracy"] = acc
+            results[f"{prefix}label_accuracy"] = acc
             dt = time.perf_counter() - t0
             for family, m in acc.items():
-                name = "label_accuracy" if family == "all" else f"label_accuracy_{family}"
-                _metric(results, name, m["accuracy"], m["n"], dt, labeler.name)
+                name = f"{prefix}label_accuracy" if family == "all" else f"{prefix}label_accuracy_{family}"
+                _metric(results, name, m["accuracy"], m["n"], dt, clf.name)
             for i, t in zip(idx, truth):
                 per_clip[i]["labels"] = t
+    if len(predictions) == 2 and idx:
+        from .feature_labels import disagreement
+
+        t0 = time.perf_counter()
+        dis = disagreement([predictions[""][i] for i in idx], [predictions["feature_"][i] for i in idx],
+                           [per_clip[i]["labels"] for i in idx])
+        dis["clips"] = [{"file": per_clip[idx[j]]["file"], "prompt": per_clip[idx[j]]["prompt"],
+                         "labels": per_clip[idx[j]]["labels"], "predicted": predictions[""][idx[j]],
+                         "predicted_features": predictions["feature_"][idx[j]]} for j in dis.pop("indices")]
+        results["label_disagreement"] = dis
+        _metric(results, "label_disagreement", dis["all"]["rate"], dis["all"]["n"], time.perf_counter() - t0,
+                "share of labelled clips where the two classifiers predict a different label in some family")
 
     # 7. novelty: the nearest training clip of each generated clip -------------------------------------
     if index is not None:
@@ -548,6 +579,14 @@ def _get_labeler(labels_model: Any) -> Any:
     return load_label_classifier(labels_model)
 
 
+def _get_feature_labeler(feature_labels_model: Any) -> Any:
+    from .feature_labels import FeatureLabelClassifier, load_feature_label_classifier
+
+    if isinstance(feature_labels_model, FeatureLabelClassifier):
+        return feature_labels_model
+    return load_feature_label_classifier(feature_labels_model)
+
+
 def _get_clap(clap_model: Any, conditioning: str | None) -> tuple[Any, dict[str, Any]]:
     """The scoring CLAP and what to say about it (name, fingerprint, independent of the conditioning one?)."""
     from soundsmith.gen.clap import ClapBase, load_clap
@@ -606,7 +645,7 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
              limit: int | None = None, pipeline_kwargs: dict[str, Any] | None = None, device: str = "auto",
              dtype: str = "fp32", metrics: Sequence[str] = METRICS, embedding: str | Any = "clap",
              embedding_checkpoint: str | None = None, clap_model: Any = None, labels_model: Any = None,
-             covariance: str = "full", cache_dir: str | os.PathLike | None = None,
+             feature_labels_model: Any = None, covariance: str = "full", cache_dir: str | os.PathLike | None = None,
              novelty_index: str | os.PathLike | Any | None = None, novelty_threshold: float = 0.9,
              progress: bool = True, pipeline: Any = None,
              callback: Callable[[int, int], Any] | None = None) -> dict[str, Any] | None:
@@ -623,8 +662,8 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
         pipeline_kwargs: passed to every pipeline call (duration_s, num_inference_steps, guidance_scale,
             scheduler, negative_prompt, watermark).
         device, dtype: where and how the pipeline runs ("auto": each accelerate process's device).
-        metrics, embedding, embedding_checkpoint, clap_model, labels_model, covariance, cache_dir,
-            novelty_index, novelty_threshold: as `score_folders`.
+        metrics, embedding, embedding_checkpoint, clap_model, labels_model, feature_labels_model, covariance,
+            cache_dir, novelty_index, novelty_threshold: as `score_folders`.
         pipeline: an already loaded pipeline (tests, the app); `model` then only names it.
         callback: `callback(clips_done, clips_to_generate)` after every generated batch (the main process's
             share); returning False stops before the next batch with `GenerationCancelled` (the clips
@@ -714,7 +753,7 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
     results = score_folders(
         [p[4] for p in plan], ref_source, metrics=metrics, embedding=embedding,
         embedding_checkpoint=embedding_checkpoint, clap_model=clap_model, labels_model=labels_model,
-        covariance=covariance, cache_dir=cache_dir, device=str(state.device) if device == "auto" else device,
+        feature_labels_model=feature_labels_model, covariance=covariance, cache_dir=cache_dir, device=str(state.device) if device == "auto" else device,
         conditioning_clap=conditioning_clap_fingerprint(model, pipe), model=str(model),
         novelty_index=novelty_index, novelty_threshold=novelty_threshold, progress=progress)
     results["generation"] = {**settings, "clips": len(plan), "generated_now": len(todo),

@@ -75,6 +75,14 @@ class LabelFeatures:
         return {"name": "soundsmith-label-features", "version": FEATURE_VERSION, "clap": self.source,
                 "clap_fingerprint": self.clap_fingerprint, "dim": self.dim, "tempo_bpm": list(TEMPO_RANGE)}
 
+    cache_namespace = "labelfeat"
+
+    def cache_key(self) -> str:
+        """Key of the cached per-clip vectors (eval/cache.py): settings and CLAP weights, not the CLAP's folder."""
+        from .cache import model_key
+
+        return model_key({k: v for k, v in self.describe().items() if k != "clap"}, self.clap_fingerprint)
+
     @torch.no_grad()
     def __call__(self, waves: Sequence[Any], sample_rate: int) -> np.ndarray:
         """Clips (each `[C, T]`, equal lengths batch together) -> `[N, F]` float32."""
@@ -300,20 +308,20 @@ def corpus_targets(labels: dict[str, Any]) -> dict[str, list[str]]:
     return {"domain": [str(labels.get("domain"))], **fam}
 
 
-def corpus_features(data_dir: str | os.PathLike, features: LabelFeatures, *,
+def corpus_features(data_dir: str | os.PathLike, features: Any, *,
                     cache_dir: str | os.PathLike | None = None, splits: Sequence[str] = ("train", "valid", "test"),
                     progress: bool = True) -> dict[str, tuple[np.ndarray, list[dict[str, list[str]]]]]:
     """Features and targets of the corpus clips per split, cached per (features, file content)."""
     from soundsmith.codecs.audio import read_audio
     from tqdm.auto import tqdm
 
-    from .cache import FeatureCache, default_cache_dir, file_hash, model_key
+    from .cache import FeatureCache, default_cache_dir, file_hash
     from .codec_report import read_split
 
     root = Path(data_dir)
-    cache = FeatureCache(default_cache_dir() if cache_dir is None else cache_dir, "labelfeat",
-                         model_key({k: v for k, v in features.describe().items() if k != "clap"},
-                                   features.clap_fingerprint))
+    # any extractor with `cache_namespace` and `cache_key()`: LabelFeatures or feature_labels.HandcraftedFeatures
+    cache = FeatureCache(default_cache_dir() if cache_dir is None else cache_dir, features.cache_namespace,
+                         features.cache_key())
     out = {}
     for split in splits:
         rows = [r for r in read_split(root, split) if isinstance(r.get("labels"), dict) and r["labels"].get("domain")]

@@ -3,7 +3,8 @@
 - results.json: everything `score_folders` / `run_eval` computed (settings, models, per-clip and per-prompt
   values, skipped clips, warnings, metrics that could not be computed and why).
 - results.csv: one row per metric: metric, value, model, embedding (the model that metric used), n, time_s, note.
-- report.md and report.html: the metric table, what was not computed, warnings, label accuracy, and
+- report.md and report.html: the metric table, what was not computed, warnings, label accuracy of both
+  label classifiers (CLAP features; hand-crafted features) side by side with the clips where they disagree, and
   matplotlib plots: CLAP score per prompt, the FAD-inf fit, and the worst clips by per-clip FAD with their
   mel spectrograms; with a training index, the novelty section: the distribution of each clip's
   similarity to its nearest training clip, the plagiarism rate, and per clip the nearest training clip
@@ -30,6 +31,7 @@ CSV_COLUMNS = ("metric", "value", "model", "embedding", "n", "time_s", "note")
 WORST_CLIPS = 5
 NOVELTY_ROWS = 100  # per-clip novelty rows in report.md/.html (most similar first); results.json has all
 NOVELTY_PRINTED = 5  # ... and in the printed table
+DISAGREEMENT_ROWS = 50  # clips where the two label classifiers disagree, in report.md/.html; results.json has all
 
 
 def metric_model(results: dict[str, Any], metric: str) -> str:
@@ -42,6 +44,10 @@ def metric_model(results: dict[str, Any], metric: str) -> str:
         return str(results.get("classifier", {}).get("name", ""))
     if metric.startswith("label_accuracy"):
         return "soundsmith-labels"
+    if metric.startswith("feature_label_accuracy"):
+        return "soundsmith-feature-labels"
+    if metric == "label_disagreement":
+        return "soundsmith-labels vs soundsmith-feature-labels"
     if metric.startswith(("novelty", "plagiarism")):
         return str(results.get("novelty", {}).get("index", {}).get("embedder", ""))
     return ""
@@ -57,6 +63,10 @@ def format_metric_table(results: dict[str, Any]) -> str:
         lines.append(f"{m['metric']:<28}{m['value']:>12.4f}{m['n']:>8}  {metric_model(results, m['metric'])}")
     for m in results.get("not_computed", []):
         lines.append(f"{m['metric']:<28}{'-':>12}{'':>8}  not computed: {m['reason']}")
+    dis = results.get("label_disagreement")
+    if dis:
+        lines.append(f"label classifiers disagree on {dis['all']['differ']} of {dis['all']['n']} labelled clips: "
+                     + ", ".join(f"{f} {m['differ']}/{m['n']}" for f, m in dis["per_family"].items()))
     nov = results.get("novelty")
     if nov:
         lines.append(f"novelty: {nov['above_threshold']} of {nov['n']} clips at or above similarity "
@@ -228,10 +238,8 @@ def report_sections(results: dict[str, Any], plots: dict[str, Path]) -> list[tup
     if results.get("not_computed"):
         s.append(("h2", "Not computed"))
         s.append(("list", [f"{m['metric']}: {m['reason']}" for m in results["not_computed"]]))
-    if results.get("label_accuracy"):
-        s.append(("h2", "Label accuracy per family"))
-        s.append(("table", ["family", "accuracy", "clips"],
-                  [[f, f"{m['accuracy']:.3f}", str(m["n"])] for f, m in results["label_accuracy"].items()]))
+    if results.get("label_accuracy") or results.get("feature_label_accuracy"):
+        s += label_sections(results)
     if results.get("warnings"):
         s.append(("h2", "Warnings"))
         warnings = results["warnings"]
@@ -286,6 +294,34 @@ def report_sections(results: dict[str, Any], plots: dict[str, Path]) -> list[tup
         for rank in range(1, len(worst) + 1):
             if f"worst_{rank}" in plots:
                 s.append(("img", plots[f"worst_{rank}"], f"#{rank}: {Path(worst[rank - 1]['file']).name}"))
+    return s
+
+
+def label_sections(results: dict[str, Any]) -> list[tuple]:
+    """Label accuracy per family under both classifiers side by side, then where they disagree."""
+    clap_acc, hand_acc = results.get("label_accuracy", {}), results.get("feature_label_accuracy", {})
+    dis = results.get("label_disagreement", {})
+    per_family = dis.get("per_family", {})
+
+    def cell(acc: dict, family: str) -> str:
+        return f"{acc[family]['accuracy']:.3f}" if family in acc else "-"
+
+    families = list(dict.fromkeys([*clap_acc, *hand_acc]))
+    s: list[tuple] = [("h2", "Label accuracy per family"),
+                      ("table", ["family", "soundsmith-labels (CLAP features)", "soundsmith-feature-labels "
+                                 "(hand-crafted features)", "clips", "predictions differ"],
+                       [[f, cell(clap_acc, f), cell(hand_acc, f), str((clap_acc.get(f) or hand_acc[f])["n"]),
+                         f"{per_family[f]['differ']} (only CLAP right {per_family[f]['only_first']}, only features "
+                         f"right {per_family[f]['only_second']})" if f in per_family else ""] for f in families])]
+    if dis.get("clips"):
+        rows = dis["clips"]
+        more = f" (the first {DISAGREEMENT_ROWS}; all in results.json)" if len(rows) > DISAGREEMENT_ROWS else ""
+        s.append(("p", f"The two label classifiers disagree on {dis['all']['differ']} of {dis['all']['n']} labelled "
+                  f"clips{more}; listen to these first:"))
+        s.append(("table", ["clip", "prompt", "labels", "CLAP-feature classifier", "feature classifier"],
+                  [[Path(c["file"]).name, c.get("prompt") or "", _labels_text(c.get("labels")),
+                    _labels_text(c.get("predicted")), _labels_text(c.get("predicted_features"))]
+                   for c in rows[:DISAGREEMENT_ROWS]]))
     return s
 
 

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from soundsmith.codecs.audio import LOUDNESS_PEAK_DB
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -431,6 +432,34 @@ class Pipeline(ABC):
                     h.update(f"{name}:{weights_fingerprint(module)}".encode())
             self._watermark_payload = int.from_bytes(h.digest()[:2], "big")
         return self._watermark_payload
+
+    def normalize_loudness(self, audios: Tensor, loudness_lufs: float | None, *,
+                           sample_rate: int | None = None) -> tuple[Tensor, dict[str, Any]]:
+        """Scale each clip `[B, C, T]` to `loudness_lufs` integrated loudness (ITU-R BS.1770, pyloudnorm),
+        with its peak capped at `LOUDNESS_PEAK_DB` dBFS; None leaves the audio as it is.
+
+        Generated clips come out at whatever level the decoder gives (often -30 LUFS and below), which
+        players and the app render as near silence. Runs before the watermark, which is embedded relative
+        to the final level. Clips shorter than 0.4 s (no BS.1770 measure) or silent keep their level.
+        Returns (audios, sidecar fields: the target, the peak ceiling and the gain applied per clip in dB).
+        """
+        if loudness_lufs is None:
+            return audios, {"loudness_lufs": None}
+        target = check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
+        from soundsmith.codecs.audio import loudness_normalize
+
+        rate = sample_rate if sample_rate is not None else self.sample_rate
+        out, gains = audios.detach().to("cpu", torch.float32).clone(), []
+        for i in range(out.shape[0]):
+            clip = out[i].numpy().astype(np.float64)
+            if clip.shape[-1] < 0.4 * rate or not np.any(clip):
+                gains.append(0.0)
+                continue
+            leveled = loudness_normalize(clip, rate, target_lufs=target, peak_db=LOUDNESS_PEAK_DB)
+            peak_in, peak_out = float(np.abs(clip).max()), float(np.abs(leveled).max())
+            gains.append(round(20 * math.log10(peak_out / peak_in), 2) if peak_in > 0 and peak_out > 0 else 0.0)
+            out[i] = torch.from_numpy(leveled.astype(np.float32))
+        return out, {"loudness_lufs": target, "loudness_peak_db": LOUDNESS_PEAK_DB, "loudness_gain_db": gains}
 
     def finish(self, audios: Tensor, *, watermark: bool, sample_rate: int | None = None) -> tuple[Tensor, bool]:
         """The last step of every call: float32 CPU audio `[B, C, T]`, then the watermark.

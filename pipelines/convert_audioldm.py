@@ -31,14 +31,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from soundsmith.codecs.jik876 import generator_to_transformers
 from soundsmith.codecs.mel import MelConfig
 from soundsmith.codecs.mel_codec import MelLatentCodec
 from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
 from soundsmith.codecs.vocoder import Vocoder, VocoderConfig
 from soundsmith.codecs.weights import check_state_dict, read_state_dict
 from torch import Tensor
-
-from .convert_hifigan import generator_to_transformers
 
 log = logging.getLogger(__name__)
 

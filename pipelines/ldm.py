@@ -1,5 +1,5 @@
 """The latent-diffusion backend (AudioLDM family): prompt -> CLAP embedding -> UNet denoising the mel-VAE
-latent -> VAE decode -> HiFi-GAN vocoder -> waveform.
+latent -> VAE decode -> log-mel -> a vocoder of the registry (codecs/vocoders.py) -> 16 kHz waveform.
 
     pipe = LDMPipeline.from_pretrained("models/default-ldm")          # or a diffusers AudioLDM/MusicLDM folder
     out = pipe("rain on a tin roof", duration_s=5.0, seed=0)          # AudioOutput, audios [1, 1, 80000]
@@ -9,7 +9,8 @@ We own the sampling loop (diffusers' AudioLDM pipelines are deprecated); with th
 scheduler, seed and steps it computes what diffusers' `AudioLDMPipeline` / `MusicLDMPipeline`
 compute (tests/test_ldm_diffusers_parity.py): latent length from the duration (mel frames rounded up
 to the VAE's factor 4), noise * `init_noise_sigma`, CFG as uncond + g * (cond - uncond) when g > 1,
-`latent / scaling_factor` -> VAE -> vocoder, and the wave cut to `int(duration_s * sample_rate)`.
+`latent / scaling_factor` -> VAE -> vocoder, and the wave cut to `int(duration_s * sample_rate)` (parity
+tests use the folder's own HiFi-GAN, as diffusers does; any registered vocoder can replace it).
 Beyond diffusers' pipelines:
 
 - audio-to-audio (`audio=`, `strength=`): SDEdit, the clip's latent noised to `strength` and denoised.
@@ -21,9 +22,11 @@ Beyond diffusers' pipelines:
   stays that of one window; `config.max_duration_s` is the declared memory-safe limit.
 - `num_waveforms_per_prompt` candidates are re-ranked by CLAP where the conditioner has an audio tower.
 
-Folders: ours (`config.json` with "backend": "ldm", sub-folders unet/ (diffusers), vae/ (diffusers
-AutoencoderKL), vocoder/ (transformers SpeechT5HifiGan), clap/, scheduler/), or a diffusers
-AudioLDM / MusicLDM folder (`model_index.json`).
+Folders: ours (`config.json` with "backend": "ldm" and "vocoder": a registry spec such as
+{"name": "griffin-lim", "n_iter": 32}, sub-folders unet/ (diffusers), vae/ (diffusers AutoencoderKL),
+clap/, scheduler/, and vocoder/ (transformers SpeechT5HifiGan) only for a trained HiFi-GAN), or a
+diffusers AudioLDM / MusicLDM folder (`model_index.json`, decoded by its own HiFi-GAN unless
+`vocoder=` names another). Paths in the vocoder spec are relative to the folder holding the VAE.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
 from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor
 
@@ -96,9 +100,12 @@ class LDMConfig:
     #                                "empty_text" (AudioLDM/MusicLDM: the CLAP embedding of "")
     cross_attention: bool = False  # the UNet attends to the prompt's token states (UNetConfig.cross_attention)
     components: dict[str, str] = field(default_factory=lambda: {
-        "unet": "unet", "vae": "vae", "vocoder": "vocoder", "clap": "clap", "scheduler": "scheduler"})
+        "unet": "unet", "vae": "vae", "clap": "clap", "scheduler": "scheduler"})
+    # the vocoder by registry name + parameters (codecs/vocoders.py), paths relative to the VAE's folder;
+    # None: a trained HiFi-GAN in components["vocoder"] (folders written before the registry)
+    vocoder: dict[str, Any] | None = None
     trained_with: dict[str, str] = field(default_factory=dict)  # fingerprints of the VAE/CLAP the UNet learned on
-    mel: dict[str, Any] | None = None  # the mel front-end of the VAE + vocoder (None: the vocoder's default)
+    mel: dict[str, Any] | None = None  # the mel front-end of the VAE + vocoder (None: the VAE's record)
     source: str = "soundsmith"  # or "diffusers:AudioLDMPipeline", ...
 
     def __post_init__(self) -> None:
@@ -376,7 +383,7 @@ class LDMPipeline(Pipeline):
     @property
     def frame_s(self) -> float:
         """Seconds per mel frame (hop / sample rate), computed as diffusers does."""
-        return math.prod(self.codec.vocoder.config.upsample_rates) / self.codec.vocoder.config.sampling_rate
+        return self.codec.hop_length / self.codec.sample_rate
 
     @property
     def vae_factor(self) -> int:
@@ -410,6 +417,7 @@ class LDMPipeline(Pipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable[[int, int], Any] | None = None,
         watermark: bool = True,
+        loudness_lufs: float | None = DEFAULT_LOUDNESS_LUFS,
         scheduler: str | None = None,
         audio: Any = None,
         audio_sample_rate: int | None = None,
@@ -434,6 +442,8 @@ class LDMPipeline(Pipeline):
             callback: `callback(step, total)` after each model evaluation; returning False cancels
                 (raises `GenerationCancelled`).
             watermark: mark the audio (the base pipeline's last step; see `Pipeline.finish`).
+            loudness_lufs: output level in LUFS (integrated, BS.1770), peaks capped at -1 dBFS; None keeps
+                the decoder's level (default -16).
             scheduler: sampler name (SCHEDULERS or a diffusers class name); default: config.scheduler.
             audio: a clip to start from (`[C, T]` or `[B, C, T]` array/tensor with `audio_sample_rate`, or a
                 file path): audio-to-audio with `strength`, or inpainting/outpainting without it.
@@ -448,6 +458,8 @@ class LDMPipeline(Pipeline):
         cfg = self.config
         # 1. check inputs --------------------------------------------------------------------------
         prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
+        if loudness_lufs is not None:
+            check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
         steps = check_int("num_inference_steps", cfg.num_inference_steps if num_inference_steps is None
                           else num_inference_steps, 1, MAX_STEPS)
         guidance = check_float("guidance_scale", cfg.guidance_scale if guidance_scale is None else guidance_scale,
@@ -515,6 +527,7 @@ class LDMPipeline(Pipeline):
             log.info("this CLAP has no audio tower (text-only, AudioLDM); candidates are not re-ranked")
 
         # 6. finish: float32 CPU audio, watermark last ---------------------------------------------
+        audios, level = self.normalize_loudness(audios, loudness_lufs)
         audios, watermarked = self.finish(audios, watermark=watermark)
         parameters = {
             "backend": BACKEND, "model": self.name_or_path, "mode": plan["mode"], "scheduler": sampler_name,
@@ -523,7 +536,7 @@ class LDMPipeline(Pipeline):
             "strength": plan["strength"], "inpaint": plan["spans"], "audio": plan["audio_name"],
             "latent_frames": frames, "windowed": frames > self._window_frames(),
             "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
-            **self.watermark_record(watermarked), "soundsmith_version": _version(),
+            **level, **self.watermark_record(watermarked), "soundsmith_version": _version(),
         }
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, scores, parameters)
 
@@ -617,7 +630,7 @@ class LDMPipeline(Pipeline):
                 mel = torch.zeros(part.shape[0], part.shape[1], latents.shape[2] * f, device=latents.device)
             mel[:, :, s * f:(s + window) * f] += part * ramp
             weight[s * f:(s + window) * f] += ramp
-        wave = codec.vocoder(mel / weight)[:, None]  # [b, 1, T]
+        wave = codec.mel_to_wave(mel / weight)  # [b, 1, T]
         return wave[..., :num_samples]
 
     # ----------------------------------------------------------------------------- audio inputs
@@ -711,12 +724,14 @@ class LDMPipeline(Pipeline):
     # --------------------------------------------------------------------------------- folders
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: str | torch.dtype | None = None) -> Path:
-        """Write our layout: config.json ("backend": "ldm") + unet/ vae/ vocoder/ clap/ scheduler/.
+        """Write our layout: config.json ("backend": "ldm", "vocoder": its spec) + unet/ vae/ clap/ scheduler/,
+        plus vocoder/ for a trained HiFi-GAN or hifigan-universal-adapter/ for the universal one.
 
         unet/ and vae/ are diffusers folders, vocoder/ a transformers SpeechT5HifiGan folder, so those
         libraries load the parts as they are. `dtype` ("fp16" for shipping) casts the saved weights.
         """
         from soundsmith.codecs.audio import write_json
+        from soundsmith.codecs.mel_codec import save_vocoder_files
         from soundsmith.codecs.weights import save_safetensors
 
         folder = Path(path)
@@ -728,42 +743,54 @@ class LDMPipeline(Pipeline):
             save_safetensors({k: v.to(dt) for k, v in model.state_dict().items()},
                              folder / name / "diffusion_pytorch_model.safetensors")
         voc = self.codec.vocoder
-        (folder / "vocoder").mkdir(exist_ok=True)
-        voc.config.to_transformers().save_pretrained(str(folder / "vocoder"))
-        save_safetensors({k: v.to(dt) for k, v in voc.plain_state_dict().items()}, folder / "vocoder" / "model.safetensors")
+        if voc.name == "hifigan":  # a transformers SpeechT5HifiGan folder, as AudioLDM publishes it
+            (folder / "vocoder").mkdir(exist_ok=True)
+            voc.config.to_transformers().save_pretrained(str(folder / "vocoder"))
+            save_safetensors({k: v.to(dt) for k, v in voc.plain_state_dict().items()},
+                             folder / "vocoder" / "model.safetensors")
+        else:
+            save_vocoder_files(voc, folder, dtype=dt)
         self.conditioner.save_pretrained(folder / "clap", dtype=dt)
         make_scheduler(self.config.scheduler, self.noise_schedule).save_pretrained(str(folder / "scheduler"))
         _merge_json(folder / "scheduler" / "scheduler_config.json", self.noise_schedule)
         config = dataclasses.replace(self.config, components=LDMConfig().components,
-                                     mel=self.codec.vae.config.mel.to_dict())
+                                     mel=self.codec.vae.config.mel.to_dict(), vocoder=voc.spec())
         write_json(folder / "config.json", {"backend": BACKEND, "_class_name": type(self).__name__,
                                             "soundsmith_version": _version(), **config.to_dict()})
         return folder
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32") -> LDMPipeline:
-        """Load our folder or a diffusers AudioLDM / MusicLDM folder, then move it to `device` / `dtype`."""
+                        dtype: str | torch.dtype = "fp32", vocoder: str | dict[str, Any] | None = None) -> LDMPipeline:
+        """Load our folder or a diffusers AudioLDM / MusicLDM folder, then move it to `device` / `dtype`.
+
+        `vocoder`: a registry name or spec (codecs/vocoders.py) that replaces the folder's own, e.g.
+        "hifigan-universal"; default: the one the folder's config.json names.
+        """
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {folder}")
         resolve_device(device), resolve_dtype(dtype)  # fail on a bad argument before loading anything
+        if vocoder is not None:
+            from soundsmith.codecs.vocoders import VOCODERS
+
+            name = vocoder if isinstance(vocoder, str) else vocoder.get("name")
+            if name not in VOCODERS:
+                raise ValueError(f"vocoder must be one of {', '.join(VOCODERS)}, got {name!r}")
         if (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
-            pipe = _load_diffusers(folder)
+            pipe = _load_diffusers(folder, vocoder)
         else:
-            pipe = _load_ours(folder)
+            pipe = _load_ours(folder, vocoder)
         return pipe.to(device, dtype)
 
 
 # -------------------------------------------------------------------------------------------- loading
 
 
-def _load_ours(folder: Path) -> LDMPipeline:
+def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDMPipeline:
     from diffusers import UNet2DConditionModel
     from soundsmith.codecs.mel import MelConfig
     from soundsmith.codecs.mel_codec import MelLatentCodec
-    from soundsmith.codecs.mel_vae import MelVAE
-    from soundsmith.codecs.vocoder import Vocoder
 
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -773,21 +800,27 @@ def _load_ours(folder: Path) -> LDMPipeline:
         raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
     config = LDMConfig.from_dict(raw, str(config_path))
     parts = {name: (folder / rel).resolve() for name, rel in config.components.items()}
-    for name in ("unet", "vae", "vocoder", "clap", "scheduler"):
+    spec = vocoder if vocoder is not None else config.vocoder
+    if spec is None:  # written before the vocoder registry: a trained HiFi-GAN folder among the parts
+        if "vocoder" not in parts:
+            raise ValueError(f"{config_path}: names no vocoder (a 'vocoder' spec such as "
+                             "{\"name\": \"griffin-lim\"}, or components.vocoder)")
+        spec = {"name": "hifigan", "path": str(parts["vocoder"])}
+        if not parts["vocoder"].is_dir():
+            raise FileNotFoundError(f"{config_path}: part 'vocoder' not found at {parts['vocoder']}")
+    for name in ("unet", "vae", "clap", "scheduler"):
         if name not in parts or not parts[name].is_dir():
             raise FileNotFoundError(f"{config_path}: part {name!r} not found at {parts.get(name, folder / name)}")
     try:
         unet = UNet2DConditionModel.from_pretrained(str(parts["unet"]), local_files_only=True)
     except (OSError, ValueError) as err:
         raise ValueError(f"{parts['unet']}: not a readable diffusers UNet ({' '.join(str(err).split())[:200]})") from None
-    vocoder = Vocoder.from_pretrained(parts["vocoder"])
-    if config.mel is not None:
-        mel = MelConfig(**config.mel)
-        vocoder.config = dataclasses.replace(vocoder.config, mel=mel)
-    vae = MelVAE.from_pretrained(parts["vae"], mel=vocoder.config.mel)
+    mel = None if config.mel is None else config_from_dict(MelConfig, config.mel, f"{config_path} 'mel'")
+    codec = MelLatentCodec.from_parts(parts["vae"], spec, base_dir=parts["vae"].parent, mel=mel)
     conditioner = ClapConditioner.from_pretrained(parts["clap"], null_condition=config.null_condition)
     schedule = _read_json(parts["scheduler"] / "scheduler_config.json")
-    pipe = LDMPipeline(unet, MelLatentCodec(vae, vocoder), conditioner, schedule, config, name_or_path=str(folder))
+    config = dataclasses.replace(config, vocoder=codec.vocoder.spec())
+    pipe = LDMPipeline(unet, codec, conditioner, schedule, config, name_or_path=str(folder))
     _check_fingerprints(pipe, config_path)
     return pipe
 
@@ -801,7 +834,7 @@ def _check_fingerprints(pipe: LDMPipeline, where: Path) -> None:
                              f"(fingerprint {found[part]()} != {expected}); retrain the UNet or restore the {part}")
 
 
-def _load_diffusers(folder: Path) -> LDMPipeline:
+def _load_diffusers(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDMPipeline:
     """A diffusers AudioLDMPipeline / MusicLDMPipeline folder, loaded part by part."""
     from diffusers import UNet2DConditionModel
     from soundsmith.codecs.mel_codec import MelLatentCodec
@@ -816,7 +849,7 @@ def _load_diffusers(folder: Path) -> LDMPipeline:
         if not (folder / part).is_dir():
             raise FileNotFoundError(f"{folder}: the {kind} part {part!r} is missing")
     unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), local_files_only=True)
-    codec = MelLatentCodec.from_pretrained(folder)
+    codec = MelLatentCodec.from_pretrained(folder, vocoder=vocoder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
     encoder_class = (index.get("text_encoder") or [None, None])[1]
     if encoder_class == "ClapModel":
@@ -842,14 +875,14 @@ def audioldm_config(kind: str, unet: Any, codec: Any, schedule: dict[str, Any], 
     """Pipeline settings for an AudioLDM / MusicLDM model: diffusers' defaults for these pipelines, the
     default length unet.sample_size * 4 * hop / rate as diffusers computes it, windows of the 10.24 s
     both were trained on, and the CLAP embedding of "" as the unconditional embedding."""
-    frame_s = math.prod(codec.vocoder.config.upsample_rates) / codec.vocoder.config.sampling_rate
+    frame_s = codec.hop_length / codec.sample_rate
     default_s = unet.config.sample_size * codec.vae.config.downsample_factor * frame_s
     music = kind == "MusicLDMPipeline"
     return LDMConfig(
         scheduler=scheduler_name(schedule.get("_class_name", "DDIMScheduler")),
         num_inference_steps=200 if music else 10, guidance_scale=2.0 if music else 2.5,
         duration_s=round(default_s, 6), window_s=10.24, window_overlap_s=2.56, max_duration_s=600.0,
-        null_condition="empty_text", mel=codec.vae.config.mel.to_dict(), source=source,
+        null_condition="empty_text", mel=codec.vae.config.mel.to_dict(), vocoder=codec.vocoder.spec(), source=source,
     )
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
 from torch import Tensor
 
 from .base import (
@@ -121,6 +122,7 @@ class MusicgenPipeline(Pipeline):
         audio_prompt: Any = None,
         callback: Callable[[int, int], Any] | None = None,
         watermark: bool = True,
+        loudness_lufs: float | None = DEFAULT_LOUDNESS_LUFS,
         batch_size: int | None = None,
         num_inference_steps: int | None = None,
         scheduler: str | None = None,
@@ -146,6 +148,8 @@ class MusicgenPipeline(Pipeline):
                 prompt), or an audio file path: the outputs continue it.
             callback: `callback(step, total)` after each decoder step; returning False cancels.
             watermark: mark the audio (the base pipeline's last step).
+            loudness_lufs: output level in LUFS (integrated, BS.1770), peaks capped at -1 dBFS; None keeps
+                the decoder's level (default -16).
             batch_size: outputs per decoding batch (default: all, up to 64); does not change the result
                 beyond floating-point batching.
             num_inference_steps, scheduler: diffusion settings; MusicGen has none (one decoder step per
@@ -156,6 +160,8 @@ class MusicgenPipeline(Pipeline):
             raise ValueError("num_inference_steps and scheduler do not apply to MusicGen: it is autoregressive "
                              f"(one decoder step per frame, {self.frame_rate:g} per second)")
         prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
+        if loudness_lufs is not None:
+            check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
         duration = check_float("duration_s", duration_s, 0.0, MAX_DURATION_S, low_open=True)
         guidance = check_float("guidance_scale", self._default("guidance_scale", 1.0) if guidance_scale is None
                                else guidance_scale, 0.0, MAX_GUIDANCE)
@@ -213,6 +219,7 @@ class MusicgenPipeline(Pipeline):
         audios = torch.cat(waves)
 
         # 5. finish: float32 CPU audio, watermark last --------------------------------------------------
+        audios, level = self.normalize_loudness(audios, loudness_lufs)
         audios, watermarked = self.finish(audios, watermark=watermark)
         parameters = {
             "backend": BACKEND, "model": self.name_or_path, "mode": "continuation" if clip is not None else "text-to-audio",
@@ -220,7 +227,7 @@ class MusicgenPipeline(Pipeline):
             "top_p": p, "temperature": temp, "negative_prompt": negative_prompt,
             "num_waveforms_per_prompt": num_waveforms_per_prompt, "audio_prompt": clip_name,
             "frames": total_frames, "windows": len(windows), "device": str(self.device),
-            "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **self.watermark_record(watermarked),
+            "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **level, **self.watermark_record(watermarked),
             "soundsmith_version": _version(),
         }
         out_prompts = [prompts[i] for i in source]

@@ -1,5 +1,5 @@
 """The token-hierarchy backend (MusicLM / AudioLM): prompt -> CLAP text embedding -> conditioning tokens ->
-semantic LM -> coarse LM -> fine LM -> neural codec decoder -> waveform.
+semantic LM -> coarse LM -> fine LM -> acoustic codec decoder -> waveform.
 
     pipe = TokenPipeline.from_pretrained("models/default-tokens")
     out = pipe("a jazzy piano trio", duration_s=8.0, seed=3)           # AudioOutput, audios [1, 1, 128000]
@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
 from soundsmith.codecs.weights import config_from_dict
 from torch import Tensor
 
@@ -146,7 +147,8 @@ class TokenPipeline(Pipeline):
         cond_rvq: `ConditioningQuantizer`: CLAP embedding -> conditioning tokens `[B, Q]`.
         kmeans: `SemanticTokenizer`: audio -> semantic tokens (for audio prompts).
         semantic_lm, coarse_lm, fine_lm: the three `TokenLM` stages (`fine_lm` None: decode coarse levels only).
-        codec: `NeuralCodec`: codes `[B, K, S]` -> wave.
+        codec: the acoustic codec, codes `[B, K, S]` <-> wave: `MelRVQCodec` (the default: residual VQ over the
+            mel VAE latent, decoded through the mel path's vocoder) or `NeuralCodec` (EnCodec architecture).
         config: `TokenConfig`.
     """
 
@@ -215,7 +217,7 @@ class TokenPipeline(Pipeline):
     def fingerprints(self) -> dict[str, str]:
         """The weights fingerprint of every part (what config.json records and loading checks)."""
         found = {"clap": self.conditioner.fingerprint(), "cond_rvq": self.cond_rvq.fingerprint(),
-                 "kmeans": self.kmeans.fingerprint(), "codec": weights_fingerprint(self.codec),
+                 "kmeans": self.kmeans.fingerprint(), "codec": codec_fingerprint(self.codec),
                  "semantic_lm": weights_fingerprint(self.semantic_lm), "coarse_lm": weights_fingerprint(self.coarse_lm)}
         if self.fine_lm is not None:
             found["fine_lm"] = weights_fingerprint(self.fine_lm)
@@ -252,6 +254,7 @@ class TokenPipeline(Pipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable[[int, int], Any] | None = None,
         watermark: bool = True,
+        loudness_lufs: float | None = DEFAULT_LOUDNESS_LUFS,
         temperature: float | Mapping[str, float] | None = None,
         top_k: int | Mapping[str, int | None] | None = None,
         top_p: float | Mapping[str, float] | None = None,
@@ -278,6 +281,8 @@ class TokenPipeline(Pipeline):
             callback: `callback(step, total)` after each sampled token step; returning False cancels
                 (raises `GenerationCancelled`).
             watermark: mark the audio (the base pipeline's last step).
+            loudness_lufs: output level in LUFS (integrated, BS.1770), peaks capped at -1 dBFS; None keeps
+                the decoder's level (default -16).
             temperature: > 0; one value for all stages or {"semantic": .., "coarse": .., "fine": ..}
                 (default: config's, 1.0 / 0.95 / 0.4).
             top_k: integer >= 1 (None: no limit), per stage as temperature (default: 250 / 250 / none).
@@ -296,6 +301,8 @@ class TokenPipeline(Pipeline):
                 raise ValueError(f"{name} does not apply to the token backend (it samples tokens, not diffusion "
                                  "steps); leave it unset")
         prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
+        if loudness_lufs is not None:
+            check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
         guidance = check_float("guidance_scale", cfg.guidance_scale if guidance_scale is None else guidance_scale,
                                0.0, MAX_GUIDANCE)
         duration = cfg.duration_s if duration_s is None else check_float(
@@ -360,6 +367,7 @@ class TokenPipeline(Pipeline):
                 scores = [scores[i] for i in order]
 
         # 7. finish: float32 CPU audio, watermark last ---------------------------------------------
+        audios, level = self.normalize_loudness(audios, loudness_lufs)
         audios, watermarked = self.finish(audios, watermark=watermark)
         parameters = {
             "backend": BACKEND, "model": self.name_or_path,
@@ -373,7 +381,7 @@ class TokenPipeline(Pipeline):
             "semantic_tokens": n_semantic, "codec_frames": frames,
             "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
             "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
-            **self.watermark_record(watermarked), "soundsmith_version": _version(),
+            **level, **self.watermark_record(watermarked), "soundsmith_version": _version(),
         }
         return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
                            {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
@@ -559,7 +567,7 @@ class TokenPipeline(Pipeline):
             config: sampling defaults (default `TokenConfig()`).
             recorded: fingerprints a saved folder's config.json records (see `check_fingerprints`).
         """
-        from soundsmith.codecs.neural_codec import NeuralCodec
+        from soundsmith.codecs.mel_rvq import load_acoustic_codec
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
         from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
 
@@ -580,7 +588,7 @@ class TokenPipeline(Pipeline):
         semantic_lm = SemanticLM.from_pretrained(paths["semantic_lm"])
         coarse_lm = CoarseLM.from_pretrained(paths["coarse_lm"])
         fine_lm = FineLM.from_pretrained(paths["fine_lm"]) if "fine_lm" in paths else None
-        codec = NeuralCodec.from_pretrained(paths["codec"])
+        codec = load_acoustic_codec(paths["codec"])  # MelRVQCodec or NeuralCodec, by its config.json
         pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
                    name_or_path=name_or_path or where)
         pipe.check_fingerprints(where, recorded)  # each LM's trained_with: parts from other runs are refused
@@ -588,6 +596,13 @@ class TokenPipeline(Pipeline):
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def codec_fingerprint(codec: Any) -> str:
+    """The acoustic codec's fingerprint, what the coarse and fine LMs record: its own `fingerprint()` where it has
+    one (`MelRVQCodec`: codebooks + VAE, not the swappable vocoder), else the hash of all its weights."""
+    fingerprint = getattr(codec, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else weights_fingerprint(codec)
 
 
 def load_kmeans(folder: str | os.PathLike, clap: Any = None) -> Any:

@@ -22,6 +22,12 @@ log = logging.getLogger("soundsmith")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
+def vocoder_names() -> list[str]:
+    from soundsmith.codecs.vocoders import VOCODERS  # torch-free: the names only
+
+    return list(VOCODERS)
+
+
 class UsageError(Exception):
     """A mistake in the command line, reported as one line with exit status 2."""
 
@@ -89,9 +95,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    pipe = load_pipeline(model, backend=args.backend, device=args.device, dtype=args.dtype)
+    load_kwargs = {"vocoder": args.vocoder} if args.vocoder else {}
+    pipe = load_pipeline(model, backend=args.backend, device=args.device, dtype=args.dtype, **load_kwargs)
     kwargs = {"duration_s": args.duration, "num_waveforms_per_prompt": args.num, "seed": args.seed,
-              "negative_prompt": args.negative, "watermark": not args.no_watermark}
+              "negative_prompt": args.negative, "watermark": not args.no_watermark,
+              "loudness_lufs": None if args.no_loudness else args.loudness}
     for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
                        ("scheduler", args.scheduler), ("batch_size", args.batch_size)):
         if value is not None:
@@ -141,9 +149,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown component {args.component!r}; available: {known}")
     train = COMPONENTS[args.component]()
     # --set KEY=VALUE overrides any config field; --clap / --features are shorthands for the fields of
-    # the token backend's tokenizers (cond-rvq, kmeans); a component without the field says so in one line
+    # the token backend's tokenizers (cond-rvq, kmeans, mel-rvq); a component without the field says so in one line
     overrides = list(args.set or [])
-    overrides += [f"{k}={v}" for k, v in (("clap", args.clap), ("features", args.features)) if v is not None]
+    overrides += [f"{k}={v}" for k, v in (("clap", args.clap), ("features", args.features),
+                                          ("mel_codec", args.mel_codec)) if v is not None]
     extra = {"overrides": overrides} if overrides else {}
     train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps, **extra)
 
@@ -164,7 +173,8 @@ def _eval_scoring_kwargs(args: argparse.Namespace) -> dict:
     """The scoring options `eval run` and `eval score` share (see soundsmith.eval.harness.score_folders)."""
     return {"metrics": [m.strip() for m in args.metrics.split(",") if m.strip()], "embedding": args.embedding,
             "embedding_checkpoint": args.embedding_checkpoint, "clap_model": args.clap_model,
-            "labels_model": args.labels_model, "covariance": args.covariance, "cache_dir": args.cache_dir,
+            "labels_model": args.labels_model, "feature_labels_model": args.feature_labels_model,
+            "covariance": args.covariance, "cache_dir": args.cache_dir,
             "novelty_index": args.novelty_index, "novelty_threshold": args.novelty_threshold}
 
 
@@ -219,6 +229,14 @@ def cmd_eval_train_labels(args: argparse.Namespace) -> None:
     config = LabelTrainConfig(**{k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None})
     clf = train_label_classifier(args.data, args.out, clap=args.clap, cache_dir=args.cache_dir, config=config)
     print(format_label_report(clf.report))
+    print(f"saved: {args.out}")
+
+
+def cmd_eval_train_feature_labels(args: argparse.Namespace) -> None:
+    from soundsmith.eval.feature_labels import format_feature_label_report, train_feature_label_classifier
+
+    clf = train_feature_label_classifier(args.data, args.out, cache_dir=args.cache_dir)
+    print(format_feature_label_report(clf.report))
     print(f"saved: {args.out}")
 
 
@@ -308,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
     p.add_argument("--no-watermark", action="store_true", help="skip the generation watermark")
+    p.add_argument("--vocoder", default=None, choices=vocoder_names(), help="mel -> wave decoder replacing the "
+                   "model's own (mel-path models; default: the one its config.json names)")
+    from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
+
+    p.add_argument("--loudness", type=_bounded(float, -70, 0), default=DEFAULT_LOUDNESS_LUFS, metavar="LUFS",
+                   help="output level, integrated LUFS with peaks capped at -1 dBFS (default: %(default)s)")
+    p.add_argument("--no-loudness", action="store_true", help="keep the decoder's level (no loudness normalisation)")
     tok = p.add_argument_group("token models (--backend tokens, MusicGen folders)")
     tok.add_argument("--temperature", type=float, default=None, help="sampling temperature > 0 for every stage "
                      "(default: the model's per-stage values)")
@@ -352,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--clap", default=None, help="cond-rvq, kmeans: CLAP folder (default: models/clap)")
     p.add_argument("--features", default=None, help="kmeans: frame features, 'clap' (default) or 'hubert:PATH:LAYER'")
+    p.add_argument("--mel-codec", default=None, help="mel-rvq: the mel codec folder whose VAE latent it quantizes "
+                   "(default: models/mel-codec)")
     p.set_defaults(func=cmd_train)
 
     evaluation = sub.add_parser("eval", help="score codecs and generated sets")
@@ -382,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--clap-model", default=None, help="CLAP for the CLAP score: ours or a transformers ClapModel "
                        "folder (default: models/clap)")
         p.add_argument("--labels-model", default=None, help="label classifier folder (default: models/labels)")
+        p.add_argument("--feature-labels-model", default=None, help="the second label classifier, on hand-crafted "
+                       "features, reported beside the first (default: models/labels-features)")
         p.add_argument("--covariance", choices=("full", "diagonal", "shrinkage"), default="full",
                        help="FAD covariance: full (needs more windows than dimensions), diagonal or shrinkage "
                        "(Ledoit-Wolf) (default: full)")
@@ -446,6 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="full-batch training epochs (default: 300)")
     p.add_argument("--seed", type=seed_type, default=None, help="initialisation seed (default: 0)")
     p.set_defaults(func=cmd_eval_train_labels)
+
+    p = esub.add_parser("train-feature-labels", help="train the second label classifier, on hand-crafted audio "
+                        "features (no CLAP), on a labelled corpus")
+    p.add_argument("--data", required=True, help="corpus folder (metadata.jsonl with labels, train/valid/test)")
+    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR / "labels-features"),
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $SOUNDSMITH_CACHE or "
+                   "~/.cache/soundsmith/eval)")
+    p.set_defaults(func=cmd_eval_train_feature_labels)
 
     p = sub.add_parser("app", help="start the Streamlit app (headless; prints the URL to open)")
     p.add_argument("--port", type=_bounded(int, 1, 65535), default=8501, help="port (default: %(default)s)")

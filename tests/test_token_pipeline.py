@@ -185,6 +185,42 @@ def test_mismatched_parts_are_refused(pipe, encoder, tmp_path):
         load_pipeline(folder)
 
 
+# ------------------------------------------------------------------------ the default codec: mel RVQ
+
+
+@pytest.fixture(scope="module")
+def mel_pipe(encoder):
+    return tiny_pipeline(encoder, codec="mel-rvq")
+
+
+def test_mel_rvq_codec_generates_continues_and_round_trips(mel_pipe, tmp_path):
+    # 25 codec frames/s, one per semantic token: 0.5 s = 13 frames of 640 samples, decoded through VAE + Griffin-Lim
+    assert mel_pipe.frames_per_semantic == 1 and mel_pipe.codec.hop_length == 640
+    out = mel_pipe(["rain", "a dog barks"], duration_s=0.5, seed=0)
+    assert out.audios.shape == (2, 1, 8000) and torch.isfinite(torch.as_tensor(out.audios)).all()
+    assert out.parameters["codec_frames"] == 13 and out.parameters["semantic_tokens"] == 13
+    cont = mel_pipe("rain", audio_prompt=(clip(0.62, seed=1), SR), duration_s=1.0, seed=0)  # cut to 15 frames
+    assert cont.audios.shape == (1, 1, SR) and cont.parameters["audio_prompt_s"] == pytest.approx(0.6)
+    # the folder: the codec was built in memory, so its mel codec is written inside codec/mel-codec
+    folder = mel_pipe.save_pretrained(tmp_path / "model", dtype="fp16")
+    codec_config = json.loads((folder / "codec" / "config.json").read_text())
+    assert codec_config["_class_name"] == "MelRVQCodec" and codec_config["mel_codec"] == "mel-codec"
+    loaded = load_pipeline(folder)
+    loaded.progress_bar = False
+    assert type(loaded.codec).__name__ == "MelRVQCodec"
+    assert loaded.fingerprints()["codec"] == mel_pipe.fingerprints()["codec"]
+    assert loaded("rain", duration_s=0.5, seed=0).audios.shape == (1, 1, 8000)
+
+
+def test_mel_rvq_without_a_fine_lm_decodes_the_coarse_levels(encoder):
+    pipe = tiny_pipeline(encoder, codec="mel-rvq", fine=False)
+    decoded = []
+    decode = pipe.codec.decode
+    pipe.codec.decode = lambda codes, **kw: decoded.append(codes.shape) or decode(codes, **kw)
+    assert pipe("rain", duration_s=0.3, seed=0).audios.shape == (1, 1, int(0.3 * SR))
+    assert decoded == [(1, pipe.coarse_lm.config.n_coarse, 8)]  # the first n_coarse of the codec's 4 levels
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 

@@ -132,6 +132,29 @@ def test_cli_runs_export_and_assemble_into_a_pipeline(setup, tmp_path):
     assert pipe("a tone", duration_s=0.3, seed=0).audios.shape == (1, 1, 4800)
 
 
+def test_lms_train_on_mel_rvq_codes_and_assemble(setup, tmp_path, capsys):
+    """The default codec, the mel RVQ: 25 codes/s, one frame per semantic token; the coarse and fine LMs train on
+    its codes and `soundsmith assemble tokens` joins them with the other parts into a pipeline that generates."""
+    from token_helpers import tiny_mel_rvq
+
+    codec = tiny_mel_rvq().save_pretrained(tmp_path / "codec")  # built in memory: its mel codec is written inside
+    runs = tmp_path / "runs"
+    for stage in ("semantic", "coarse", "fine"):
+        config = run_config(setup, tmp_path / f"{stage}.json", codec=str(codec), cache_dir=str(tmp_path / "cache"))
+        assert main(["train", f"{stage}-lm", "--config", str(config), "--data", str(setup["corpus"]), "--out",
+                     str(runs / stage), "--max-steps", "1"]) == 0
+    coarse = TokenLM.from_pretrained(runs / "coarse" / "export").config
+    assert (coarse.frames_per_semantic, coarse.frame_rate, coarse.window) == (1, 25.0, 8)
+    args = ["assemble", "tokens", "--out", str(tmp_path / "model"), "--clap", str(setup["clap"]), "--cond-rvq",
+            str(setup["cond_rvq"]), "--kmeans", str(setup["kmeans"]), "--codec", str(codec)]
+    args += [a for stage in ("semantic", "coarse", "fine") for a in (f"--{stage}-lm", str(runs / stage / "export"))]
+    assert main(args) == 0
+    pipe = load_pipeline(tmp_path / "model")
+    pipe.progress_bar = False
+    assert type(pipe.codec).__name__ == "MelRVQCodec"
+    assert pipe("a tone", duration_s=0.3, seed=0).audios.shape == (1, 1, 4800)
+
+
 def test_resume_is_bit_exact(setup, tmp_path):
     """4 steps straight == 2 steps, then resume, then 2 more: weights, EMA, optimizer and RNG states identical."""
     from soundsmith.train.components import COMPONENTS

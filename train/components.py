@@ -52,6 +52,18 @@ def _kmeans() -> Callable:
     return train
 
 
+def _mel_adapter() -> Callable:
+    from .train_mel_adapter import train
+
+    return train
+
+
+def _mel_rvq() -> Callable:
+    from .train_mel_rvq import train
+
+    return train
+
+
 def _token_lm(stage: str) -> Callable[[], Callable]:
     def factory() -> Callable:
         from .train_token_lm import stage_trainer
@@ -64,5 +76,6 @@ def _token_lm(stage: str) -> Callable[[], Callable]:
 # train(config, data, out, resume, max_steps) -> the exported model folder
 COMPONENTS: dict[str, Callable[[], Callable]] = {"vae": _vae, "vocoder": _vocoder, "clap": _clap, "codec": _codec,
                                                  "unet": _unet}
-COMPONENTS.update({"cond-rvq": _cond_rvq, "kmeans": _kmeans})  # the token backend's tokenizers
+COMPONENTS.update({"mel-adapter": _mel_adapter})  # the universal HiFi-GAN's input mapping
+COMPONENTS.update({"cond-rvq": _cond_rvq, "kmeans": _kmeans, "mel-rvq": _mel_rvq})  # the token backend's tokenizers
 COMPONENTS.update({f"{stage}-lm": _token_lm(stage) for stage in ("semantic", "coarse", "fine")})  # its three LMs

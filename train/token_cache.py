@@ -11,7 +11,8 @@ Kinds (one safetensors file per kind and split):
               stored caption, then captions redrawn from our corpus's labels) through CLAP's *text* tower and
               the same RVQ: what inference feeds, so training can mix them in (`text_cond_prob`)
     semantic  `tokens [sum S_i]` + `offsets [N + 1]`: k-means ids at ~25 Hz
-    codes     `codes [K, sum F_i]` + `offsets [N + 1]`: codec codes at 50 Hz, all K levels
+    codes     `codes [K, sum F_i]` + `offsets [N + 1]`: codec codes at the codec's frame rate (25 Hz for the mel
+              RVQ, 50 Hz for the EnCodec-architecture codec), all K levels
 
 Layout: ROOT/<corpus key>/<kind>-<part fingerprints>/<split>.safetensors. The corpus key hashes the
 metadata file(s); a kind's folder name holds the fingerprints of the parts that made it (CLAP and RVQ,
@@ -50,13 +51,13 @@ class TokenParts:
     clap: Any = None  # SoundsmithClap or TransformersClap
     cond_rvq: Any = None  # ConditioningQuantizer
     kmeans: Any = None  # SemanticTokenizer
-    codec: Any = None  # NeuralCodec
+    codec: Any = None  # MelRVQCodec or NeuralCodec
 
     @classmethod
     def load(cls, *, clap: str | os.PathLike | None = None, cond_rvq: str | os.PathLike | None = None,
              kmeans: str | os.PathLike | None = None, codec: str | os.PathLike | None = None) -> TokenParts:
         """Load the parts given as folders; the RVQ and the k-means are checked against the CLAP."""
-        from soundsmith.codecs.neural_codec import NeuralCodec
+        from soundsmith.codecs.mel_rvq import load_acoustic_codec
         from soundsmith.gen.clap import load_clap
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
         from soundsmith.pipelines.base import weights_fingerprint
@@ -73,11 +74,12 @@ class TokenParts:
         if kmeans is not None:
             parts.kmeans = load_kmeans(_folder(kmeans, "kmeans"), parts.clap)
         if codec is not None:
-            parts.codec = NeuralCodec.from_pretrained(_folder(codec, "codec"))
+            parts.codec = load_acoustic_codec(_folder(codec, "codec"))  # MelRVQCodec or NeuralCodec
         return parts
 
     def fingerprints(self) -> dict[str, str]:
         from soundsmith.pipelines.base import weights_fingerprint
+        from soundsmith.pipelines.tokens import codec_fingerprint
 
         found = {}
         if self.clap is not None:
@@ -87,7 +89,7 @@ class TokenParts:
         if self.kmeans is not None:
             found["kmeans"] = self.kmeans.fingerprint()
         if self.codec is not None:
-            found["codec"] = weights_fingerprint(self.codec)
+            found["codec"] = codec_fingerprint(self.codec)
         return found
 
     @property
