@@ -7,17 +7,21 @@ from typing import Any
 import streamlit as st
 from soundsmith.app import jobs, ui
 from soundsmith.app.models import Capabilities
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
 
 # widget key -> GenerationSettings field
 FIELDS = {"g_prompt": "prompt", "g_negative": "negative_prompt", "g_duration": "duration_s",
           "g_steps": "num_inference_steps", "g_guidance": "guidance_scale", "g_scheduler": "scheduler",
           "g_temperature": "temperature", "g_top_k": "top_k", "g_top_p": "top_p", "g_seed": "seed",
           "g_variations": "num_waveforms", "g_mode": "mode", "g_strength": "strength",
-          "g_inpaint_start": "inpaint_start_s", "g_inpaint_end": "inpaint_end_s"}
+          "g_inpaint_start": "inpaint_start_s", "g_inpaint_end": "inpaint_end_s", "g_loudness": "loudness_lufs"}
 STATIC_DEFAULTS = {"g_prompt": "", "g_negative": "", "g_random_seed": True, "g_seed": 0, "g_variations": 1,
                    "g_override_sampling": False, "g_temperature": 1.0, "g_top_k": 250, "g_top_p": 1.0,
-                   "g_strength": 0.5, "g_inpaint_start": 0.0, "g_inpaint_end": 1.0, "g_mode": "text"}
+                   "g_strength": 0.5, "g_inpaint_start": 0.0, "g_inpaint_end": 1.0, "g_mode": "text",
+                   "g_normalise": True, "g_loudness": DEFAULT_LOUDNESS_LUFS}
+# "g_vocoder" is not saved here: it shows the session's vocoder for the model (ui.vocoder_choice), set each run
 SAVED = [*STATIC_DEFAULTS, "g_duration", "g_steps", "g_guidance", "g_scheduler"]
+MODEL_DEFAULT = ""  # the Vocoder control's value for "the vocoder the model folder names"
 MIN_DURATION = 0.1
 MAX_VARIATIONS = 8
 MAX_STEPS = 1000
@@ -47,6 +51,23 @@ def prepare_state(path: str, caps: Capabilities) -> None:
         apply_settings(pending, caps)
     if ss["g_scheduler"] not in caps.schedulers:
         ss["g_scheduler"] = caps.default_scheduler
+    if caps.vocoders:  # the picker shows the vocoder loaded (a choice that failed to build falls back here)
+        ss["g_vocoder"] = ui.vocoder_choice(path) or MODEL_DEFAULT
+
+
+def take_vocoder_choice(path: str | None) -> bool:
+    """Before the model is loaded: the vocoder picked in the form just submitted, or the one of a clip whose
+    settings are reused, becomes the session's vocoder for `path` (ui.use_vocoder loads that copy). False when
+    it cannot be built: a one-line error is shown and the previous vocoder stays."""
+    ss = st.session_state
+    pending = ss.get("pending_settings")
+    if not path:
+        return True
+    if pending and "vocoder" in pending:
+        return ui.use_vocoder(path, pending["vocoder"])
+    if ss.get("g_model") == path and "g_vocoder" in ss:  # the picker's value, for this model
+        return ui.use_vocoder(path, ss["g_vocoder"] or None)
+    return True
 
 
 def apply_settings(settings: dict[str, Any], caps: Capabilities) -> None:
@@ -57,6 +78,7 @@ def apply_settings(settings: dict[str, Any], caps: Capabilities) -> None:
         value = settings.get(name)
         ss[key] = defaults[key] if value is None else value
     ss["g_random_seed"] = settings.get("seed") is None
+    ss["g_normalise"] = settings.get("loudness_lufs", DEFAULT_LOUDNESS_LUFS) is not None
     ss["g_override_sampling"] = any(settings.get(n) is not None for n in ("temperature", "top_k", "top_p"))
     # another model's settings may not fit this one's controls: bring them into range (and say so)
     fitted = {"g_variations": int(min(max(int(ss["g_variations"]), 1), MAX_VARIATIONS)),
@@ -148,6 +170,14 @@ def controls(caps: Capabilities) -> bool:
                 st.number_input("Guidance scale", 0.0, 100.0, step=0.5, key="g_guidance",
                                 help="Classifier-free guidance; 1 turns it off")
                 st.caption(f"The {caps.backend} model has no diffusion steps or scheduler.")
+            if caps.vocoders:
+                vocoder_picker(caps)
+            l1, l2 = st.columns(2)
+            l1.checkbox("Normalise loudness", key="g_normalise",
+                        help="Level every clip to the target (ITU-R BS.1770), peaks capped at -1 dBFS; off keeps "
+                             "the decoder's level, often near silence")
+            l2.number_input("Loudness target (LUFS)", -70.0, 0.0, step=1.0, key="g_loudness", format="%.1f",
+                            help="Used when Normalise loudness is on; -16 is where streaming platforms level speech")
             if caps.sampling:
                 st.checkbox("Override the model's per-stage sampling", key="g_override_sampling")
                 s1, s2, s3 = st.columns(3)
@@ -158,6 +188,15 @@ def controls(caps: Capabilities) -> bool:
                 st.caption(f"Temperature / top-k / top-p apply to token models; the {caps.backend} model samples by "
                            "diffusion.")
         return st.form_submit_button("Generate", type="primary", icon=":material/graphic_eq:", key="g_generate")
+
+
+def vocoder_picker(caps: Capabilities) -> None:
+    """The Vocoder control: the model folder's own or any registered one (codecs/vocoders.py)."""
+    default = ui.default_vocoder(st.session_state["g_model"])
+    st.selectbox("Vocoder", [MODEL_DEFAULT, *caps.vocoders], key="g_vocoder",
+                 format_func=lambda name: name or f"model default ({default})",
+                 help="Turns the model's mel into audio. The model is loaded with it when you press Generate; "
+                      "each vocoder used stays loaded, so switching back is instant.")
 
 
 def collect(caps: Capabilities) -> jobs.GenerationSettings:
@@ -172,7 +211,9 @@ def collect(caps: Capabilities) -> jobs.GenerationSettings:
         top_p=ss["g_top_p"] if sampling else None, seed=None if ss["g_random_seed"] else int(ss["g_seed"]),
         num_waveforms=int(ss["g_variations"]), mode=mode, audio=ss.get("g_audio") if mode != "text" else None,
         audio_s=ss.get("g_audio_s") if mode != "text" else None, strength=ss["g_strength"],
-        inpaint_start_s=ss["g_inpaint_start"], inpaint_end_s=ss["g_inpaint_end"])
+        inpaint_start_s=ss["g_inpaint_start"], inpaint_end_s=ss["g_inpaint_end"],
+        vocoder=(ss["g_vocoder"] or None) if caps.vocoders else None,
+        loudness_lufs=float(ss["g_loudness"]) if ss["g_normalise"] else None)
 
 
 def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSettings) -> None:
@@ -234,6 +275,7 @@ def render() -> None:
     st.title("Generate")
     st.session_state.pop("go_generate", None)
     ui.show_notice("g_interrupt")
+    vocoder_ok = take_vocoder_choice(st.session_state.get("model_path"))
     chosen = ui.current_model()
     if chosen is None:
         return
@@ -245,7 +287,7 @@ def render() -> None:
     audio_input(caps)
     pressed = controls(caps)
     st.session_state["g_saved"] = {k: st.session_state[k] for k in SAVED if k in st.session_state}
-    if pressed:
+    if pressed and vocoder_ok:  # a vocoder that failed to build: its error shows, nothing is generated
         run(path, pipe, caps, collect(caps))
     show_latest()
 

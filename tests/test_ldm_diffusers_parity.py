@@ -143,7 +143,7 @@ def test_audioldm_same_waveform(audioldm_pair, scheduler):
                    generator=torch.Generator().manual_seed(7), output_type="np").audios  # [1, T]
     ref_pipe.scheduler = folder_scheduler
     out = pipe("a dog barks", duration_s=0.97, num_inference_steps=4, guidance_scale=2.5, seed=7,
-               scheduler=scheduler, watermark=False)
+               scheduler=scheduler, watermark=False, loudness_lufs=None)
     assert out.audios.shape == (1, 1, ref.shape[-1]) == (1, 1, int(0.97 * 16000))
     assert ref.std() > 0.01  # a real signal, not a comparison of silences
     assert np.abs(out.audios[:, 0].numpy() - ref).max() <= TOL
@@ -157,7 +157,7 @@ def test_audioldm_batch_with_negative_prompts(audioldm_pair):
     ref = ref_pipe(prompts, negative_prompt=negatives, audio_length_in_s=0.64, num_inference_steps=3,
                    guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in (11, 12)]).audios
     out = pipe(prompts, negative_prompt=negatives, duration_s=0.64, num_inference_steps=3, guidance_scale=3.0,
-               seed=11, watermark=False)
+               seed=11, watermark=False, loudness_lufs=None)
     assert out.seeds == [11, 12]
     assert np.abs(out.audios[:, 0].numpy() - ref).max() <= TOL
 
@@ -167,7 +167,7 @@ def test_audioldm_without_guidance_and_default_length(audioldm_pair):
     ref_pipe, pipe = audioldm_pair
     ref = ref_pipe("a bell", num_inference_steps=2, guidance_scale=1.0,
                    generator=torch.Generator().manual_seed(3)).audios
-    out = pipe("a bell", num_inference_steps=2, guidance_scale=1.0, seed=3, watermark=False)
+    out = pipe("a bell", num_inference_steps=2, guidance_scale=1.0, seed=3, watermark=False, loudness_lufs=None)
     assert ref.shape[-1] == out.audios.shape[-1] == 20480
     assert np.abs(out.audios[:, 0].numpy() - ref).max() <= TOL
 
@@ -178,11 +178,11 @@ def test_our_layout_round_trip_and_library_loading(audioldm_pair, tmp_path):
     from transformers import ClapTextModelWithProjection, SpeechT5HifiGan
 
     pipe = audioldm_pair[1]
-    before = pipe("a dog barks", duration_s=0.5, num_inference_steps=2, seed=1, watermark=False).audios
+    before = pipe("a dog barks", duration_s=0.5, num_inference_steps=2, seed=1, watermark=False, loudness_lufs=None).audios
     pipe.save_pretrained(tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["backend"] == "ldm" and config["null_condition"] == "empty_text"
-    again = ours(tmp_path / "ours")("a dog barks", duration_s=0.5, num_inference_steps=2, seed=1, watermark=False)
+    again = ours(tmp_path / "ours")("a dog barks", duration_s=0.5, num_inference_steps=2, seed=1, watermark=False, loudness_lufs=None)
     assert torch.allclose(before, again.audios, atol=1e-6)
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "ours" / "unet")
     assert torch.equal(unet.conv_in.weight, pipe.unet.conv_in.weight)
@@ -245,11 +245,11 @@ def test_musicldm_same_waveforms_and_ranking(musicldm_folder):
     ref = ref_pipe("the piano", audio_length_in_s=0.64, num_inference_steps=3, num_waveforms_per_prompt=2,
                    generator=[torch.Generator().manual_seed(s) for s in (5, 6)]).audios
     out = pipe("the piano", duration_s=0.64, num_inference_steps=3, num_waveforms_per_prompt=2, seed=5,
-               watermark=False)
+               watermark=False, loudness_lufs=None)
     assert np.abs(out.audios[:, 0].numpy() - ref).max() <= TOL
     assert out.clap_scores[0] >= out.clap_scores[1] and sorted(out.seeds) == [5, 6]
     unranked = pipe("the piano", duration_s=0.64, num_inference_steps=3, num_waveforms_per_prompt=2, seed=5,
-                    rerank=False, watermark=False)
+                    rerank=False, watermark=False, loudness_lufs=None)
     assert unranked.seeds == [5, 6]
 
 
