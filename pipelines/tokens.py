@@ -154,7 +154,7 @@ class TokenPipeline(Pipeline):
 
     backend = BACKEND
     component_names = ("conditioner", "cond_rvq", "semantic_lm", "coarse_lm", "fine_lm", "codec")
-    upcast_components = ("cond_rvq", "codec")  # tiny, and the codec's LSTM/decoder want float32
+    upcast_components = ("cond_rvq", "codec")  # tiny; the codec (mel VAE + vocoder, or SEANet + LSTM) wants float32
 
     def __init__(self, conditioner: Any, cond_rvq: Any, kmeans: Any, semantic_lm: Any, coarse_lm: Any,
                  fine_lm: Any | None, codec: Any, config: TokenConfig | None = None, *, name_or_path: str = ""):

@@ -2,8 +2,9 @@
 
     soundsmith train unet --data data/corpus --out runs/unet --config my.json [--resume] [--max-steps N]
 
-The config names the frozen parts: the mel VAE + vocoder (`codec`, or `vae` and `vocoder` folders) and the
-CLAP (`clap`). First, every clip of the train and valid splits is encoded once (the VAE posterior's mean
+The config names the frozen parts: the mel VAE + vocoder (`codec`, a mel codec folder; or a `vae` folder and
+optionally a `vocoder`: a registry name of codecs/vocoders.py, default griffin-lim, or a trained HiFi-GAN
+folder) and the CLAP (`clap`). The vocoder only turns validation samples into audio: training needs none. First, every clip of the train and valid splits is encoded once (the VAE posterior's mean
 and std, scaled; the CLAP audio embedding of the clip; the CLAP text embeddings of its captions) into
 `OUT/cache/`, reused while the parts and the data are unchanged. Then the loop reads top to bottom:
 
@@ -55,9 +56,9 @@ CACHE_FORMAT = "soundsmith-latent-cache/1"
 class UNetTrainConfig:
     """Everything a UNet run needs besides the data and run folders. Steps are optimizer steps."""
 
-    codec: str | None = None  # a MelLatentCodec folder (vae/ + vocoder/); or give vae and vocoder
+    codec: str | None = None  # a MelLatentCodec folder (vae/ + its vocoder spec); or give vae (and vocoder)
     vae: str | None = None  # a MelVAE export (soundsmith train vae)
-    vocoder: str | None = None  # a Vocoder export (soundsmith train vocoder)
+    vocoder: str | None = None  # with vae: a vocoder registry name (default griffin-lim) or a HiFi-GAN folder
     clap: str | None = None  # our CLAP folder (soundsmith train clap) or a transformers ClapModel folder
     seed: int = bounded(0, 0, 2**63 - 1)
     max_steps: int = bounded(20000, 1)  # the LR schedule spans this; --max-steps may stop earlier
@@ -115,17 +116,17 @@ class UNetTrainConfig:
 def load_parts(cfg: UNetTrainConfig, where: str) -> tuple[Any, Any]:
     """(MelLatentCodec, ClapConditioner) named by the config; one-line errors name the field."""
     from soundsmith.codecs.mel_codec import MelLatentCodec
-    from soundsmith.codecs.mel_vae import MelVAE
-    from soundsmith.codecs.vocoder import Vocoder
+    from soundsmith.codecs.vocoders import DEFAULT_VOCODER, VOCODERS
     from soundsmith.pipelines.ldm import ClapConditioner
 
     if cfg.codec is not None:
         codec = MelLatentCodec.from_pretrained(cfg.codec)
-    elif cfg.vae is not None and cfg.vocoder is not None:
-        vocoder = Vocoder.from_pretrained(cfg.vocoder)
-        codec = MelLatentCodec(MelVAE.from_pretrained(cfg.vae, mel=vocoder.config.mel), vocoder)
+    elif cfg.vae is not None:
+        name = cfg.vocoder or DEFAULT_VOCODER
+        spec = {"name": name} if name in VOCODERS else {"name": "hifigan", "path": str(Path(name).resolve())}
+        codec = MelLatentCodec.from_parts(cfg.vae, spec, base_dir=Path(cfg.vae).resolve().parent)
     else:
-        raise ValueError(f"{where}: give field 'codec' (a mel codec folder) or both 'vae' and 'vocoder'")
+        raise ValueError(f"{where}: give field 'codec' (a mel codec folder) or 'vae' (a VAE folder)")
     if cfg.clap is None:
         raise ValueError(f"{where}: field 'clap' (a CLAP folder) is required")
     conditioner = ClapConditioner.from_pretrained(Path(cfg.clap))
