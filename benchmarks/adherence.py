@@ -174,12 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="keep the clips here (WAV + JSON)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vocoder", default=None, help="replace the model's vocoder (a registry name of "
+                   "soundsmith.codecs.vocoders; 'hifigan' = the trained HiFi-GAN beside its VAE); mel-path models only")
+    p.add_argument("--no-loudness", action="store_true", help="keep the decoder's level (as clips came out before "
+                   "loudness normalisation)")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
     scorers = BOTH if args.scorer == "both" else (args.scorer,)
 
+    from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
     from soundsmith.pipelines import load_pipeline
 
     prompts = [json.loads(line) for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -195,14 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_clips:
         waves, sample_rate, settings = read_clips(Path(args.from_clips), rows, seeds)
     else:
-        pipe = load_pipeline(args.model)
+        vocoder = {"name": "hifigan", "path": "vocoder"} if args.vocoder == "hifigan" else args.vocoder
+        pipe = load_pipeline(args.model, **({"vocoder": vocoder} if vocoder else {}))
         pipe.progress_bar = False
-        out = pipe([r["prompt"] for r in rows], duration_s=args.duration, seed=seeds,
-                   batch_size=args.batch_size, watermark=False, **kwargs)
+        out = pipe([r["prompt"] for r in rows], duration_s=args.duration, seed=seeds, batch_size=args.batch_size,
+                   watermark=False, loudness_lufs=None if args.no_loudness else DEFAULT_LOUDNESS_LUFS, **kwargs)
         if args.out:
             out.save(args.out)
         waves, sample_rate = torch.as_tensor(out.audios), out.sample_rate
-        settings = {k: out.parameters[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")}
+        settings = {k: out.parameters[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")
+                    if k in out.parameters}
     seconds = time.perf_counter() - t0
 
     # 2. rank each clip's prompt class among its family's classes, under each scorer
