@@ -13,15 +13,16 @@ VAE's encode/decode, the latent-diffusion path) and per domain, with the maths i
 - MR-STFT and SI-SDR (dB) against the original wave;
 - pitch error (cents RMSE over frames voiced in both) and periodicity error (RMSE), CREPE tracks of the
   output against the original's (eval/crepe.py; "tiny" CREPE by default, 10 ms hop; speech 50-550 Hz as in
-  Vocos' evaluation, music 50-2000 Hz), on music and speech; voiced/unvoiced F1; wide-band PESQ on speech;
+  Vocos' evaluation, music 50-1500 Hz), on music and speech; voiced/unvoiced F1; wide-band PESQ on speech;
 - label accuracy kept: the label classifier (models/labels; also models/labels-features where it exists)
   on decoded clips over the same classifier on the originals, per family (domain, sfx_class, instrument,
   language) and pooled per domain;
 - comb: narrow lines (> 6 dB, < 3 bins) of the output's long-term spectrum over the input's that are also
   peaks of the output's own spectrum, counted on the mean over a domain's clips of the per-clip spectra in
   dB (a fixed comb adds up, clip detail averages out), and the mean count per clip;
-- seconds per 5 s of audio at 1 and 2 threads, after a warm-up (median of 3; the VAE input row includes the
-  VAE decode), on whatever else this machine is running at the time (its load average is recorded).
+- seconds per 5 s of audio at 1 and 2 threads, after a warm-up (median of 5; the VAE input row includes the
+  VAE decode), on whatever else this machine is running at the time (its load average is recorded;
+  `--timing-only` re-times when the machine is quieter).
 
 Prints markdown tables and writes every figure (and each clip's) as JSON with `--out`. Quality figures run
 on one thread (set OMP_NUM_THREADS=1 for the whole run; `--threads` only sets the timing).
@@ -59,7 +60,7 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 DOMAINS = ("music", "sfx", "speech")
 LABEL_FAMILIES = ("domain", "sfx_class", "instrument", "language")
-PITCH_RANGES = {"speech": (50.0, 550.0), "music": (50.0, 2000.0), "sfx": (50.0, 2000.0)}
+PITCH_RANGES = {"speech": (50.0, 550.0), "music": (50.0, 1500.0), "sfx": (50.0, 1500.0)}  # Hz; see eval/crepe.py
 INPUTS = ("real", "vae")
 
 
@@ -136,7 +137,7 @@ def load_classifiers(labels: Path, feature_labels: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def seconds_per_call(fn: Any, repeats: int = 3) -> float:
+def seconds_per_call(fn: Any, repeats: int = 5) -> float:
     fn()  # warm-up: lazy initialisation, allocator growth
     times = []
     for _ in range(repeats):
@@ -146,7 +147,8 @@ def seconds_per_call(fn: Any, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def time_variants(codecs: dict[str, Any], threads: list[int], seconds: float = 5.0) -> dict[str, Any]:
+def time_variants(codecs: dict[str, Any], threads: list[int], seconds: float = 5.0, repeats: int = 5
+                  ) -> dict[str, Any]:
     """Seconds per `seconds` of audio: {row: {"real": {threads: s}, "vae": {...}}}, plus the VAE decode alone."""
     any_codec = next(iter(codecs.values()))
     frames = int(seconds * any_codec.sample_rate / any_codec.hop_length)
@@ -159,11 +161,11 @@ def time_variants(codecs: dict[str, Any], threads: list[int], seconds: float = 5
     try:
         for n in threads:
             torch.set_num_threads(n)
-            out["vae_decode"][n] = seconds_per_call(lambda: any_codec.vae.decode(latent))
+            out["vae_decode"][n] = seconds_per_call(lambda: any_codec.vae.decode(latent), repeats)
             for row, codec in codecs.items():
                 out.setdefault(row, {"real": {}, "vae": {}, "threads_set": {}})
-                out[row]["real"][n] = seconds_per_call(lambda c=codec: c.mel_to_wave(mel))
-                out[row]["vae"][n] = seconds_per_call(lambda c=codec: c.mel_to_wave(c.vae.decode(latent)))
+                out[row]["real"][n] = seconds_per_call(lambda c=codec: c.mel_to_wave(mel), repeats)
+                out[row]["vae"][n] = seconds_per_call(lambda c=codec: c.mel_to_wave(c.vae.decode(latent)), repeats)
                 out[row]["threads_set"][n] = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
@@ -215,7 +217,7 @@ def evaluate(rows: list[dict], data: Path, codecs: dict[str, Any], classifiers: 
         mels = {"real": real_mel, "vae": base.vae.decode(base.vae.encode(real_mel).mean)}  # [1, F, S] each
         truth = label_truth(row["labels"])
         do_pitch = domain in pitch_domains
-        fmin, fmax = PITCH_RANGES.get(domain, (50.0, 2000.0))
+        fmin, fmax = PITCH_RANGES[domain]
         ref_track = track_pitch(crepe_model, ref, hop_length=pitch_hop, fmin=fmin, fmax=fmax) if do_pitch else None
         ref_ltas = vm.long_term_spectrum(ref)
         key0 = ("original", "-", domain)
@@ -292,11 +294,11 @@ def summarise(acc: Accumulator, classifiers: dict[str, Any], hz_per_bin: float) 
         fig["labels"] = {c: {"accuracy": decoded[c], "kept": vm.accuracy_kept(decoded[c], originals[domain][c])}
                          for c in classifiers}
         out.setdefault(name, {}).setdefault(path, {})[domain] = fig
-    # all domains: clip-weighted means of the per-domain figures, pooled pitch, summed comb counts
+    # all domains: clip-weighted means of the per-domain figures, summed comb counts
     for name, paths in out.items():
         if name == "original":
             continue
-        for path, doms in paths.items():
+        for doms in paths.values():
             n = sum(d["clips"] for d in doms.values())
             allfig: dict[str, Any] = {"clips": n}
             for metric in ("mel_l1", "mel_l1_vs_real", "mrstft", "si_sdr_db", "rms_ratio_db"):
@@ -333,7 +335,7 @@ def tables(summary: dict[str, Any], timing: dict[str, Any] | None, threads: list
     for name, path in rows:
         doms = summary[name][path]
         a = doms["all"]
-        get = lambda d, k: doms.get(d, {}).get(k, math.nan)  # noqa: E731
+        get = lambda d, k, doms=doms: doms.get(d, {}).get(k, math.nan)  # noqa: E731
         cells = [name, path, fmt(a["mel_l1"]), fmt(a["mel_l1_vs_real"]), fmt(a["mrstft"]), fmt(a["si_sdr_db"], 2),
                  fmt(get("music", "pitch_pitch_cents_rmse"), 1), fmt(get("speech", "pitch_pitch_cents_rmse"), 1),
                  fmt(get("music", "pitch_periodicity_rmse")), fmt(get("speech", "pitch_periodicity_rmse")),
@@ -384,6 +386,17 @@ def tables(summary: dict[str, Any], timing: dict[str, Any] | None, threads: list
     return "\n".join(lines)
 
 
+def timing_table(timing: dict[str, Any], names: list[str], threads: list[int]) -> str:
+    head = ["vocoder"] + [f"{path} mels, s/5 s @{t}" for path in INPUTS for t in threads]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        lines.append("| " + " | ".join([name] + [fmt(timing[name][path].get(t)) for path in INPUTS for t in threads])
+                     + " |")
+    lines.append(f"\nVAE decode alone, s/5 s: {timing['vae_decode']}; load average {timing['load_average']} -> "
+                 f"{timing['load_average_after']}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------- grid
 
 
@@ -420,7 +433,7 @@ def render_grid(grid: dict[int, dict[str, Any]], names: list[str], out_dir: Path
                      "(STFT 1024/256, dB, 80 dB range per clip)", fontsize=10)
         fig.tight_layout()
         target = out_dir / f"grid-{path}-mels.png"
-        fig.savefig(target, dpi=80)
+        fig.savefig(target, dpi=100)
         plt.close(fig)
         written.append(target)
     return written
@@ -437,10 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocoders", nargs="+", choices=list(VOCODERS), default=list(VOCODERS),
                    help="registry names (griffin-lim runs at 32 and 64 iterations)")
     p.add_argument("--adapter", default=None, help="hifigan-universal mel adapter folder (default: the codec folder's)")
-    p.add_argument("--per-domain", type=int, default=150, help="clips per domain (default 150: all of a 360-clip corpus)")
+    p.add_argument("--per-domain", type=int, default=100, help="clips per domain (default 100; fewer where the corpus has fewer)")
     p.add_argument("--limit", type=int, default=None, help="at most this many clips in all (a quick run)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to time (default 1 2)")
     p.add_argument("--no-timing", action="store_true", help="skip the timing")
+    p.add_argument("--timing-only", action="store_true", help="only the timing (no clips are read)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per vocoder and thread count (median)")
     p.add_argument("--crepe", choices=("tiny", "full"), default="tiny", help="CREPE capacity (full: ~40x slower)")
     p.add_argument("--pitch-hop", type=int, default=160, help="CREPE hop in samples at 16 kHz (default 10 ms)")
     p.add_argument("--pitch-domains", nargs="+", choices=DOMAINS, default=["music", "speech"])
@@ -459,6 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {why}", file=sys.stderr)
     if not codecs:
         p.error("no vocoder could be built")
+    if args.timing_only:
+        timing = time_variants(codecs, args.threads, repeats=args.repeats)
+        print(timing_table(timing, list(codecs), args.threads))
+        if args.out:
+            write_json(args.out, {"codec": str(args.codec), "timing": timing,
+                                  "vocoders": {n: c.vocoder.spec() for n, c in codecs.items()}})
+        return 0
     classifiers = load_classifiers(args.labels, args.feature_labels)
     grid_rows = set()
     if args.grid:
@@ -469,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
           f"classifiers {list(classifiers)}, CREPE {args.crepe}, torch threads {torch.get_num_threads()}",
           file=sys.stderr)
 
-    timing = None if args.no_timing else time_variants(codecs, args.threads)
+    timing = None if args.no_timing else time_variants(codecs, args.threads, repeats=args.repeats)
     t0 = time.perf_counter()
     acc, per_clip, grid = evaluate(rows, args.data, codecs, classifiers, crepe_capacity=args.crepe,
                                    pitch_hop=args.pitch_hop, pitch_domains=tuple(args.pitch_domains),
@@ -488,17 +510,21 @@ def main(argv: list[str] | None = None) -> int:
         for path in render_grid(grid, list(codecs), args.grid, sample_rate):
             print(f"grid: {path}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {"data": str(args.data), "clips": counts, "codec": str(args.codec),
                   "vocoders": {n: c.vocoder.spec() for n, c in codecs.items()}, "skipped": skipped,
                   "classifiers": list(classifiers), "crepe": args.crepe, "pitch_hop": args.pitch_hop,
                   "pitch_domains": args.pitch_domains, "seconds": round(time.perf_counter() - t0, 1),
                   "timing": timing, "summary": summary, "per_clip": per_clip}
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1, default=_json_default), encoding="utf-8")
-        os.replace(tmp, args.out)
+        write_json(args.out, report)
         print(f"figures: {args.out}")
     return 0
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _json_default(x: Any) -> Any:

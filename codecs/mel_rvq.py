@@ -218,13 +218,8 @@ class MelRVQCodec(nn.Module):
     def fingerprint(self) -> str:
         """Short hash of the codebooks and the VAE, rounded to fp16 (the same after an fp16 export); the vocoder
         is left out, so swapping it keeps the LMs trained on these codes."""
-        h = hashlib.sha256()
-        tensors = {"codebooks": self.codebooks(), **{f"vae.{k}": v for k, v in self.mel_codec.vae.state_dict().items()}}
-        for name, tensor in sorted(tensors.items()):
-            if tensor.is_floating_point():
-                h.update(name.encode())
-                h.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        vae = {f"vae.{k}": v for k, v in self.mel_codec.vae.state_dict().items()}
+        return _fp16_hash({"codebooks": self.codebooks(), **vae})
 
     # ---------------------------------------------------------------------------------------- I/O
 
@@ -301,9 +296,15 @@ class MelRVQCodec(nn.Module):
 
 
 def vae_fingerprint(mel_codec: MelLatentCodec) -> str:
-    """`pipelines.base.weights_fingerprint`'s hash of the mel codec's VAE (fp16-rounded, sorted by name)."""
+    """`pipelines.base.weights_fingerprint(mel_codec.vae)`: the VAE's weights, fp16-rounded, sorted by name."""
+    return _fp16_hash(mel_codec.vae.state_dict())
+
+
+# Copied from soundsmith.gen.cond_tokens._fingerprint (pipelines.base.weights_fingerprint over a dict; codecs/ sits
+# below pipelines/ and gen/, so it cannot import either)
+def _fp16_hash(tensors: dict[str, Tensor]) -> str:
     h = hashlib.sha256()
-    for name, tensor in sorted(mel_codec.vae.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         if tensor.is_floating_point():
             h.update(name.encode())
             h.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())

@@ -17,6 +17,9 @@ torchcrepe/model.py (the MMdnn conversion of the original Keras model): conv ker
 then five (64, 1) (run here as Conv1d); batch norm eps 1e-3 *after* the ReLU; max-pool 2 along time; the
 last conv output `[S, C, 4]` is flattened position-major into the classifier, as Keras' Flatten.
 
+tests/test_vocoder_metrics.py checks the network, the framing, the Viterbi path and the loudness against
+torchcrepe itself (imported there with a stand-in torchaudio; a slow test), and the pitch of sines.
+
 The benchmarks use the "tiny" capacity by default: "full" (22 M parameters, 1.4 GMAC per frame) takes
 ~40 s per 5 s clip on one thread of this CPU, "tiny" ~1 s; both give a pure tone the same pitch.
 """
@@ -38,7 +41,8 @@ WINDOW = 1024  # samples per analysed frame
 PITCH_BINS = 360
 CENTS_PER_BIN = 20
 CENTS_OFFSET = 1997.3794084376191  # cents (re 10 Hz) of bin 0: 32.70 Hz
-MAX_FMAX = 2006.0  # Hz: the top bin
+MIN_FMIN = 37.0  # Hz: the lowest fmin `track_pitch` takes (the bottom 12 bins share the edge bias below)
+MAX_FMAX = 1700.0  # Hz: the highest fmax `track_pitch` takes (see `viterbi_bins`; the top bin is 1975 Hz)
 UNVOICED_THRESHOLD = 0.21  # periodicity below this = unvoiced (Vocos / CARGAN evaluation)
 SILENCE_DB = -60.0  # A-weighted frame loudness below this = silent, periodicity 0
 # layer widths per capacity (torchcrepe/model.py); the input width of layer i+1 is the output width of i
@@ -138,7 +142,12 @@ def bin_to_frequency(bins: np.ndarray) -> np.ndarray:
 def viterbi_bins(probabilities: np.ndarray, max_jump: int = 12) -> np.ndarray:
     """`[S, 360]` probabilities -> most likely bin path `[S]`: per-frame softmax observations, transitions
     proportional to max(12 - |jump|, 0) (torchcrepe's `decode.viterbi`), uniform start. Only jumps of less
-    than `max_jump` bins have a non-zero transition, so each step looks at a band of 2 * 11 + 1 bins."""
+    than `max_jump` bins have a non-zero transition, so each step looks at a band of 2 * 11 + 1 bins.
+
+    As in torchcrepe, each row of the transition matrix is normalised over the 360 bins, so the 11 bins at
+    either end (under 36 Hz, over 1.75 kHz) have fewer neighbours and larger self-transitions; with the flat
+    softmax of sigmoid outputs that bias wins, and a path allowed near the top bin sticks there on
+    polyphonic music. `track_pitch` therefore refuses a range outside [`MIN_FMIN`, `MAX_FMAX`]."""
     obs = np.asarray(probabilities, dtype=np.float64)
     obs = obs - obs.max(1, keepdims=True)
     obs = obs - np.log(np.exp(obs).sum(1, keepdims=True))  # log softmax [S, K]
@@ -196,11 +205,12 @@ def frame_loudness_db(wave: Tensor, hop_length: int) -> np.ndarray:
 def track_pitch(model: Crepe, wave: Tensor, *, sample_rate: int = SAMPLE_RATE, hop_length: int = 160,
                 fmin: float = 50.0, fmax: float = 550.0, batch_size: int = 512) -> PitchTrack:
     """One clip `[T]` at 16 kHz -> `PitchTrack` (see the module docstring; defaults: 10 ms hop, the Vocos
-    evaluation's 50-550 Hz range; widen `fmax` up to 2006 Hz for music)."""
+    evaluation's 50-550 Hz range; widen `fmax` up to `MAX_FMAX` for music)."""
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"CREPE takes {SAMPLE_RATE} Hz audio, got {sample_rate} Hz (resample first)")
-    if not 0 < fmin < fmax <= MAX_FMAX:
-        raise ValueError(f"CREPE pitch range must satisfy 0 < fmin < fmax <= {MAX_FMAX}, got {fmin}, {fmax}")
+    if not MIN_FMIN <= fmin < fmax <= MAX_FMAX:
+        raise ValueError(f"CREPE pitch range must satisfy {MIN_FMIN} <= fmin < fmax <= {MAX_FMAX} Hz (nearer the "
+                         f"ends of its 32.7-1975 Hz bins the Viterbi path sticks to them), got {fmin}, {fmax}")
     frames = frame_audio(wave, hop_length)  # [S, 1024]
     device = next(model.parameters()).device
     probs = torch.cat([model(frames[i:i + batch_size].to(device)).cpu()

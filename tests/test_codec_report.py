@@ -97,7 +97,7 @@ def test_diffusers_pipeline_folder_loads(tmp_path):
 
 def test_mismatched_pair_is_refused():
     vae = MelVAE(MelVAEConfig(n_mels=16, block_out_channels=(8, 16, 16), norm_num_groups=4))
-    with pytest.raises(ValueError, match="not trained as a pair"):
+    with pytest.raises(ValueError, match="takes 64-bin mels .* this codec makes 16-bin mels"):
         MelLatentCodec(vae, Vocoder())
 
 

@@ -139,3 +139,15 @@ def test_cli_train_mel_rvq_exports_a_loadable_codec_and_resumes(tmp_path, capsys
     last = next(r for r in reversed(rows) if "valid/mel_l1_vae" in r)
     assert {f"valid/mel_l1_l{k}" for k in (1, 2, 3)} <= set(last)
     assert codec.encode(clip(0.5, batch=1), SR).shape == (1, 3, 13)
+
+
+def test_default_config_is_complete():
+    """train/configs/mel-rvq.json names every field (the shipped recipe is explicit) and loads."""
+    import dataclasses
+
+    from soundsmith.train.config import load_config
+    from soundsmith.train.train_mel_rvq import DEFAULT_CONFIG, MelRVQTrainConfig
+
+    raw = json.loads(DEFAULT_CONFIG.read_text())
+    assert set(raw) == {f.name for f in dataclasses.fields(MelRVQTrainConfig)}
+    assert load_config(MelRVQTrainConfig, DEFAULT_CONFIG) == MelRVQTrainConfig()  # the file states the defaults

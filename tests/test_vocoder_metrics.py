@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
 import torch
-
 from soundsmith.eval import crepe
 from soundsmith.eval.crepe import PitchTrack
-from soundsmith.eval.vocoder_metrics import (PitchErrors, accuracy_kept, comb_peaks, long_term_spectrum, mel_l1,
-                                             multi_resolution_stft, pesq_wb, pitch_errors, power_db, si_sdr,
-                                             spectrum_ratio_db)
+from soundsmith.eval.vocoder_metrics import (
+    PitchErrors,
+    accuracy_kept,
+    comb_peaks,
+    long_term_spectrum,
+    mel_l1,
+    multi_resolution_stft,
+    pesq_wb,
+    pitch_errors,
+    power_db,
+    si_sdr,
+    spectrum_ratio_db,
+)
 
 SR = 16_000
 
@@ -52,9 +63,9 @@ def tiny_crepe() -> crepe.Crepe:
     return crepe.load_crepe("tiny")
 
 
-@pytest.mark.parametrize("freq", [110.0, 220.0, 440.0])
+@pytest.mark.parametrize("freq", [110.0, 220.0, 440.0, 1000.0])
 def test_crepe_finds_the_pitch_of_a_sine(tiny_crepe, freq):
-    track = crepe.track_pitch(tiny_crepe, tone(freq, 0.5), fmin=50.0, fmax=1000.0)
+    track = crepe.track_pitch(tiny_crepe, tone(freq, 0.5), fmin=50.0, fmax=1500.0)
     assert track.voiced.mean() > 0.9
     cents = 1200 * np.log2(track.pitch[track.voiced] / freq)
     assert np.sqrt(np.mean(cents ** 2)) < 20  # within one 20-cent bin
@@ -79,24 +90,73 @@ def test_crepe_checks_its_input(tiny_crepe):
         crepe.track_pitch(tiny_crepe, torch.zeros(4000), sample_rate=22_050)
     with pytest.raises(ValueError, match="at least 1024"):
         crepe.track_pitch(tiny_crepe, torch.zeros(500))
+    with pytest.raises(ValueError, match="fmax <= 1700"):  # near the top bin the Viterbi path sticks there
+        crepe.track_pitch(tiny_crepe, torch.zeros(4000), fmax=2000.0)
 
 
-def test_viterbi_matches_librosa():
-    librosa = pytest.importorskip("librosa")
+@pytest.fixture()
+def torchcrepe_reference(monkeypatch):
+    """The torchcrepe package itself, imported with a stand-in for torchaudio (only its file loader uses it),
+    removed from sys.modules again afterwards: the reference our CREPE, framing, Viterbi and loudness match."""
+    pytest.importorskip("librosa")
+    pytest.importorskip("resampy")
+    monkeypatch.setitem(sys.modules, "torchaudio", types.ModuleType("torchaudio"))
+    before = set(sys.modules)
+    import torchcrepe
+
+    yield torchcrepe
+    for name in set(sys.modules) - before:
+        if name.startswith("torchcrepe"):
+            del sys.modules[name]
+
+
+@pytest.mark.slow  # importing torchcrepe (librosa, resampy, numba) and its Viterbi's JIT take ~15 s here
+def test_crepe_matches_torchcrepe(tiny_crepe, torchcrepe_reference):
+    tc = torchcrepe_reference
+    torch.manual_seed(0)
+    wave = tone(196.0, 1.0, harmonics=3) + 0.02 * torch.randn(SR)
+    frames = crepe.frame_audio(wave, 160)
+    reference_frames = next(tc.preprocess(wave[None], SR, 160, None, "cpu", False))
+    torch.testing.assert_close(frames, reference_frames, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        reference = tc.infer(frames, "tiny")  # [S, 360], torchcrepe's Conv2d network on the same weights
+        torch.testing.assert_close(tiny_crepe(frames), reference, atol=1e-5, rtol=0)
+    bins, _ = tc.decode.viterbi(reference.T[None].clone())
+    np.testing.assert_array_equal(crepe.viterbi_bins(reference.double().numpy()), bins[0].numpy())
+    loudness = tc.loudness.a_weighted(wave[None], SR, 160, pad=False)[0].numpy()
+    np.testing.assert_allclose(crepe.frame_loudness_db(wave, 160), loudness, atol=1e-4)
+
+
+def dense_viterbi(probabilities: np.ndarray) -> np.ndarray:
+    """The textbook Viterbi over the full 360 x 360 transition matrix (what librosa.sequence.viterbi does)."""
+    k = probabilities.shape[1]
+    transition = np.maximum(12 - np.abs(np.arange(k)[:, None] - np.arange(k)[None]), 0).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        log_t = np.log(transition / transition.sum(1, keepdims=True))
+    obs = probabilities - probabilities.max(1, keepdims=True)
+    obs = obs - np.log(np.exp(obs).sum(1, keepdims=True))
+    score, back = obs[0] - math.log(k), np.zeros(obs.shape, dtype=np.int64)
+    for s in range(1, len(obs)):
+        cand = score[:, None] + log_t
+        back[s] = cand.argmax(0)
+        score = cand[back[s], np.arange(k)] + obs[s]
+    path = [int(score.argmax())]
+    for s in range(len(obs) - 1, 0, -1):
+        path.append(int(back[s, path[-1]]))
+    return np.array(path[::-1])
+
+
+def test_banded_viterbi_matches_the_dense_one():
     rng = np.random.default_rng(0)
     probs = rng.random((60, crepe.PITCH_BINS))
-    jump = np.abs(np.arange(360)[:, None] - np.arange(360)[None])
-    transition = np.maximum(12 - jump, 0).astype(np.float64)
-    transition /= transition.sum(1, keepdims=True)
-    softmax = np.exp(probs - probs.max(1, keepdims=True))
-    softmax /= softmax.sum(1, keepdims=True)
-    np.testing.assert_array_equal(crepe.viterbi_bins(probs), librosa.sequence.viterbi(softmax.T, transition))
+    np.testing.assert_array_equal(crepe.viterbi_bins(probs), dense_viterbi(probs))
+    probs[:, :40] = -np.inf  # masked out of the pitch range
+    np.testing.assert_array_equal(crepe.viterbi_bins(probs), dense_viterbi(probs))
 
 
-def test_a_weighting_matches_librosa():
-    librosa = pytest.importorskip("librosa")
-    freqs = np.linspace(10, 8000, 50)
-    np.testing.assert_allclose(crepe.a_weighting_db(freqs), librosa.A_weighting(freqs), atol=1e-6)
+def test_a_weighting_known_values():
+    # IEC 61672-1 table: -19.1 dB at 100 Hz, 0 at 1 kHz, -2.5 dB at 10 kHz
+    np.testing.assert_allclose(crepe.a_weighting_db(np.array([100.0, 1000.0, 10000.0])), [-19.1, 0.0, -2.5], atol=0.05)
 
 
 def test_pitch_errors_known_offsets():

@@ -53,19 +53,19 @@ class MelRVQTrainConfig:
     vocoder: dict = field(default_factory=lambda: {"name": "griffin-lim"})  # recorded in the export (decoding)
     levels: int = bounded(8, 1, 64)  # K
     codebook_size: int = bounded(1024, 2)
-    kmeans_iters: int = bounded(20, 1)
-    kmeans_vectors: int = bounded(131072, 1)  # train frames per level's k-means (a seeded random subset)
-    ema_steps: int = bounded(500, 0)  # EMA refinement steps after the k-means start; --max-steps overrides
-    batch_vectors: int = bounded(8192, 1)  # train frames per EMA step
+    kmeans_iters: int = bounded(16, 1)
+    kmeans_vectors: int = bounded(98304, 1)  # train frames per level's k-means (a seeded random subset; 96 per code)
+    ema_steps: int = bounded(100, 0)  # EMA refinement steps after the k-means start; --max-steps overrides
+    batch_vectors: int = bounded(4096, 1)  # train frames per EMA step
     decay: float = bounded(0.99, 0.0, 0.999999)
     dead_code_threshold: float = bounded(0.1, 0.0, 1.0)
     shard_clips: int = bounded(256, 1)  # clips per latent cache shard (the unit a resumed extraction restarts from)
     encode_batch: int = bounded(16, 1)  # clips per VAE call while caching
     max_train_clips: int = bounded(0, 0)  # 0: every train clip
-    eval_every: int = bounded(100, 1)
-    save_every: int = bounded(100, 1)
+    eval_every: int = bounded(50, 1)
+    save_every: int = bounded(50, 1)
     keep_last: int = bounded(3, 1)
-    num_mel_clips: int = bounded(48, 0)  # valid clips for the final mel L1 per level count (0: skip)
+    num_mel_clips: int = bounded(32, 0)  # valid clips for the final mel L1 per level count (0: skip)
 
     def __post_init__(self) -> None:
         check_ranges(self)
