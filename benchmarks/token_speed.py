@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             r = pipeline_case(args.repeats, args.seconds, pattern, args.model, args.vocoder)
             rows.append(r)
             stages = ", ".join(f"{k.split(' ')[0]} {r['stages'].get(k, 0.0):.2f}" for k in r["stages"] if k.endswith("cpu"))
-            print(f"{r['what']}, fine stage '{pattern}': wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s "
+            fine = f"fine stage '{pattern}'" if "fine_lm" in r["sizes"] else "no fine LM (coarse levels decoded)"
+            print(f"{r['what']}, {fine}: wall {r['wall']:.2f} s, cpu {r['cpu']:.2f} s "
                   f"(cpu by stage: {stages}); LM parameters {r['sizes']}", flush=True)
         results["pipeline"] = rows
     print(json.dumps(results))
