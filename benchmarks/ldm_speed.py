@@ -122,6 +122,8 @@ def run_case(case: str, folder: Path, seconds: float, repeats: int) -> dict:
 
     hf_logging.disable_progress_bar()
     warnings.simplefilter("ignore")
+    if case == "vocoders":
+        return time_vocoders(seconds, repeats)
     model, impl = case.split(":")
     extra = 0.0
     info = {}
@@ -141,8 +143,6 @@ def run_case(case: str, folder: Path, seconds: float, repeats: int) -> dict:
             pipe.progress_bar = False
             call = lambda steps: pipe(PROMPT, duration_s=seconds, num_inference_steps=steps,  # noqa: E731
                                       guidance_scale=2.5, scheduler="ddim", seed=0, watermark=False).audios
-    elif model == "vocoders":
-        return time_vocoders(seconds, repeats)
     else:
         ours, source = default_pipeline(None if impl == "e2e" else V1_HIFIGAN)
         ours.progress_bar = False
