@@ -1,4 +1,4 @@
-"""The token default's acoustic codec: residual VQ over the mel VAE's latent (DESIGN.md, issue 17).
+"""The token default's acoustic codec: residual VQ over the mel VAE's latent (decoding through the same mel path as latent diffusion).
 
     wave [B, C, T] --MelLatentCodec.encode--> latent [B, 8, S, 16] --one 128-d vector per frame--> z [B, 128, S]
     z --ResidualVQ--> codes [B, K, S]                                         (S = ceil(T / 640), 25 frames/s)
