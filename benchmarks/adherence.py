@@ -1,4 +1,4 @@
-"""Prompt adherence of a generation model (DESIGN.md, "Standard material"): `--seeds` clips per prompt of
+"""Prompt adherence of a generation model: `--seeds` clips per prompt of
 benchmarks/prompts/adherence.jsonl with fixed seeds; a clip adheres when its prompt's class (SFX class,
 instrument or language) is in the top 3 of its family for the clip. Scorers:
 - `labels`: the eval harness's label classifier on our CLAP's features (models/labels);

@@ -1,4 +1,4 @@
-"""Log-mel front-end in the AudioLDM / HiFi-GAN convention (DESIGN.md, "Mel features").
+"""Log-mel front-end in the AudioLDM / HiFi-GAN convention.
 
 16 kHz, n_fft 1024, hop 160, Hann window 1024, 64 Slaney mel bins over 0-8000 Hz, magnitude
 (power 1) spectrogram, reflect-padding of (n_fft - hop) / 2 per side with `center=False` so that

@@ -319,4 +319,7 @@ def load_acoustic_codec(folder: str | os.PathLike, **kwargs: Any) -> Any:
         return MelRVQCodec.from_pretrained(folder, **kwargs)
     from .neural_codec import NeuralCodec
 
+    if kwargs.pop("vocoder", None) is not None:
+        raise ValueError(f"{folder}: a vocoder applies to mel-domain codecs; this codec ({kind or 'EnCodec architecture'}) "
+                         f"decodes its tokens straight to a waveform")
     return NeuralCodec.from_pretrained(folder, **kwargs)

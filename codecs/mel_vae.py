@@ -96,7 +96,7 @@ def config_from_diffusers(config: dict[str, Any], source: str | os.PathLike = "c
 
     Only the AudioLDM family is accepted: 1 input/output channel, plain encoder/decoder blocks, SiLU,
     quant convs, no latent shift. The mel front-end is not in a diffusers config: `mel` (default: the
-    AudioLDM one, DESIGN.md) says which front-end the VAE was trained on.
+    AudioLDM one) says which front-end the VAE was trained on.
     """
     mel = mel or MelConfig()
     required = {"in_channels": 1, "out_channels": 1, "act_fn": "silu", "shift_factor": None,

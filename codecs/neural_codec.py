@@ -11,7 +11,7 @@ codebooks are buffers, argmax quantization, no straight-through gradient). The m
   facebook/encodec_32khz) loads through `NeuralCodec.from_pretrained` as it is;
 - `soundsmith.pipelines.convert_encodec.export_transformers` writes ours as such a folder.
 
-Default (DESIGN.md): 16 kHz mono, hop 320 (50 frames/s), 8 levels x 1024 codes = 4 kbps. Levels are
+Default: 16 kHz mono, hop 320 (50 frames/s), 8 levels x 1024 codes = 4 kbps. Levels are
 selectable at encode time (`n_levels`): quantizer dropout in training makes every prefix of levels
 decode to audio, and the token backend splits them into coarse (first 3) and fine (last 5).
 

@@ -1,7 +1,7 @@
 """Reconstruction report of a codec on a corpus split: `soundsmith eval codec --model DIR --data DIR`.
 
 Per corpus domain (from `metadata.jsonl`) and overall:
-- mel L1: mean |log-mel(reference) - log-mel(reconstruction)| in the AudioLDM front-end (DESIGN.md)
+- mel L1: mean |log-mel(reference) - log-mel(reconstruction)| in the AudioLDM front-end (codecs/mel.py)
   at the codec's rate (natural-log units; lower is better);
 - MR-STFT: multi-resolution STFT distance, spectral convergence + log-magnitude L1 averaged over
   FFT sizes 512/1024/2048 (hop = size/4), the auraloss / Parallel WaveGAN definition (lower is better);

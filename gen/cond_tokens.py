@@ -174,8 +174,8 @@ class ConditioningQuantizer(nn.Module):
         return _fingerprint(self.exported_state())
 
     def check_clap(self, clap_fingerprint: str, where: str = "conditioning quantizer") -> None:
-        """Refuse a CLAP other than the one this quantizer was trained on (DESIGN.md: a new CLAP means
-        retraining the conditioning RVQ)."""
+        """Refuse a CLAP other than the one this quantizer was trained on (its codebooks
+        live in that CLAP's embedding space, so a new CLAP means retraining the conditioning RVQ)."""
         expected = self.config.clap_fingerprint
         if expected is not None and clap_fingerprint != expected:
             raise ValueError(f"{where}: trained on the CLAP with fingerprint {expected}, but the CLAP given has "

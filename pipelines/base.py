@@ -96,7 +96,7 @@ def weights_fingerprint(module: nn.Module) -> str:
     """A short hash of a module's weights, rounded to fp16 so a fp32 copy and its fp16 export agree.
 
     A UNet records the fingerprints of the VAE and CLAP it was trained against; loading a pipeline
-    whose parts do not match them is refused (DESIGN.md: a new VAE or CLAP means a new UNet).
+    whose parts do not match them is refused (a UNet learned one VAE latent and one CLAP space; a new VAE or CLAP means a new UNet).
     """
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):

@@ -425,9 +425,15 @@ class MusicgenPipeline(Pipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32") -> MusicgenPipeline:
-        """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`."""
+                        dtype: str | torch.dtype = "fp32", vocoder: str | dict | None = None) -> MusicgenPipeline:
+        """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`.
+
+        `vocoder` is refused: MusicGen's EnCodec decodes its tokens straight to a waveform."""
         from soundsmith.codecs.weights import read_config
+
+        if vocoder is not None:
+            raise ValueError(f"{path}: a vocoder applies to mel-domain models; MusicGen's EnCodec decodes its tokens "
+                             f"straight to a waveform")
         from transformers import MusicgenForConditionalGeneration, MusicgenProcessor
 
         folder = Path(path)

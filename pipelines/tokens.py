@@ -537,8 +537,11 @@ class TokenPipeline(Pipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32") -> TokenPipeline:
-        """Load a token model folder, check that its parts belong together, move it to `device` / `dtype`."""
+                        dtype: str | torch.dtype = "fp32", vocoder: str | dict | None = None) -> TokenPipeline:
+        """Load a token model folder, check that its parts belong together, move it to `device` / `dtype`.
+
+        `vocoder` (a registry name or spec, `soundsmith.codecs.vocoders`) replaces the recorded one of a
+        mel-domain codec; a waveform codec (EnCodec architecture) has none to replace."""
         from soundsmith.codecs.weights import read_config
 
         folder = Path(path)
@@ -552,13 +555,14 @@ class TokenPipeline(Pipeline):
         config = TokenConfig.from_dict(raw, str(config_path))
         parts = {name: folder / rel for name, rel in config.components.items()}
         pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder),
-                              recorded=config.fingerprints)
+                              recorded=config.fingerprints, vocoder=vocoder)
         return pipe.to(device, dtype)
 
     @classmethod
     def from_parts(cls, parts: Mapping[str, str | os.PathLike], *, config: TokenConfig | None = None,
                    where: str = "parts", name_or_path: str = "",
-                   recorded: Mapping[str, str] | None = None) -> TokenPipeline:
+                   recorded: Mapping[str, str] | None = None,
+                   vocoder: str | dict | None = None) -> TokenPipeline:
         """Build a pipeline from separately trained part folders (the `export/` of each training run).
 
         Args:
@@ -566,6 +570,7 @@ class TokenPipeline(Pipeline):
                 -> folder. The parts must belong together: `check_parts` compares their vocabularies.
             config: sampling defaults (default `TokenConfig()`).
             recorded: fingerprints a saved folder's config.json records (see `check_fingerprints`).
+            vocoder: replaces the mel-domain codec's recorded vocoder (see `from_pretrained`).
         """
         from soundsmith.codecs.mel_rvq import load_acoustic_codec
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
@@ -588,7 +593,7 @@ class TokenPipeline(Pipeline):
         semantic_lm = SemanticLM.from_pretrained(paths["semantic_lm"])
         coarse_lm = CoarseLM.from_pretrained(paths["coarse_lm"])
         fine_lm = FineLM.from_pretrained(paths["fine_lm"]) if "fine_lm" in paths else None
-        codec = load_acoustic_codec(paths["codec"])  # MelRVQCodec or NeuralCodec, by its config.json
+        codec = load_acoustic_codec(paths["codec"], **({"vocoder": vocoder} if vocoder is not None else {}))
         pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
                    name_or_path=name_or_path or where)
         pipe.check_fingerprints(where, recorded)  # each LM's trained_with: parts from other runs are refused

@@ -63,6 +63,11 @@ def test_load_pipeline_detects_musicgen(pipe):
     assert pipe.window_frames == 60 - K
 
 
+def test_a_vocoder_is_refused(folder):
+    with pytest.raises(ValueError, match="EnCodec decodes its tokens straight to a waveform"):
+        load_pipeline(folder, vocoder="griffin-lim")
+
+
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
 def test_greedy_matches_transformers_generate(pipe, reference, guidance):
     model, processor = reference

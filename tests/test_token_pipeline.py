@@ -210,6 +210,14 @@ def test_mel_rvq_codec_generates_continues_and_round_trips(mel_pipe, tmp_path):
     assert type(loaded.codec).__name__ == "MelRVQCodec"
     assert loaded.fingerprints()["codec"] == mel_pipe.fingerprints()["codec"]
     assert loaded("rain", duration_s=0.5, seed=0).audios.shape == (1, 1, 8000)
+    # the mel path's vocoder is swappable at load time, as for the latent-diffusion backend
+    other = load_pipeline(folder, vocoder={"name": "griffin-lim", "n_iter": 3})
+    assert other.codec.mel_codec.vocoder.n_iter == 3 and other.fingerprints()["codec"] == loaded.fingerprints()["codec"]
+
+
+def test_a_vocoder_for_a_waveform_codec_is_refused(folder):
+    with pytest.raises(ValueError, match="a vocoder applies to mel-domain codecs"):
+        load_pipeline(folder, vocoder="griffin-lim")
 
 
 def test_mel_rvq_without_a_fine_lm_decodes_the_coarse_levels(encoder):

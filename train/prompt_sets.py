@@ -1,4 +1,4 @@
-"""The standard prompt sets committed under benchmarks/prompts/ (DESIGN.md, "Standard material").
+"""The standard prompt sets committed under benchmarks/prompts/.
 
 - adherence.jsonl: 2 prompts per SFX class, 1 per instrument, 1 per language, each
   {"prompt", "domain", "label"}, worded by the held-out caption style (wordings training never
