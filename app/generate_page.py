@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import streamlit as st
@@ -20,7 +21,7 @@ STATIC_DEFAULTS = {"g_prompt": "", "g_negative": "", "g_random_seed": True, "g_s
                    "g_strength": 0.5, "g_inpaint_start": 0.0, "g_inpaint_end": 1.0, "g_mode": "text",
                    "g_normalise": True, "g_loudness": DEFAULT_LOUDNESS_LUFS}
 # "g_vocoder" is not saved here: it shows the session's vocoder for the model (ui.vocoder_choice), set each run
-SAVED = [*STATIC_DEFAULTS, "g_duration", "g_steps", "g_guidance", "g_scheduler"]
+SAVED = [*STATIC_DEFAULTS, "g_duration", "g_steps", "g_guidance", "g_scheduler", "g_threads"]
 MODEL_DEFAULT = ""  # the Vocoder control's value for "the vocoder the model folder names"
 MIN_DURATION = 0.1
 MAX_VARIATIONS = 8
@@ -46,6 +47,10 @@ def prepare_state(path: str, caps: Capabilities) -> None:
         ss["g_model"] = path
     for key, value in {**STATIC_DEFAULTS, **model_defaults(caps)}.items():
         ss.setdefault(key, value)
+    if "g_threads" not in ss:  # not a clip setting (reusing a clip's settings keeps it): the machine's default
+        from soundsmith.pipelines.base import default_threads
+
+        ss["g_threads"] = default_threads()
     pending = ss.pop("pending_settings", None)
     if pending:
         apply_settings(pending, caps)
@@ -178,6 +183,7 @@ def controls(caps: Capabilities) -> bool:
                              "the decoder's level, often near silence")
             l2.number_input("Loudness target (LUFS)", -70.0, 0.0, step=1.0, key="g_loudness", format="%.1f",
                             help="Used when Normalise loudness is on; -16 is where streaming platforms level speech")
+            threads_control()
             if caps.sampling:
                 st.checkbox("Override the model's per-stage sampling", key="g_override_sampling")
                 s1, s2, s3 = st.columns(3)
@@ -188,6 +194,17 @@ def controls(caps: Capabilities) -> bool:
                 st.caption(f"Temperature / top-k / top-p apply to token models; the {caps.backend} model samples by "
                            "diffusion.")
         return st.form_submit_button("Generate", type="primary", icon=":material/graphic_eq:", key="g_generate")
+
+
+def threads_control() -> None:
+    """The Threads control: torch's CPU threads for this session's generations (set in `run`)."""
+    from soundsmith.pipelines.base import default_threads
+
+    top = max(os.cpu_count() or 1, int(st.session_state["g_threads"]))
+    st.number_input("Threads", 1, top, step=1, key="g_threads",
+                    help=f"CPU threads for generating (default {default_threads()}: $OMP_NUM_THREADS when set, else "
+                         "this machine's physical cores). On a machine busy with other work or other sessions, "
+                         "fewer can be faster.")
 
 
 def vocoder_picker(caps: Capabilities) -> None:
@@ -218,7 +235,7 @@ def collect(caps: Capabilities) -> jobs.GenerationSettings:
 
 def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSettings) -> None:
     """Check, wait for the model, generate with a live bar and an Interrupt button, add to the history."""
-    from soundsmith.pipelines.base import GenerationCancelled
+    from soundsmith.pipelines.base import GenerationCancelled, set_threads
 
     try:
         settings.check(caps)
@@ -237,6 +254,7 @@ def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSetti
         try:
             with ui.gate_for(path).hold(on_wait=ui.queue_message(queue)):
                 queue.empty()
+                set_threads(int(st.session_state["g_threads"]))  # torch's setting is per thread: this session's
                 bar.progress(0.0, text="conditioning")
                 entry = jobs.generate(pipe, settings, caps, ui.workspace().new_folder("gen"),
                                       entry_id=ui.next_id("gen"), model=path, callback=callback,

@@ -783,9 +783,6 @@ def _check_same_settings(path: Path, settings: dict[str, Any]) -> None:
     if not path.is_file():
         return
     from soundsmith.codecs.weights import read_json_object
+    from soundsmith.pipelines.batch import check_same_settings  # `generate --prompts-file` checks the same
 
-    before = read_json_object(path)
-    for key in GENERATION_KEYS:
-        if before.get(key) != settings.get(key):
-            raise ValueError(f"{path.parent} holds clips generated with other settings ({key}: {before.get(key)!r} "
-                             f"now {settings.get(key)!r}); use a new --out folder or the same settings")
+    check_same_settings(path.parent, read_json_object(path), settings, GENERATION_KEYS)

@@ -80,6 +80,37 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def default_threads() -> int:
+    """The CPU threads torch gets when the user names none: `OMP_NUM_THREADS` when set (the README's timings
+    use 1), else the physical cores. Physical cores, simply: the CPUs this process may run on (its affinity
+    mask; os.cpu_count() where there is none), halved when Linux reports simultaneous multithreading on (two
+    logical CPUs per core; more than two per core, or a container's CPU quota, are not looked at)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # torch's own default counts cores, but a busy machine's users need the number said and settable
+        smt = Path("/sys/devices/system/cpu/smt/active").read_text().strip() == "1"
+    except OSError:
+        smt = False
+    return max(1, cpus // 2 if smt else cpus)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Give torch `threads` CPU threads (None: `default_threads()`) before any model work; returns the number.
+
+    Intra-op threads are set for the calling thread (and threads started after it); the inter-op pool can be
+    sized only once per process, before its first use, so a later call leaves it as it is.
+    """
+    n = default_threads() if threads is None else check_int("threads", threads, 1, 4096)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already used or already set: torch refuses, and the old size is fine
+        pass
+    return n
+
+
 def resolve_dtype(dtype: str | torch.dtype = "fp32") -> torch.dtype:
     """"fp32"/"fp16"/"bf16" (or the torch dtypes / long names) -> torch dtype."""
     if isinstance(dtype, torch.dtype):
@@ -135,6 +166,8 @@ class AudioOutput:
             conditioner has an audio tower), else None. With several waveforms per prompt the
             outputs of a prompt are ordered best first.
         parameters: every setting of the call and the model (JSON-ready); per-output entries are lists.
+        first_index: the index of output 0 in a larger batch made by several calls (pipelines/batch.py):
+            the sidecars' "index" and the numbered names of a file target count from it.
     """
 
     audios: Tensor
@@ -143,6 +176,7 @@ class AudioOutput:
     seeds: list[int | None]
     clap_scores: list[float] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    first_index: int = 0
 
     def __post_init__(self) -> None:
         assert self.audios.dim() == 3, f"audios must be [B, C, T], got {tuple(self.audios.shape)}"
@@ -153,7 +187,7 @@ class AudioOutput:
 
     def metadata(self, i: int) -> dict[str, Any]:
         """The JSON sidecar of output i: its prompt, seed and score, then the call's parameters."""
-        meta: dict[str, Any] = {"prompt": self.prompts[i], "seed": self.seeds[i], "index": i,
+        meta: dict[str, Any] = {"prompt": self.prompts[i], "seed": self.seeds[i], "index": self.first_index + i,
                                 "sample_rate": self.sample_rate, "num_samples": int(self.audios.shape[-1]),
                                 "duration_s": self.audios.shape[-1] / self.sample_rate}
         if self.clap_scores is not None:
@@ -191,7 +225,8 @@ class AudioOutput:
         target = Path(folder)
         if target.suffix.lower() in (".wav", ".flac"):
             base, fmt = target.parent, target.suffix.lower().lstrip(".")
-            names = [target.name] + [f"{target.stem}-{i + 1}{target.suffix}" for i in range(1, len(self))]
+            indices = range(self.first_index, self.first_index + len(self))
+            names = [target.name if i == 0 else f"{target.stem}-{i + 1}{target.suffix}" for i in indices]
         else:
             if format not in SAVE_FORMATS:
                 raise ValueError(f"format must be one of {', '.join(SAVE_FORMATS)}, got {format!r}")
@@ -420,17 +455,25 @@ class Pipeline(ABC):
     # -------------------------------------------------------------------------------------- finish
 
     @property
-    def watermark_payload(self) -> int:
-        """The 16-bit id this pipeline's audio carries: a hash of the backend and its parts' weights (as
-        `weights_fingerprint` sees them, so an fp16 export keeps the id), computed once. `soundsmith detect`
-        prints it; the output's sidecar records it as `watermark_payload`."""
-        if getattr(self, "_watermark_payload", None) is None:
+    def fingerprint(self) -> str:
+        """A hash (hex) of the backend and its parts' weights (as `weights_fingerprint` sees them, so an fp16
+        export keeps it), computed once. A batch manifest records it (pipelines/batch.py): a resume with other
+        weights behind the same folder is refused."""
+        if getattr(self, "_fingerprint", None) is None:
             h = hashlib.sha256(self.backend.encode())
             for name, part in sorted(self.components().items()):
                 module = part if isinstance(part, nn.Module) else getattr(part, "model", None)
                 if isinstance(module, nn.Module):
                     h.update(f"{name}:{weights_fingerprint(module)}".encode())
-            self._watermark_payload = int.from_bytes(h.digest()[:2], "big")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    @property
+    def watermark_payload(self) -> int:
+        """The 16-bit id this pipeline's audio carries: the first 16 bits of `fingerprint`. `soundsmith detect`
+        prints it; the output's sidecar records it as `watermark_payload`."""
+        if getattr(self, "_watermark_payload", None) is None:
+            self._watermark_payload = int(self.fingerprint[:4], 16)
         return self._watermark_payload
 
     def normalize_loudness(self, audios: Tensor, loudness_lufs: float | None, *,

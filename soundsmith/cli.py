@@ -78,27 +78,47 @@ positive_int = _bounded(int, 1)
 positive_float = _bounded(float, 0, low_open=True)
 
 
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """`--threads N`: torch's CPU threads, set before any model work (pipelines.base.set_threads)."""
+    p.add_argument("--threads", type=_bounded(int, 1, 4096), default=None, metavar="N",
+                   help="CPU threads for torch (default: $OMP_NUM_THREADS when set, else this machine's physical "
+                   "cores; on a busy machine fewer can be faster)")
+
+
 # -------------------------------------------------------------------------------------- subcommands
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from soundsmith.pipelines import load_pipeline
-    from soundsmith.pipelines.base import check_output_folder, read_prompts_file
+    from soundsmith.pipelines.base import check_output_folder, read_prompts_file, set_threads
+    from soundsmith.pipelines.batch import DEFAULT_OUTPUTS_PER_CALL as PER_CALL
+    from soundsmith.pipelines.batch import BatchInterrupted, Manifest, generate_batch
 
     prompts = list(args.prompt) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise UsageError("give a prompt or --prompts-file FILE")
     out = Path(args.out)
-    check_output_folder(out.parent if out.suffix.lower() in (".wav", ".flac") else out)  # before any work
+    to_file = out.suffix.lower() in (".wav", ".flac")
+    check_output_folder(out.parent if to_file else out)  # before any work
     model = args.model or DEFAULT_MODEL_DIR / f"default-{args.backend or 'ldm'}"
+    # a --prompts-file batch into a folder resumes: its manifest is checked before any model work
+    manifest = None if to_file or not args.prompts_file else Manifest.open(
+        out, _batch_arguments(args, model, prompts), ignore=("model", "prompts_file"), keep_previous=("seed",))
+    if manifest is not None and manifest.arguments["seed"] is None:  # a resume must redraw the same noise
+        import secrets
+
+        manifest.arguments["seed"] = secrets.randbits(62)  # 62 bits: seed + i stays below 2**63 for any batch
+    seed = args.seed if manifest is None else manifest.arguments["seed"]
+    set_threads(args.threads)
     if not args.verbose:  # the sampling bar is the progress shown; no per-part weight-loading bars
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     load_kwargs = {"vocoder": args.vocoder} if args.vocoder else {}
     pipe = load_pipeline(model, backend=args.backend, device=args.device, dtype=args.dtype, **load_kwargs)
-    kwargs = {"duration_s": args.duration, "num_waveforms_per_prompt": args.num, "seed": args.seed,
-              "negative_prompt": args.negative, "watermark": not args.no_watermark,
+    if manifest is not None:
+        manifest.check("model_fingerprint", pipe.fingerprint)
+    kwargs = {"duration_s": args.duration, "negative_prompt": args.negative, "watermark": not args.no_watermark,
               "loudness_lufs": None if args.no_loudness else args.loudness}
     for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
                        ("scheduler", args.scheduler), ("batch_size", args.batch_size)):
@@ -112,9 +132,46 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UsageError(f"{flag} applies to token models (--backend tokens, MusicGen folders), not to the "
                          f"latent-diffusion model {model}")
     kwargs.update(given)
-    output = pipe(prompts if len(prompts) > 1 else prompts[0], **kwargs)
-    for path in output.save(args.out, format=args.format):
-        print(path)
+    if manifest is not None and manifest.done:
+        print(f"soundsmith: resuming: {len(manifest.done)} of {len(prompts) * args.num} clips are already in {out}",
+              file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    try:  # clips are written as each call returns: Ctrl-C or a crash keeps every finished one
+        generate_batch(pipe, prompts, args.out, seed=seed, num_per_prompt=args.num, call_kwargs=kwargs,
+                       format=args.format, outputs_per_call=args.batch_size or PER_CALL,
+                       manifest=manifest, echo=lambda path: tqdm.write(str(path), file=sys.stdout))
+    except BatchInterrupted as stop:
+        resume = "" if manifest is None else f"; resume with: {_resume_command(args, seed)}"
+        raise KeyboardInterrupt(f"{stop}{resume}") from None
+
+
+def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[str]) -> dict:
+    """What determines a --prompts-file batch's audio and file names, as its manifest records it. Not in it:
+    --device and --batch-size (they change only floating-point rounding) and --threads."""
+    import hashlib
+    import json
+
+    audio_prompt = None
+    if args.audio_prompt is not None:  # the clip's content, not its name
+        audio_prompt = hashlib.sha256(Path(args.audio_prompt).read_bytes()).hexdigest()
+    return {"model": str(Path(model).resolve()), "prompts_file": str(args.prompts_file), "prompts": len(prompts),
+            "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "num": args.num,
+            "seed": args.seed, "duration": args.duration, "steps": args.steps, "guidance": args.guidance,
+            "scheduler": args.scheduler, "negative": args.negative, "watermark": not args.no_watermark,
+            "loudness": None if args.no_loudness else args.loudness, "vocoder": args.vocoder, "dtype": args.dtype,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "audio_prompt_sha256": audio_prompt, "format": args.format}
+
+
+def _resume_command(args: argparse.Namespace, seed: int) -> str:
+    """The command line that resumes an interrupted batch: this one, with its (maybe drawn) seed made explicit."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if args.seed is None:
+        argv += ["--seed", str(seed)]
+    return shlex.join(["soundsmith", *argv])
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -154,6 +211,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides += [f"{k}={v}" for k, v in (("clap", args.clap), ("features", args.features),
                                           ("mel_codec", args.mel_codec)) if v is not None]
     extra = {"overrides": overrides} if overrides else {}
+    from soundsmith.pipelines.base import set_threads
+
+    set_threads(args.threads)
     train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps, **extra)
 
 
@@ -181,7 +241,9 @@ def _eval_scoring_kwargs(args: argparse.Namespace) -> dict:
 def cmd_eval_run(args: argparse.Namespace) -> None:
     from soundsmith.eval.harness import run_eval
     from soundsmith.eval.report import format_metric_table
+    from soundsmith.pipelines.base import set_threads
 
+    set_threads(args.threads)
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 
@@ -304,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate audio from a text prompt")
     p.add_argument("prompt", nargs="*", help="one or more prompts (quote each)")
-    p.add_argument("--prompts-file", default=None, help="more prompts: text lines, CSV (a 'prompt' column) or JSONL")
+    p.add_argument("--prompts-file", default=None, help="more prompts: text lines, CSV (a 'prompt' column) or JSONL; "
+                   "into a folder, rerunning the same command resumes (generate_manifest.jsonl)")
     p.add_argument("--model", default=None, help="model folder, ours or a diffusers AudioLDM/MusicLDM folder "
                    f"(default: the shipped {DEFAULT_MODEL_DIR / 'default-ldm'})")
     p.add_argument("--backend", default=None, choices=("ldm", "tokens"),
@@ -321,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="waveforms per prompt, best first by CLAP score (default: 1)")
     p.add_argument("--seed", type=seed_type, default=None, help="seed in [0, 2**63-1] (outputs get seed, seed+1, ...); "
                    "default: random, in the file names")
-    p.add_argument("--batch-size", type=_bounded(int, 1, 4096), default=None, help="outputs per model batch")
+    p.add_argument("--batch-size", type=_bounded(int, 1, 4096), default=None, help="outputs per model batch, also "
+                   "the clips written at a time (whole prompts; default: 16)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
@@ -333,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loudness", type=_bounded(float, -70, 0), default=DEFAULT_LOUDNESS_LUFS, metavar="LUFS",
                    help="output level, integrated LUFS with peaks capped at -1 dBFS (default: %(default)s)")
     p.add_argument("--no-loudness", action="store_true", help="keep the decoder's level (no loudness normalisation)")
+    add_threads_option(p)
     tok = p.add_argument_group("token models (--backend tokens, MusicGen folders)")
     tok.add_argument("--temperature", type=float, default=None, help="sampling temperature > 0 for every stage "
                      "(default: the model's per-stage values)")
@@ -379,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, help="kmeans: frame features, 'clap' (default) or 'hubert:PATH:LAYER'")
     p.add_argument("--mel-codec", default=None, help="mel-rvq: the mel codec folder whose VAE latent it quantizes "
                    "(default: models/mel-codec)")
+    add_threads_option(p)
     p.set_defaults(func=cmd_train)
 
     evaluation = sub.add_parser("eval", help="score codecs and generated sets")
@@ -443,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (each accelerate process's device), cpu, cuda[:N] or mps")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
     scoring_options(p)
+    add_threads_option(p)
     p.set_defaults(func=cmd_eval_run)
 
     p = esub.add_parser("score", help="score a folder of generated clips against reference clips (fadtk-style)")
@@ -533,11 +600,12 @@ def _configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `generate` prints the command that resumes it
     _configure_logging(args.verbose)
     try:
         args.func(args)
-    except KeyboardInterrupt:
-        print("soundsmith: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # its text, when it has one, says what was kept
+        print(f"soundsmith: interrupted{': ' + str(stop) if str(stop) else ''}", file=sys.stderr)
         return 130
     except (UsageError, ValueError, OSError) as err:
         if args.verbose:

@@ -367,6 +367,20 @@ def test_loudness_control_is_passed_and_kept(app):
     assert app.checkbox(key="g_normalise").value is False and app.number_input(key="g_loudness").value == -16.0
 
 
+def test_threads_setting_defaults_to_the_cores_and_is_applied(app, monkeypatch):
+    from soundsmith.pipelines import base
+
+    assert app.number_input(key="g_threads").value == base.default_threads()  # $OMP_NUM_THREADS here (app_env)
+    used = []
+    monkeypatch.setattr(base, "set_threads", used.append)
+    threads = min(2, os.cpu_count() or 1)
+    generate(app, "wind in trees", g_threads=threads, g_duration=0.5)
+    assert not errors(app) and used == [threads]
+    app.switch_page("batch_page.py").run()
+    app.switch_page("generate_page.py").run()  # kept across pages like the other settings
+    assert app.number_input(key="g_threads").value == threads
+
+
 # ------------------------------------------------------------------------------------ History and Batch
 
 
