@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from soundsmith.codecs.run_lock import releases_folder_locks
 
 from .cache import FeatureCache, default_cache_dir, embedder_key, file_hash, set_key
 from .fad import Statistics, fad, fad_inf, per_clip_fad
@@ -640,6 +641,7 @@ def clip_name(index: int, k: int, prompt: str) -> str:
     return f"{index:04d}-{k}-{prompt_slug(prompt, 40)}.wav"
 
 
+@releases_folder_locks  # the lock on `out` below is held until run_eval returns
 def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: str | os.PathLike | None,
              out: str | os.PathLike, *, num_per_prompt: int = 1, seed: int = 0, batch_size: int = 8,
              limit: int | None = None, pipeline_kwargs: dict[str, Any] | None = None, device: str = "auto",
@@ -672,6 +674,12 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
     """
     from accelerate import PartialState
     from soundsmith.codecs.audio import write_audio, write_json
+    from soundsmith.codecs.run_lock import (
+        check_folder_free,
+        check_output_dir_arg,
+        lock_until_return,
+        run_on_main_process,
+    )
     from soundsmith.pipelines.base import check_int, check_output_folder
     from tqdm.auto import tqdm
 
@@ -689,7 +697,8 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
     if ref_source is None and any(m in metrics for m in ("fad", "kl")):  # fail before generating anything
         raise ValueError(f"metrics fad and kl need reference audio: {prompts} names no reference clips and no "
                          "reference folder was given (or leave fad,kl out of the metrics)")
-    out = Path(out)
+    out = check_output_dir_arg(out)
+    check_folder_free(out)  # another `eval run` into it is refused before any work
     check_output_folder(out, create=True)
     gen_dir = out / "generated"
     gen_dir.mkdir(exist_ok=True)
@@ -701,6 +710,7 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
 
     # as the training loops do: without CUDA (or with --device cpu) accelerate must be told, then it uses gloo
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    run_on_main_process(state, lambda: lock_until_return(out))  # one process (group) per output folder
     config_path = out / "eval_config.json"
     _check_same_settings(config_path, settings)
 

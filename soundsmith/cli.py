@@ -211,6 +211,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides += [f"{k}={v}" for k, v in (("clap", args.clap), ("features", args.features),
                                           ("mel_codec", args.mel_codec)) if v is not None]
     extra = {"overrides": overrides} if overrides else {}
+    if args.force_change:  # a resume with settings that change the run (refused without it)
+        extra["force_change"] = True
     from soundsmith.pipelines.base import set_threads
 
     set_threads(args.threads)
@@ -438,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="corpus folder")
     p.add_argument("--out", required=True, help="run folder for checkpoints, logs and samples")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--force-change", action="store_true", help="with --resume: accept settings that change the "
+                   "run (batch size, model, learning rate, data...); the change is logged in "
+                   "OUT/config_changes.jsonl")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--clap", default=None, help="cond-rvq, kmeans: CLAP folder (default: models/clap)")

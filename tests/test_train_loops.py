@@ -138,6 +138,57 @@ def test_run_folder_mistakes(tmp_path, corpus, capsys):
     empty.mkdir()
     assert main(["train", "vae", "--config", str(config), "--data", str(empty), "--out", str(tmp_path / "r2")]) == 2
     assert str(empty) in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()  # the data is checked before the run folder is made
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("soundsmith: error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case", ["missing corpus", "no train split", "fewer clips than a batch"])
+def test_a_training_that_fails_on_its_data_leaves_no_run_folder(tmp_path, capsys, case):
+    config = write_config(tmp_path / "vae.json", TINY_VAE)  # batch_size 2
+    data = tmp_path / "corpus"
+    if case != "missing corpus":
+        write_corpus(data, num_train=0 if case == "no train split" else 1)
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--config", str(config), "--data", str(data), "--out", str(run)]) == 2
+    err = _one_line_error(capsys)
+    assert str(data) in err or "fewer than one batch" in err, err
+    assert not run.exists()
+
+
+def test_a_resume_that_changes_the_run_is_refused_unless_forced(tmp_path, corpus, capsys):
+    """batch size, model shape, learning rate, data folder: refused in one line listing them; max_steps may
+    change (it extends the run); --force-change goes on and logs the change with its step."""
+    config = write_config(tmp_path / "vae.json", {**TINY_VAE, "num_samples": 0, "lr": 3e-4})
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--config", str(config), "--data", str(corpus), "--out", str(run),
+                 "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    resume = ["train", "vae", "--data", str(corpus), "--out", str(run), "--resume"]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    wider = json.dumps({**TINY_VAE["model"], "block_out_channels": [8, 32]})
+    assert main([*resume, "--set", "batch_size=4", "--set", "lr=1e-3", "--set", f"model={wider}"]) == 2
+    err = _one_line_error(capsys)
+    assert "--resume with settings that change the run: batch_size 2 -> 4, lr 0.0003 -> 0.001, " \
+           "model.block_out_channels [8,16] -> [8,32]; " in err and "--force-change" in err, err
+    other = write_corpus(tmp_path / "other")
+    assert main(["train", "vae", "--data", str(other), "--out", str(run), "--resume"]) == 2
+    assert f"data {corpus.resolve()} -> {other.resolve()}" in _one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing written
+    assert latest_checkpoint(run).name == "step-000000001"
+
+    assert main([*resume, "--set", "max_steps=6", "--max-steps", "2"]) == 0  # a longer run: no change to log
+    assert not (run / "config_changes.jsonl").exists()
+    assert main([*resume, "--set", "batch_size=4", "--force-change", "--max-steps", "3"]) == 0
+    rows = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] == 2 and rows[0]["forced"] is True
+    assert rows[0]["changes"] == {"batch_size": {"old": 2, "new": 4}}
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 4
+    assert latest_checkpoint(run).name == "step-000000003"
 
 
 def test_unknown_component(capsys, tmp_path):

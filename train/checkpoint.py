@@ -409,8 +409,12 @@ def resume_point(out: str | os.PathLike, resume: bool, config: str | os.PathLike
 
     `--resume` needs a checkpoint in `out`; a fresh run refuses a folder that already holds one. With no
     config given, a resumed run reads its own saved config.json, a fresh run the component's default.
+    `out` naming a file (or an audio file name), or a folder another process is using, is refused first.
     """
-    out = Path(out)
+    from soundsmith.codecs.run_lock import check_folder_free, check_output_dir_arg
+
+    out = check_output_dir_arg(out)
+    check_folder_free(out)  # before any long work; the run takes the lock itself in RunFolder.open
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")

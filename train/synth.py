@@ -37,6 +37,12 @@ from typing import Any
 
 import numpy as np
 from soundsmith.codecs.audio import write_audio, write_json
+from soundsmith.codecs.run_lock import (
+    check_folder_free,
+    check_output_dir_arg,
+    lock_until_return,
+    releases_folder_locks,
+)
 from soundsmith.train.augment import augment
 from soundsmith.train.captions import CAPTION_STYLES, TEMPLATES_FILE, caption
 
@@ -118,6 +124,7 @@ class SynthReport:
 # ------------------------------------------------------------------------------------------ public API
 
 
+@releases_folder_locks  # the lock taken on `out` below is held until it returns
 def synthesize_corpus(
     out: str | os.PathLike,
     *,
@@ -150,14 +157,17 @@ def synthesize_corpus(
         progress: show a progress bar and print the report at the end (default True).
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    out = check_output_dir_arg(out)
+    check_folder_free(out)
     spec, funcs = _make_spec(num_clips=num_clips, hours=hours, seed=seed, clip_seconds=clip_seconds,
                              sample_rate=sample_rate, domains=domains, caption_style=caption_style,
                              renderers=renderers)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
 
-    # 1. open the folder: check or write corpus.json, remove a killed run's temporary files
+    # 1. open the folder: lock it, check or write corpus.json, remove a killed run's temporary files
+    out.mkdir(parents=True, exist_ok=True)  # after every argument is checked
+    lock_until_return(out)  # one process per corpus folder (its spawned workers inherit no lock)
     _open_corpus(out, spec)
     done = _finished_clips(out, spec)
     todo = [i for i in range(spec.num_clips) if i not in done]

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from soundsmith.codecs.run_lock import releases_folder_locks
 from torch import Tensor
 
 from .checkpoint import (
@@ -39,9 +40,10 @@ from .checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
 from .metrics_log import MetricsLogger, progress_bar
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -119,9 +121,10 @@ def spec_augment(mel: Tensor, *, time_masks: int, time_width: int, freq_masks: i
     return torch.where(keep, mel, fill)
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/clap", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None, text_encoder: Any = None) -> Path:
+          overrides: Any = None, text_encoder: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) our CLAP; return the export folder `OUT/export`.
 
     Args:
@@ -131,6 +134,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: continue from the newest checkpoint in `out`.
         max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
         overrides: "key=value" strings or a dict applied on top of the config file.
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
         text_encoder: an already loaded `SentenceEncoder` to use (default: load the config's).
     """
     from accelerate import Accelerator
@@ -143,6 +147,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(ClapTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     try:
         clap_cfg = ClapConfig.from_dict(cfg.model, f"{config}: field 'model'")
     except TypeError as err:
@@ -153,9 +158,6 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     is_main, device = accelerator.is_main_process, accelerator.device
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
     set_seed(cfg.seed)  # identical initial weights in every process
 
     # 3. data: random crops + captions redrawn from the labels, resumable order; whole valid clips ----
@@ -202,6 +204,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
     )
     batch_iter = iter(loader)
+    run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="clap")
 

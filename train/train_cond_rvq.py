@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from soundsmith.codecs.run_lock import releases_folder_locks
 from torch import Tensor
 
 from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .metrics_log import MetricsLogger, progress_bar
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,10 @@ class CondRVQTrainConfig:
                 raise ValueError(f"field 'model': {key!r} is set from the CLAP used, not by the config")
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/cond-rvq", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None, clap_model: Any = None) -> Path:
+          overrides: Any = None, clap_model: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the conditioning quantizer; return the export folder `OUT/export`.
 
     Args:
@@ -93,6 +96,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: continue from the newest checkpoint in `out`.
         max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
         overrides: "key=value" strings or a dict applied on top of the config file (`clap=PATH`).
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
         clap_model: an already loaded CLAP (`ClapBase`) to use instead of loading `config.clap`.
     """
     from accelerate.utils import set_seed
@@ -103,6 +107,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # 1. config, run folder, resume point, CLAP -----------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(CondRVQTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     stop_at = cfg.max_steps if max_steps is None else max_steps
     clap = clap_model if clap_model is not None else load_clap(cfg.clap)
     clap.eval()
@@ -113,8 +118,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                                        f"{config}: field 'model'")
     except TypeError as err:
         raise ValueError(f"{config}: field 'model': {err}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    run.open()  # creates and locks OUT (the embedding cache goes into it): after the data is checked
 
     # 2. the cached CLAP embeddings ------------------------------------------------------------------
     cache = embedding_cache(clap, data, out / "cache" / CACHE_NAME, seed=cfg.seed, crops_per_clip=cfg.crops_per_clip,

@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.run_lock import check_output_dir_arg, releases_folder_locks
 from torch import Tensor
 
-from .config import bounded, check_ranges, load_config, save_config
+from .config import bounded, check_ranges, load_config
 from .metrics_log import MetricsLogger
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,10 @@ class KMeansTrainConfig:
         parse_features(self.features)  # one-line error for a malformed spec
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/kmeans", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None, features_model: Any = None) -> Path:
+          overrides: Any = None, features_model: Any = None, force_change: bool = False) -> Path:
     """Fit the semantic tokenizer; return the export folder `OUT/export`.
 
     Args:
@@ -78,6 +81,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: reuse the feature shards already in `OUT/cache/` (a fresh run refuses a folder holding some).
         max_steps: k-means iterations (default: the config's `iters`).
         overrides: "key=value" strings or a dict applied on top of the config file (`features=...`, `clap=...`).
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
         features_model: an already loaded feature model (`ClapFrameFeatures` / `HubertFeatures`) instead of
             the one `config.features` names.
     """
@@ -86,7 +90,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, feature model ----------------------------------------------------------
-    out = Path(out)
+    out = check_output_dir_arg(out)
     cache_dir = out / "cache"
     has_cache = cache_dir.is_dir() and any(cache_dir.glob("frames-*.safetensors"))
     if resume and not has_cache:
@@ -96,14 +100,14 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     if config is None:
         config = out / "config.json" if resume and (out / "config.json").is_file() else DEFAULT_CONFIG
     cfg = load_config(KMeansTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, force_change=force_change)
     iters = cfg.iters if max_steps is None else int(max_steps)
     if features_model is None:
         spec = parse_features(cfg.features)
         if spec["kind"] == "hubert":
             spec["pool"] = cfg.hubert_pool
         features_model = load_features(spec, clap=cfg.clap)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    run.open()  # creates and locks OUT (the feature shards go into it): after the data is checked
     tokenizer = SemanticTokenizer(features_model, n_clusters=cfg.n_clusters, normalize=cfg.normalize)
     log.info("kmeans: %s features, %d-d at %g Hz, %d clusters", tokenizer.config.features["kind"],
              features_model.dim, features_model.frame_rate, cfg.n_clusters)

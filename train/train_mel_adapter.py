@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.run_lock import check_output_dir_arg, releases_folder_locks
 from torch import Tensor
 
-from .config import bounded, check_ranges, load_config, save_config
+from .config import bounded, check_ranges, load_config
 from .metrics_log import MetricsLogger, progress_bar
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +47,30 @@ class MelAdapterTrainConfig:
         check_ranges(self)
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/mel-adapter", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None) -> Path:
-    """Fit the adapter; return the export folder `OUT/export`. `max_steps` caps the number of train clips."""
+          overrides: Any = None, force_change: bool = False) -> Path:
+    """Fit the adapter; return the export folder `OUT/export`. `max_steps` caps the number of train clips;
+    `force_change` lets a --resume (a refit) change the run's settings (logged in OUT/config_changes.jsonl)."""
     from soundsmith.codecs.hifigan_universal import TARGET_MEL, MelAdapter, MelAdapterConfig
     from soundsmith.codecs.mel import MelConfig, MelSpectrogram
 
     from .datasets import read_records, select_split
 
-    out = Path(out)
+    out = check_output_dir_arg(out)
     if not resume and (out / "export").exists():
         raise ValueError(f"{out} already holds a mel-adapter run; pass --resume to refit it or choose another --out")
     if config is None:
         config = out / "config.json" if resume and (out / "config.json").is_file() else None
     cfg = load_config(MelAdapterTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, force_change=force_change)
     n_train = cfg.num_clips if max_steps is None else min(cfg.num_clips, int(max_steps))
     _, records = read_records(data)
     rng = np.random.default_rng(cfg.seed)
     train_recs = _spread(select_split(records, "train", Path(data)), n_train, rng)
     valid_recs = _spread(select_split(records, "valid", Path(data)), cfg.num_valid_clips, rng)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    run.open()  # creates and locks OUT: after the data is checked
 
     source_mel = MelConfig()
     adapter = MelAdapter(MelAdapterConfig(source_mel=source_mel, target_mel=TARGET_MEL))

@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.run_lock import releases_folder_locks
 from torch import Tensor
 
 from .checkpoint import load_checkpoint, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .metrics_log import MetricsLogger
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,10 @@ class MelRVQTrainConfig:
         check_ranges(self)
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/mel-rvq", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None) -> Path:
+          overrides: Any = None, force_change: bool = False) -> Path:
     """Fit the mel RVQ codec; return the export folder `OUT/export`.
 
     Args:
@@ -83,6 +86,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: continue from the newest checkpoint (and reuse the latent shards in `OUT/cache/`).
         max_steps: EMA steps to stop after (default: the config's `ema_steps`).
         overrides: "key=value" strings or a dict applied on top of the config (`mel_codec=...`, `levels=...`).
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
     """
     from soundsmith.codecs.mel_codec import MelLatentCodec
     from soundsmith.codecs.mel_rvq import MelRVQCodec, MelRVQConfig, vae_fingerprint
@@ -90,6 +94,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # 1. config, run folder, mel codec, codec to fit -----------------------------------------------------
     out, ckpt, config_path = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(MelRVQTrainConfig, config_path, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     stop_at = cfg.ema_steps if max_steps is None else int(max_steps)
     mel_folder = Path(cfg.mel_codec)
     if not (mel_folder / "config.json").is_file():
@@ -100,8 +105,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     codec = MelRVQCodec(mel_codec, MelRVQConfig(n_levels=cfg.levels, codebook_size=cfg.codebook_size, dim=dim,
                                                 decay=cfg.decay, dead_code_threshold=cfg.dead_code_threshold))
     rvq = codec.quantizer
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    run.open()  # creates and locks OUT (the latent shards go into it): after the data is checked
     log.info("mel-rvq: %d levels x %d codes over %d-d latent frames at %g Hz (VAE %s)", cfg.levels,
              cfg.codebook_size, dim, codec.frame_rate, vae_fingerprint(mel_codec))
 

@@ -37,11 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.run_lock import releases_folder_locks
 
 from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
 from .metrics_log import MetricsLogger, progress_bar
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -174,9 +176,10 @@ class TokenCrops:
 # --------------------------------------------------------------------------------------------- train
 
 
+@releases_folder_locks
 def train(stage: str, config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike | None = None, resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None) -> Path:
+          overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the `stage` LM ("semantic", "coarse" or "fine"); return the export folder.
 
     Args:
@@ -187,6 +190,7 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
         resume: continue from the newest checkpoint in `out`.
         max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
         overrides: "key=value" strings or a dict applied on top of the config file.
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -201,6 +205,7 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     out, ckpt, config = resume_point(out if out is not None else Path("runs") / component, resume, config,
                                      CONFIGS / f"{component}.json")
     cfg = load_config(TokenLMTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     kinds = STAGE_KINDS[stage]
     needs = {"cond": ("clap", "cond_rvq"), "semantic": ("clap", "kmeans"), "codes": ("codec",)}
     wanted = {p for k in kinds for p in needs[k]}
@@ -218,9 +223,8 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     is_main, device = accelerator.is_main_process, accelerator.device
+    run.open(accelerator)  # creates and locks OUT: after the parts and the token caches are checked
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
         log.info("%s tokens: train %s, valid %s", component, describe(caches["train"]), describe(caches["valid"]))
     set_seed(cfg.seed)  # identical initial weights in every process
 

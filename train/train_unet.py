@@ -37,12 +37,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.codecs.run_lock import releases_folder_locks
 from torch import Tensor
 
 from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
 from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -344,9 +346,10 @@ def diffusion_loss(unet: Any, scheduler: Any, z0: Tensor, mask: Tensor, cond: Te
 # ------------------------------------------------------------------------------------------------ loop
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/unet", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None) -> Path:
+          overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the latent-diffusion UNet; return the exported pipeline folder `OUT/export`.
 
     Args:
@@ -356,6 +359,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: continue from the newest checkpoint in `out`.
         max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
         overrides: "key=value" strings or a dict applied on top of the config file.
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -366,15 +370,13 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # 1. config, run folder, resume point ---------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(UNetTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only) -------------------------------
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     is_main, device = accelerator.is_main_process, accelerator.device
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
     set_seed(cfg.seed)
 
     # 3. frozen parts and the latent cache (built once by the main process) ------------------------
@@ -388,6 +390,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                         where=f"{config}: field 'model'")
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config}: field 'model': {err}") from None
+    run.open(accelerator)  # creates and locks OUT (the latent cache goes into it): after the parts load
     cache_dir = out / "cache"
     if is_main:
         build_cache(codec, conditioner, Path(data), "train", cache_dir, captions_per_clip=cfg.captions_per_clip,

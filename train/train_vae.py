@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from soundsmith.codecs.run_lock import releases_folder_locks
 
 from .checkpoint import (
     EpochIndexed,
@@ -36,10 +37,11 @@ from .checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
 from .losses import kl_loss
 from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -85,9 +87,10 @@ class VAETrainConfig:
             raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/vae", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None) -> Path:
+          overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) a mel VAE; return the export folder `OUT/export`.
 
     Args:
@@ -97,6 +100,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: continue from the newest checkpoint in `out`.
         max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
         overrides: "key=value" strings or a dict applied on top of the config file.
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -108,6 +112,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(VAETrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     try:
         vae_cfg = MelVAEConfig.from_dict(cfg.model)
     except (TypeError, ValueError) as err:
@@ -118,9 +123,6 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     is_main, device = accelerator.is_main_process, accelerator.device
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
     set_seed(cfg.seed)  # identical initial weights in every process
 
     # 3. data: random crops of the train split in a resumable order; fixed validation crops ---------
@@ -161,6 +163,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
     )
     batch_iter = iter(loader)
+    run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="vae")
     ema_model = copy.deepcopy(vae).eval()  # holds the EMA weights for validation and export

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from soundsmith.codecs.run_lock import releases_folder_locks
 
 from .checkpoint import (
     EpochIndexed,
@@ -40,7 +41,7 @@ from .checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from .config import bounded, check_ranges, config_to_dict, load_config, save_config
+from .config import bounded, check_ranges, config_to_dict, load_config
 from .discriminators import HifiGanDiscriminator
 from .ema import EMA
 from .losses import (
@@ -51,6 +52,7 @@ from .losses import (
     mel_l1,
 )
 from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -109,9 +111,10 @@ class VocoderTrainConfig:
                              f"{len(self.msd_channels)}")
 
 
+@releases_folder_locks
 def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "data/corpus",
           out: str | os.PathLike = "runs/vocoder", resume: bool = False, max_steps: int | None = None,
-          overrides: Any = None) -> Path:
+          overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) a HiFi-GAN vocoder; return the export folder `OUT/export`.
 
     Args:
@@ -121,6 +124,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         resume: continue from the newest checkpoint in `out`.
         max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
         overrides: "key=value" strings or a dict applied on top of the config file.
+        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -132,6 +136,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(VocoderTrainConfig, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     try:
         voc_cfg = VocoderConfig.from_dict(cfg.model)
     except (TypeError, ValueError) as err:
@@ -142,9 +147,6 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     is_main, device = accelerator.is_main_process, accelerator.device
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
     set_seed(cfg.seed)  # identical initial weights in every process
 
     # 3. data: random crops of the train split in a resumable order; fixed validation crops ---------
@@ -191,6 +193,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
     )
     batch_iter = iter(loader)
+    run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="vocoder")
     ema_model = copy.deepcopy(vocoder).eval()  # holds the EMA weights for validation and export
