@@ -189,7 +189,7 @@ def capabilities_of(pipe: Any) -> Capabilities:
     guidance = float(_first(getattr(config, "guidance_scale", None), getattr(generation_config, "guidance_scale", None),
                             3.0))
     vocoders: tuple[str, ...] = ()
-    if takes_vocoder(type(pipe)):
+    if takes_vocoder(type(pipe)) and vocoder_name(pipe) is not None:  # a token model on a waveform codec has none
         from soundsmith.codecs.vocoders import VOCODERS
 
         vocoders = tuple(VOCODERS)

@@ -3,6 +3,7 @@ backend it names; each backend registers a zero-argument factory for its pipelin
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -45,12 +46,27 @@ TRANSFORMERS_FOLDERS: dict[str, str] = {"musicgen": "musicgen"}
 PIPELINE_BACKENDS: dict[str, Callable[[], type]] = _backends()
 
 
+# what a part's folder is, by its config.json "_class_name" or "model_type": such a folder given where a
+# pipeline is expected is named for what it is (not "field 'backend' is None")
+PART_FOLDERS: dict[str, str] = {
+    "MelLatentCodec": "a mel codec", "MelRVQCodec": "a mel RVQ codec", "MelVAE": "a mel VAE",
+    "AutoencoderKL": "a VAE", "Vocoder": "a vocoder", "speecht5_hifigan": "a vocoder", "MelAdapter": "a mel adapter",
+    "NeuralCodec": "a neural codec", "encodec": "an EnCodec codec", "UNet2DConditionModel": "a UNet",
+    "SemanticLM": "a token LM", "CoarseLM": "a token LM", "FineLM": "a token LM",
+    "soundsmith-clap": "a CLAP", "clap": "a CLAP", "soundsmith-cond-rvq": "a conditioning quantizer",
+    "soundsmith-semantic-kmeans": "a semantic tokenizer", "soundsmith-labels": "a label classifier",
+    "soundsmith-feature-labels": "a label classifier",
+}
+
+
 def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwargs: Any) -> Any:
     """Load the pipeline saved in folder `path`, picking the backend from its `config.json` ("backend", or
     for a transformers MusicGen folder "model_type") or, for a diffusers AudioLDM / MusicLDM folder, its
     `model_index.json`. `backend`, if given, must agree."""
     path = Path(path)
     config_file = path / "config.json"
+    if path.is_file():
+        raise NotADirectoryError(f"a model is a folder (with config.json), got a file: {path}")
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
     index_file = path / "model_index.json"
@@ -63,21 +79,47 @@ def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwar
             raise ValueError(f"{index_file}: diffusers pipeline {kind!r} is not supported; supported: "
                              + ", ".join(DIFFUSERS_FOLDERS))
         _check_backend(backend, DIFFUSERS_FOLDERS[kind], index_file)
-        return PIPELINE_BACKENDS[DIFFUSERS_FOLDERS[kind]]().from_pretrained(path, **kwargs)
+        return _from_pretrained(DIFFUSERS_FOLDERS[kind], path, kwargs)
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a soundsmith model folder: it has no config.json")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_file}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{config_file}: not a UTF-8 text file (binary or another encoding)") from None
     found = config.get("backend") if isinstance(config, dict) else None
     if found is None and isinstance(config, dict) and config.get("model_type") in TRANSFORMERS_FOLDERS:
         found = TRANSFORMERS_FOLDERS[config["model_type"]]
+    if found is None and isinstance(config, dict):
+        _refuse_part_folder(path, config)
     if found not in PIPELINE_BACKENDS:
         known = ", ".join(sorted(PIPELINE_BACKENDS)) or "none installed yet"
         raise ValueError(f"{config_file}: field 'backend' is {found!r}; known backends: {known}")
     _check_backend(backend, found, config_file)
-    return PIPELINE_BACKENDS[found]().from_pretrained(path, **kwargs)
+    return _from_pretrained(found, path, kwargs)
+
+
+def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any]) -> Any:
+    """The backend's `from_pretrained`; a vocoder asked of a model that decodes some other way is refused in one
+    line (MusicGen's EnCodec turns tokens straight into a waveform)."""
+    pipeline_class = PIPELINE_BACKENDS[backend]()
+    takes = "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
+    if kwargs.get("vocoder") is not None and not takes:
+        raise ValueError(f"the {backend} model in {path} decodes with its own decoder: it takes no vocoder, "
+                         f"got {kwargs['vocoder']!r}")
+    if not takes:
+        kwargs = {k: v for k, v in kwargs.items() if k != "vocoder"}
+    return pipeline_class.from_pretrained(path, **kwargs)
+
+
+def _refuse_part_folder(path: Path, config: dict[str, Any]) -> None:
+    """A folder holding one part of a model (a mel codec, a CLAP, ...) is not a pipeline: say which it is."""
+    kind = config.get("_class_name") or config.get("model_type")
+    what = PART_FOLDERS.get(kind) if isinstance(kind, str) else None
+    if what is not None:
+        raise ValueError(f"{path} is {what} folder ({kind}), not a generation model; give a pipeline folder "
+                         "(config.json with a 'backend'), such as models/default-ldm or models/default-tokens")
 
 
 def _check_backend(wanted: str | None, found: str, source: Path) -> None:

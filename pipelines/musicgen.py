@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from .base import (
 log = logging.getLogger(__name__)
 
 BACKEND = "musicgen"
+DEFAULT_DURATION_S = 5.0  # the CLI's --duration default passes None: "the model's"
 MAX_DURATION_S = 300.0  # longer is possible (windows), but 5 min of 50 Hz tokens is ~15k decoder steps
 MAX_GUIDANCE = 100.0
 WINDOW_PROMPT_SHARE = 0.4  # of the window kept as the next window's prompt (audiocraft: 12 s of 30 s)
@@ -109,7 +111,7 @@ class MusicgenPipeline(Pipeline):
         self,
         prompt: str | list[str],
         *,
-        duration_s: float = 5.0,
+        duration_s: float | None = None,
         guidance_scale: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -131,7 +133,7 @@ class MusicgenPipeline(Pipeline):
 
         Args:
             prompt: one prompt or a list.
-            duration_s: seconds per output, in (0, 300], the audio prompt included (default 5).
+            duration_s: seconds per output, in [one frame, 300], the audio prompt included (None: 5).
             guidance_scale: classifier-free guidance, in [0, 100]; > 1 enables it (default: the folder's
                 generation_config, 3.0 for the released models).
             top_k: sample among the k most likely codes, k >= 1 (default: generation_config, 250).
@@ -162,7 +164,11 @@ class MusicgenPipeline(Pipeline):
         prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
         if loudness_lufs is not None:
             check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
-        duration = check_float("duration_s", duration_s, 0.0, MAX_DURATION_S, low_open=True)
+        duration = check_float("duration_s", DEFAULT_DURATION_S if duration_s is None else duration_s, 0.0,
+                               MAX_DURATION_S, low_open=True)
+        if duration < 1 / self.frame_rate:  # before sampling, as the other backends: at least one frame
+            raise ValueError(f"duration_s must be a finite number in [{1 / self.frame_rate:g}, {MAX_DURATION_S:g}], "
+                             f"got {duration:g} (the shortest clip this model makes)")
         guidance = check_float("guidance_scale", self._default("guidance_scale", 1.0) if guidance_scale is None
                                else guidance_scale, 0.0, MAX_GUIDANCE)
         sample = bool(self._default("do_sample", True) if do_sample is None else do_sample)
@@ -425,15 +431,10 @@ class MusicgenPipeline(Pipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32", vocoder: str | dict | None = None) -> MusicgenPipeline:
-        """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`.
-
-        `vocoder` is refused: MusicGen's EnCodec decodes its tokens straight to a waveform."""
-        from soundsmith.codecs.weights import read_config
-
-        if vocoder is not None:
-            raise ValueError(f"{path}: a vocoder applies to mel-domain models; MusicGen's EnCodec decodes its tokens "
-                             f"straight to a waveform")
+                        dtype: str | torch.dtype = "fp32") -> MusicgenPipeline:
+        """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`."""
+        from soundsmith.codecs.weights import read_config, weights_error
+        from safetensors import SafetensorError
         from transformers import MusicgenForConditionalGeneration, MusicgenProcessor
 
         folder = Path(path)
@@ -444,11 +445,16 @@ class MusicgenPipeline(Pipeline):
         if not any((folder / f).is_file() for f in ("tokenizer.json", "spiece.model")):
             raise FileNotFoundError(f"{folder}: the MusicGen folder has no T5 tokenizer (tokenizer.json or "
                                     "spiece.model); copy the processor files of the model into it")
+        model_config = _read_musicgen_config(folder)
+        weights = _check_weights_file(folder)
         try:
-            model = MusicgenForConditionalGeneration.from_pretrained(str(folder), local_files_only=True)
+            model = MusicgenForConditionalGeneration.from_pretrained(str(folder), config=model_config,
+                                                                     local_files_only=True)
             processor = MusicgenProcessor.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{folder}: not a readable MusicGen folder ({' '.join(str(err).split())[:200]})") from None
+        except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, SafetensorError) as err:
+            # a pickled .bin holding Python objects, or bad weight bytes: the message the other loaders give
+            raise weights_error(weights, err) or ValueError(
+                f"{folder}: not a readable MusicGen folder ({' '.join(str(err).split())[:200]})") from None
         return cls(model, processor, name_or_path=str(folder)).to(device, dtype)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: str | torch.dtype | None = None) -> Path:
@@ -463,6 +469,39 @@ class MusicgenPipeline(Pipeline):
         model.save_pretrained(str(folder))
         self.processor.save_pretrained(str(folder))
         return folder
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # transformers' names, in the order it picks them
+
+
+def _read_musicgen_config(folder: Path) -> Any:
+    """The folder's `MusicgenConfig`; a config.json whose parts are malformed is a one-line error."""
+    from transformers import MusicgenConfig
+
+    try:
+        return MusicgenConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # any error here is the file's: transformers validates with its own error types
+        raise ValueError(f"{folder / 'config.json'}: not a valid MusicGen config "
+                         f"({' '.join(str(err).split())[:200]})") from None
+
+
+def _check_weights_file(folder: Path) -> Path:
+    """The weights file transformers will read; a safetensors header that is corrupt or promises more bytes
+    than the file holds is found here, from the header alone (transformers would raise SafetensorError)."""
+    found = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"{folder}: no MusicGen weights (looked for {', '.join(WEIGHT_FILES)})")
+    if found.suffix == ".safetensors":
+        from safetensors import safe_open
+        from soundsmith.codecs.weights import weights_error
+
+        try:
+            with safe_open(str(found), framework="pt"):
+                pass
+        except Exception as err:  # SafetensorError (bad header, missing bytes) or OSError
+            raise (weights_error(found, err) or ValueError(f"{found}: not readable ({err})")) from None
+    return found
 
 
 def _pad_to(x: Tensor, length: int) -> Tensor:

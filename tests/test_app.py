@@ -80,7 +80,8 @@ def test_capabilities_come_from_the_pipelines():
     assert not tok.audio_to_audio and not tok.inpaint and tok.schedulers == ()
     from soundsmith.pipelines.tokens import TokenPipeline
 
-    assert bool(tok.vocoders) == models.takes_vocoder(TokenPipeline)  # the picker follows the loader
+    assert models.takes_vocoder(TokenPipeline)  # the loader swaps the vocoder of a mel-domain codec ...
+    assert (tok.vocoders, tok.vocoder) == ((), None)  # ... and this tiny model's codec is a waveform codec
     assert models.model_kind(tiny_musicgen_dir()) == "musicgen"
     mg = models.capabilities_of(models.load_model(str(tiny_musicgen_dir())))
     assert (mg.backend, mg.diffusion, mg.sampling, mg.continuation, mg.inpaint) == ("musicgen", False, True, True, False)

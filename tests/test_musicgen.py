@@ -64,7 +64,7 @@ def test_load_pipeline_detects_musicgen(pipe):
 
 
 def test_a_vocoder_is_refused(folder):
-    with pytest.raises(ValueError, match="EnCodec decodes its tokens straight to a waveform"):
+    with pytest.raises(ValueError, match="decodes with its own decoder: it takes no vocoder"):
         load_pipeline(folder, vocoder="griffin-lim")
 
 
