@@ -184,6 +184,11 @@ class MelLatentCodec(nn.Module):
             spec = raw.get("vocoder", "vocoder")
             if isinstance(spec, str):  # before the registry: the name of a trained HiFi-GAN sub-folder
                 spec = {"name": "hifigan", "path": spec}
+            if vocoder is None:
+                from .paths import models_tree
+                from .vocoders import check_spec_paths
+
+                check_spec_paths(spec, folder, models_tree(folder), where=f"{folder / 'config.json'} 'vocoder'")
         return cls.from_parts(folder / "vae", vocoder if vocoder is not None else spec, base_dir=folder)
 
     @classmethod

@@ -32,7 +32,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .mel_codec import MelLatentCodec
+from .paths import model_link, models_tree
 from .rvq import ResidualVQ
+from .vocoders import check_spec_paths
 from .weights import config_from_dict, read_config, read_state_dict, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -251,13 +253,17 @@ class MelRVQCodec(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, n_levels: int | None = None,
-                        vocoder: str | dict | None = None, mel_codec: MelLatentCodec | None = None) -> MelRVQCodec:
+                        vocoder: str | dict | None = None, mel_codec: MelLatentCodec | None = None,
+                        tree: str | os.PathLike | None = None) -> MelRVQCodec:
         """Load a folder written by `save_pretrained`; CPU, float32, eval mode.
 
         Args:
             n_levels: levels `encode` returns by default (default: all).
             vocoder: a registry name or spec replacing the recorded one (e.g. "hifigan-universal").
             mel_codec: an already loaded mel codec instead of the recorded folder (its VAE is checked too).
+            tree: the models tree the recorded mel codec must lie in (codecs/paths.py). Default: the tree of
+                the folder's parent, since this codec is the codec/ part of a token model and its mel codec sits
+                beside that model (models/default-tokens/codec -> ../../mel-codec); a pipeline passes its own.
         """
         folder = Path(folder)
         raw = read_config(folder)
@@ -265,8 +271,11 @@ class MelRVQCodec(nn.Module):
             raise ValueError(f"{folder / CONFIG_NAME}: _class_name={raw.get('_class_name')!r}, expected {CLASS_NAME!r}")
         config = config_from_dict(MelRVQConfig, raw, str(folder / CONFIG_NAME), ignore=("_class_name", "_frame_rate",
                                                                                          "_hop_length"))
-        source = Path(config.mel_codec)
-        source = source if source.is_absolute() else folder / source
+        # the mel codec sits inside the folder or beside it (../mel-codec); a config must not lead elsewhere
+        tree = models_tree(folder.parent) if tree is None else tree
+        source = model_link(config.mel_codec, folder, tree=tree, where=str(folder / CONFIG_NAME), what="mel_codec")
+        if vocoder is None:
+            check_spec_paths(config.vocoder, source, tree, where=f"{folder / CONFIG_NAME} 'vocoder'")
         if mel_codec is None:
             if not (source / CONFIG_NAME).is_file():
                 raise FileNotFoundError(f"{folder / CONFIG_NAME}: mel_codec {config.mel_codec!r} -> no mel codec folder "
@@ -313,12 +322,14 @@ def _fp16_hash(tensors: dict[str, Tensor]) -> str:
 
 def load_acoustic_codec(folder: str | os.PathLike, **kwargs: Any) -> Any:
     """The acoustic codec in `folder`, by its config.json: a `MelRVQCodec` (the token default) or a
-    `NeuralCodec` (our EnCodec-architecture codec, or a transformers EnCodec folder)."""
+    `NeuralCodec` (our EnCodec-architecture codec, or a transformers EnCodec folder). `tree`: see
+    `MelRVQCodec.from_pretrained` (a NeuralCodec links nothing)."""
     kind = read_config(Path(folder)).get("_class_name")
     if kind == CLASS_NAME:
         return MelRVQCodec.from_pretrained(folder, **kwargs)
     from .neural_codec import NeuralCodec
 
+    kwargs.pop("tree", None)
     if kwargs.pop("vocoder", None) is not None:
         raise ValueError(f"{folder}: a vocoder applies to mel-domain codecs; this codec ({kind or 'EnCodec architecture'}) "
                          f"decodes its tokens straight to a waveform")

@@ -78,6 +78,21 @@ def build_vocoder(spec: str | dict[str, Any], *, mel: MelConfig | None = None,
         raise ValueError(f"vocoder {name!r}: {err}") from None
 
 
+SPEC_PATHS = ("path", "adapter")  # spec fields that name files (relative to the mel codec folder)
+
+
+def check_spec_paths(spec: Any, base_dir: str | os.PathLike, tree: str | os.PathLike, *, where: str) -> None:
+    """Refuse a spec read from a model folder whose file paths (relative to `base_dir`) lead outside the
+    models `tree` (codecs/paths.py): a config.json from someone else must not make the loader read elsewhere."""
+    from .paths import model_link
+
+    if not isinstance(spec, dict):
+        return
+    for key in SPEC_PATHS:
+        if isinstance(spec.get(key), str):
+            model_link(spec[key], base_dir, tree=tree, where=where, what=f"vocoder {key}")
+
+
 def _resolve(path: str | os.PathLike, base_dir: Path | None) -> Path:
     path = Path(path)
     return path if path.is_absolute() or base_dir is None else base_dir / path

@@ -107,16 +107,8 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # "Unsupported global: GLOBAL x.y" = a real pickle holding Python objects; anything else = bad bytes
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if not trust_pickle:
-            if found is None:
-                detail = re.search(r"WeightsUnpickler error: ([^\n]+)", str(err))
-                raise ValueError(f"{path}: corrupt or truncated checkpoint "
-                                 f"({detail.group(1).strip() if detail else _one_line(err)[:120]})") from None
-            raise ValueError(f"{path}: needs full unpickling, which can run arbitrary code (it holds "
-                             f"{found.group(1)}); refusing - pass trust_pickle=True (--trust-pickle) only if "
-                             "you trust its source") from None
+            raise unpickling_error(path, err) from None
         log.warning("unpickling %s fully (trust_pickle=True)", path)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
@@ -127,6 +119,46 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return dict(obj)
+
+
+# What torch's weights-only unpickler says when a file holds Python objects rather than bad bytes, by
+# version: "Unsupported global: GLOBAL x.y was not an allowed global by default" (2.4+), "Trying to load
+# unsupported GLOBAL x.y whose module x is blocked" (2.13, os/subprocess/...), "Trying to call reduce for
+# unrecognized function f", "Can only build Tensor, ... but got <class ...>".
+_PICKLED_OBJECT = re.compile(r"GLOBAL ([\w.]+)|unrecognized function (\S+)|Can only (?:build|create)[^\n]*?got (\S+)")
+
+
+def pickled_object(err: BaseException) -> str | None:
+    """The Python object a weights-only `torch.load` refused to build (e.g. `posix.system`), or None when
+    its error is about unreadable bytes."""
+    found = _PICKLED_OBJECT.search(str(err))
+    if found is None:
+        return None
+    return next(group for group in found.groups() if group).rstrip(".,>'\"")
+
+
+def unpickling_error(path: str | os.PathLike, err: BaseException) -> ValueError:
+    """The one-line error for a failed `torch.load(weights_only=True)`: a file holding Python objects needs
+    full unpickling (refused: it can run code), anything else is corrupt or truncated."""
+    found = pickled_object(err)
+    if found is None:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))  # torch 2.13 puts the cause on a line below
+        return ValueError(f"{path}: corrupt or truncated checkpoint "
+                          f"({detail.group(1).strip() if detail else _one_line(err)[:120]})")
+    return ValueError(f"{path}: needs full unpickling, which can run arbitrary code (it holds {found}); refusing "
+                      "- pass trust_pickle=True (--trust-pickle) only if you trust its source")
+
+
+def weights_error(path: str | os.PathLike, err: BaseException) -> ValueError | None:
+    """The one-line error for a weights file a library failed to read (transformers' `from_pretrained`):
+    a safetensors file with a bad header or missing bytes, or a pickle refused as above; None for other errors."""
+    if isinstance(err, pickle.UnpicklingError):
+        return unpickling_error(path, err)
+    from safetensors import SafetensorError
+
+    if isinstance(err, SafetensorError):
+        return ValueError(f"{path}: corrupt or truncated safetensors file ({_one_line(err)})")
+    return None
 
 
 def check_state_dict(expected: Mapping[str, Tensor], given: Mapping[str, Any], source: str | os.PathLike,

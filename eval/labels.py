@@ -266,8 +266,11 @@ class LabelClassifier:
             raise FileNotFoundError(f"label classifier weights not found: {weights}")
         clap_source = str(cfg.features.get("clap", ""))
         if clap is None:
-            clap_dir = (folder / clap_source) if clap_source and not Path(clap_source).is_absolute() else \
-                Path(clap_source or DEFAULT_CLAP)
+            from soundsmith.codecs.paths import model_link
+
+            # the recorded CLAP (../clap) must be in the classifier's models tree, like a pipeline's parts
+            clap_dir = model_link(clap_source, folder, where=where, what="features 'clap'") if clap_source \
+                else DEFAULT_CLAP
             clap = load_clap(clap_dir)
             clap_source = str(clap_dir)
         features = LabelFeatures(clap, source=clap_source)

@@ -47,17 +47,23 @@ class PromptItem:
 
 
 def read_prompt_file(path: str | os.PathLike, *, reference_dir: str | os.PathLike | None = None,
-                     caption_column: str | None = None, limit: int | None = None) -> list[PromptItem]:
+                     caption_column: str | None = None, limit: int | None = None,
+                     prompts_only: bool = False) -> list[PromptItem]:
     """Read a `.jsonl` or `.csv` prompt file (see the module docstring).
 
     Args:
         path: the file.
         reference_dir: folder that relative reference paths (and YouTube ids) are resolved in; default:
-            the prompt file's folder.
+            the prompt file's folder. A reference path must lead inside it (a prompt file from someone else
+            must not make the harness read elsewhere); one that does not is a one-line ValueError.
         caption_column: the caption column of a CSV (default: the first of CAPTION_COLUMNS found).
         limit: read only the first `limit` prompts (default: all).
+        prompts_only: read the prompt texts only (no reference paths, no labels), for callers that
+            generate without scoring.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"prompts file is a folder, not a file: {path}")
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
     if limit is not None and limit < 1:
@@ -66,7 +72,7 @@ def read_prompt_file(path: str | os.PathLike, *, reference_dir: str | os.PathLik
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable UTF-8 text file ({' '.join(str(err).split())[:120]})") from None
-    base = Path(reference_dir) if reference_dir is not None else path.parent
+    base = None if prompts_only else Path(reference_dir) if reference_dir is not None else path.parent
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         items = _read_jsonl(path, text, base)
@@ -96,7 +102,7 @@ def labels_of(row: dict[str, Any]) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------- readers
 
 
-def _read_jsonl(path: Path, text: str, base: Path) -> list[PromptItem]:
+def _read_jsonl(path: Path, text: str, base: Path | None) -> list[PromptItem]:
     items = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -107,18 +113,25 @@ def _read_jsonl(path: Path, text: str, base: Path) -> list[PromptItem]:
             raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        key = next((k for k in CAPTION_COLUMNS if isinstance(row.get(k), str)), None)
+        key = next((k for k in CAPTION_COLUMNS if row.get(k) is not None), None)
         if key is None:
             raise ValueError(f"{path}:{n}: no caption field (expected one of {', '.join(CAPTION_COLUMNS)})")
+        if not isinstance(row[key], str):
+            raise ValueError(f"{path}:{n}: the {key!r} field must be a string, got {type(row[key]).__name__} "
+                             f"{row[key]!r:.40}")
         if not row[key].strip():
             raise ValueError(f"{path}:{n}: the {key!r} field is empty")
+        if base is None:  # prompts only
+            items.append(PromptItem(prompt=row[key].strip(), key=f"{path.name}:{n}"))
+            continue
+        _check_labels(row, f"{path}:{n}")
         ref = next((row[k] for k in AUDIO_COLUMNS if isinstance(row.get(k), str) and row[k].strip()), None)
-        items.append(PromptItem(prompt=row[key].strip(), reference=_resolve(ref, base), labels=labels_of(row),
-                                key=f"{path.name}:{n}"))
+        items.append(PromptItem(prompt=row[key].strip(), reference=_resolve(ref, base, f"{path}:{n}"),
+                                labels=labels_of(row), key=f"{path.name}:{n}"))
     return items
 
 
-def _read_csv(path: Path, text: str, base: Path, caption_column: str | None) -> list[PromptItem]:
+def _read_csv(path: Path, text: str, base: Path | None, caption_column: str | None) -> list[PromptItem]:
     reader = csv.DictReader(text.splitlines())
     columns = [c for c in (reader.fieldnames or []) if c is not None]
     if not columns:
@@ -133,8 +146,10 @@ def _read_csv(path: Path, text: str, base: Path, caption_column: str | None) -> 
         if cap is None:
             raise ValueError(f"{path}: no caption column (looked for {', '.join(CAPTION_COLUMNS)}; found "
                              f"{', '.join(columns)})")
-    audio_col = next((lower[k] for k in AUDIO_COLUMNS if k in lower), None)
-    id_col = next((lower[k] for k in ID_COLUMNS if k in lower), None) if audio_col is None else None
+    audio_col = id_col = None
+    if base is not None:  # not prompts only
+        audio_col = next((lower[k] for k in AUDIO_COLUMNS if k in lower), None)
+        id_col = next((lower[k] for k in ID_COLUMNS if k in lower), None) if audio_col is None else None
     by_stem = _index_folder(base) if id_col is not None else {}
     items, unmatched = [], 0
     for n, row in enumerate(reader, 2):  # line 1 is the header
@@ -145,24 +160,43 @@ def _read_csv(path: Path, text: str, base: Path, caption_column: str | None) -> 
             raise ValueError(f"{path}:{n}: the {cap!r} column is empty")
         reference = None
         if audio_col is not None and (row.get(audio_col) or "").strip():
-            reference = _resolve(row[audio_col].strip(), base)
+            reference = _resolve(row[audio_col].strip(), base, f"{path}:{n}")
         elif id_col is not None and (row.get(id_col) or "").strip():
             reference = _match_id(row[id_col].strip(), by_stem)
             unmatched += reference is None
-        items.append(PromptItem(prompt=caption, reference=reference,
-                                labels=labels_of({k.strip().lower(): v for k, v in row.items() if k}),
-                                key=f"{path.name}:{n}"))
+        labels = labels_of({k.strip().lower(): v for k, v in row.items() if k}) if base is not None else {}
+        items.append(PromptItem(prompt=caption, reference=reference, labels=labels, key=f"{path.name}:{n}"))
     if unmatched:
         log.warning("%s: %d of %d rows have a %r with no matching audio file in %s (those prompts have no paired "
                     "reference)", path, unmatched, len(items), id_col, base)
     return items
 
 
-def _resolve(name: str | None, base: Path) -> Path | None:
-    if name is None:
+def _resolve(name: str | None, base: Path | None, where: str) -> Path | None:
+    """A row's reference clip, relative to (or absolute inside) the reference folder `base`."""
+    from soundsmith.codecs.paths import resolve_inside
+
+    if name is None or base is None:
         return None
-    p = Path(name)
-    return p if p.is_absolute() else base / p
+    return resolve_inside(name, base, [base], where=where, what="reference clip")
+
+
+def _check_labels(row: dict[str, Any], where: str) -> None:
+    """A JSONL row's true labels must have one of the two shapes `labels_of` reads; anything else would be
+    dropped without a word and the prompt scored as unlabelled."""
+    labels, label = row.get("labels"), row.get("label")
+    if labels is not None:
+        if not isinstance(labels, dict):
+            raise ValueError(f"{where}: malformed labels: 'labels' must be an object (the corpus metadata's), "
+                             f"got {type(labels).__name__}")
+        if not isinstance(labels.get("domain"), str) or not labels["domain"].strip():
+            raise ValueError(f"{where}: malformed labels: the 'labels' object has no 'domain' string")
+    if label is not None:
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"{where}: malformed labels: 'label' must be a non-empty string, got {label!r:.40}")
+        if not row.get("family") and str(row.get("domain")) not in DOMAIN_FAMILY:
+            raise ValueError(f"{where}: malformed labels: 'label' needs a 'domain' ({', '.join(DOMAIN_FAMILY)}) "
+                             f"or a 'family', got domain {row.get('domain')!r}")
 
 
 def _index_folder(folder: Path) -> dict[str, Path]:

@@ -379,9 +379,10 @@ class Pipeline(ABC):
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise ValueError(f"prompt[{i}] must be a string, got {type(p).__name__}")
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
             if not p.strip():
-                where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
                 raise ValueError(f"{where} is empty; give a non-empty text prompt")
+            check_text(where, p)
         if negative_prompt is None or isinstance(negative_prompt, str):
             negatives: list[str | None] = [negative_prompt or None] * len(prompts)
         else:
@@ -391,6 +392,8 @@ class Pipeline(ABC):
                                  "string or one per prompt")
             if any(n is not None and not isinstance(n, str) for n in negatives):
                 raise ValueError("negative_prompt must be a string or a list of strings")
+        for n in dict.fromkeys(n for n in negatives if n is not None):
+            check_text("negative_prompt", n)
         check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, 1, 64)
         return prompts, negatives
 
@@ -402,7 +405,8 @@ class Pipeline(ABC):
                         ) -> tuple[list[torch.Generator], list[int | None]]:
         """One generator per output and the seed it came from.
 
-        - `seed` int s: outputs get seeds s, s+1, ... (wrapping at 2**63); a list: one seed per output.
+        - `seed` int s: outputs get seeds s, s+1, ..., all in [0, 2**63-1] (a seed too close to the top for
+          `num` outputs is an error, not a wrap to 0); a list: one seed per output.
         - `generator`: one shared by all outputs (drawn from in output order, as diffusers does), or one
           per output; their seeds are reported as None.
         - neither: fresh random seeds, reported so the outputs can be redone.
@@ -418,8 +422,8 @@ class Pipeline(ABC):
         if seed is None:
             seeds = [secrets.randbits(63) for _ in range(num)]
         elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            check_int("seed", int(seed), 0, MAX_SEED)
-            seeds = [(int(seed) + i) % (MAX_SEED + 1) for i in range(num)]
+            check_seed_range(int(seed), num)
+            seeds = [int(seed) + i for i in range(num)]
         else:
             seeds = list(seed)
             if len(seeds) != num:
@@ -557,6 +561,31 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+def check_seed_range(seed: int, num: int) -> int:
+    """`seed` and the `num - 1` seeds after it must all be in [0, 2**63-1]; wrapping the last ones to 0 would
+    silently repeat the outputs of seed 0."""
+    check_int("seed", seed, 0, MAX_SEED)
+    if seed + num - 1 > MAX_SEED:
+        raise ValueError(f"seed {seed} is too large for {num} outputs: they get seeds seed, seed+1, ..., which must "
+                         f"stay <= 2**63-1; use a seed <= {MAX_SEED - num + 1}")
+    return seed
+
+
+def check_text(name: str, text: str) -> str:
+    """`text` must be valid Unicode text. Python turns command-line bytes that are not UTF-8 into lone
+    surrogates ("rain \\udcff"), which no tokenizer takes (TypeError deep inside it); say so here, showing
+    such bytes as \\xNN."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                        f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+        cut = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"{name} '{cut}' is not valid UTF-8 text (bytes shown as \\xNN); type it again in a "
+                         "UTF-8 terminal or save it as UTF-8") from None
+    return text
+
+
 def check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
     """`value` must be a finite number in [low, high] ((low, high] if `low_open`); else a ValueError."""
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
@@ -575,10 +604,13 @@ def read_prompts_file(path: str | os.PathLike) -> list[str]:
     a "caption", "prompt", "text" or "description" field or column), or plain text (one prompt per line;
     blank lines and lines starting with '#' are skipped). Errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"prompts file is a folder, not a file: {path}")
     if path.suffix.lower() in (".jsonl", ".csv"):
         from soundsmith.eval.prompts import read_prompt_file  # one reader for both formats
 
-        return [item.prompt for item in read_prompt_file(path)]
+        # generation reads neither reference clips nor labels: those columns are not followed (nor checked)
+        return [item.prompt for item in read_prompt_file(path, prompts_only=True)]
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
     try:

@@ -78,6 +78,15 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
     "lms": ("LMSDiscreteScheduler", {}),
 }
+# diffusers classes that sample a model trained with discrete DDPM noise (betas over 1000 timesteps), as ours and
+# AudioLDM's are: diffusers' KarrasDiffusionSchedulers less EDMEulerScheduler (EDM sigmas, not DDPM timesteps).
+# Others run the wrong process: flow matching, consistency / LCM (distilled models), inversion.
+DIFFUSERS_SAMPLERS = (
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler",
+)
 MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 
@@ -89,7 +98,7 @@ MAX_GUIDANCE = 100.0
 class LDMConfig:
     """Pipeline-level settings saved in the model folder's config.json (the parts have their own)."""
 
-    scheduler: str = "dpmsolver++"  # default sampler (SCHEDULERS, or a diffusers scheduler class name)
+    scheduler: str = "dpmsolver++"  # default sampler (SCHEDULERS, or a class of DIFFUSERS_SAMPLERS)
     num_inference_steps: int = 16  # default steps: 5 s in <= 2 s on a 2-core CPU with the default UNet
     guidance_scale: float = 3.0  # default CFG scale (> 1 enables guidance)
     duration_s: float = 5.0  # default length
@@ -133,16 +142,21 @@ def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     key = str(name).strip().lower()
     if key in SCHEDULERS:
         cls_name, overrides = SCHEDULERS[key]
-    elif str(name).endswith("Scheduler") and hasattr(diffusers, str(name)):
+    elif str(name) in DIFFUSERS_SAMPLERS and hasattr(diffusers, str(name)):
         cls_name, overrides = str(name), {}
     else:
-        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} (or a diffusers scheduler class "
-                         f"name), got {name!r}")
+        why = " (it samples another process than the DDPM noise these models learned)" if \
+            str(name).endswith("Scheduler") and hasattr(diffusers, str(name)) else ""
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} or a diffusers class among "
+                         f"{', '.join(DIFFUSERS_SAMPLERS)}; got {name!r}{why}")
     cls = getattr(diffusers, cls_name)
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
     known = set(inspect.signature(cls.__init__).parameters)
     # from_config keeps only what the class takes; passing the rest would only log noise
-    return cls.from_config({k: v for k, v in config.items() if k in known}, **overrides)
+    try:
+        return cls.from_config({k: v for k, v in config.items() if k in known}, **overrides)
+    except ImportError as err:  # DPMSolverSDEScheduler needs torchsde
+        raise ValueError(f"scheduler {name!r} needs a package that is not installed ({err})") from None
 
 
 def scheduler_name(scheduler_or_class: Any) -> str:
@@ -206,6 +220,13 @@ class ClapConditioner:
         return self.kind in ("soundsmith", "transformers")
 
     @property
+    def min_audio_s(self) -> float:
+        """The shortest clip `score` takes (one output frame of our CLAP's audio tower; 0 for the others)."""
+        if self.kind != "soundsmith":
+            return 0.0
+        return self.model.config.min_samples / self.model.sample_rate
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -242,9 +263,35 @@ class ClapConditioner:
         text_config = self.model.config if self.kind == "text" else self.model.model.config.text_config
         limit = min(int(self.tokenizer.model_max_length), int(text_config.max_position_embeddings) - 2)
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        if batch["input_ids"].shape[1] == limit and max(len(ids) for ids in self.tokenizer(texts)["input_ids"]) > limit:
-            log.warning("a prompt is longer than the CLAP's %d tokens; its end is cut off", limit)
         return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    def _text_limit(self) -> tuple[Any, int]:
+        """The tokenizer and the number of tokens (special ones included) the text encoder reads."""
+        if self.kind == "soundsmith":
+            encoder = self.model.text_encoder
+            return encoder.tokenizer, int(encoder.max_tokens)
+        text_config = self.model.config if self.kind == "text" else self.model.model.config.text_config
+        return self.tokenizer, min(int(self.tokenizer.model_max_length), int(text_config.max_position_embeddings) - 2)
+
+    def warn_long_prompts(self, texts: Sequence[str]) -> None:
+        """One warning when prompts are longer than the text encoder reads: it keeps their first tokens and
+        drops the rest without a word. Called once per pipeline call (the encoders run several times)."""
+        tokenizer, limit = self._text_limit()
+        distinct = list(dict.fromkeys(texts))
+        lengths = [len(ids) for ids in tokenizer(distinct, verbose=False)["input_ids"]]  # verbose: no HF warning
+        long = [(text, n) for text, n in zip(distinct, lengths) if n > limit]
+        if not long:
+            return
+        text, n = long[0]
+        try:  # the characters those tokens cover (fast tokenizers give offsets)
+            offsets = tokenizer(text, truncation=True, max_length=limit, return_offsets_mapping=True)["offset_mapping"]
+            kept = f"its first {max(end for _, end in offsets)} characters"
+        except (NotImplementedError, ValueError, KeyError):
+            kept = "the rest is dropped"
+        more = f" ({len(long) - 1} more prompts are cut too)" if len(long) > 1 else ""
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        log.warning("prompt %r is %d tokens long; the text encoder reads only its first %d tokens (%s)%s", shown, n,
+                    limit, kept, more)
 
     def null_embedding(self, n: int) -> Tensor:
         """The unconditional embedding `[n, D]` (zeros, or the embedding of "")."""
@@ -394,6 +441,12 @@ class LDMPipeline(Pipeline):
         """The UNet attends to the prompt's token states (else only to the latent, as AudioLDM)."""
         return self.config.cross_attention
 
+    @property
+    def min_duration_s(self) -> float:
+        """The shortest clip: one latent frame, and no shorter than the CLAP that ranks the outputs takes."""
+        frame = self.frame_s * self.vae_factor
+        return max(frame, self.conditioner.min_audio_s) if self.conditioner.has_audio_tower else frame
+
     def latent_frames(self, duration_s: float) -> int:
         """Latent frames for `duration_s` (diffusers: mel frames int(d / frame_s), rounded up to the VAE factor)."""
         height = int(duration_s / self.frame_s)
@@ -444,7 +497,7 @@ class LDMPipeline(Pipeline):
             watermark: mark the audio (the base pipeline's last step; see `Pipeline.finish`).
             loudness_lufs: output level in LUFS (integrated, BS.1770), peaks capped at -1 dBFS; None keeps
                 the decoder's level (default -16; inpainting/outpainting keep the input clip's level).
-            scheduler: sampler name (SCHEDULERS or a diffusers class name); default: config.scheduler.
+            scheduler: sampler name (SCHEDULERS or a class of DIFFUSERS_SAMPLERS); default: config.scheduler.
             audio: a clip to start from (`[C, T]` or `[B, C, T]` array/tensor with `audio_sample_rate`, or a
                 file path): audio-to-audio with `strength`, or inpainting/outpainting without it.
             audio_sample_rate: rate of an `audio` array (a file carries its own).
@@ -466,11 +519,15 @@ class LDMPipeline(Pipeline):
                                0.0, MAX_GUIDANCE)
         if duration_s is not None:
             check_float("duration_s", duration_s, 0.0, cfg.max_duration_s, low_open=True)
+            if duration_s < self.min_duration_s:  # before sampling: the decoder and CLAP need this much
+                raise ValueError(f"duration_s must be a finite number in [{self.min_duration_s:g}, "
+                                 f"{cfg.max_duration_s:g}], got {duration_s!r} (the shortest clip this model makes)")
         sampler_name = scheduler or cfg.scheduler
         make_scheduler(sampler_name, self.noise_schedule)  # an unknown name fails here, before any work
         if batch_size is not None:
             check_int("batch_size", batch_size, 1, 4096)
         n_out = len(prompts) * num_waveforms_per_prompt
+        self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         plan = self._plan_audio(audio, audio_sample_rate, strength, inpaint, duration_s, len(prompts))
         duration = plan["duration_s"]
         check_float("duration_s", duration, 0.0, cfg.max_duration_s, low_open=True)
@@ -793,6 +850,8 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDM
     from diffusers import UNet2DConditionModel
     from soundsmith.codecs.mel import MelConfig
     from soundsmith.codecs.mel_codec import MelLatentCodec
+    from soundsmith.codecs.paths import model_link, models_tree
+    from soundsmith.codecs.vocoders import check_spec_paths
 
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -801,11 +860,16 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDM
     if raw.get("backend") != BACKEND:
         raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
     config = LDMConfig.from_dict(raw, str(config_path))
-    parts = {name: (folder / rel).resolve() for name, rel in config.components.items()}
+    # parts live in the folder or beside it (the shipped ../mel-codec/vae, ../clap); nowhere else
+    tree = models_tree(folder)
+    parts = {name: model_link(rel, folder, where=str(config_path), what=f"part {name!r}")
+             for name, rel in config.components.items()}
     for name in ("unet", "vae", "clap", "scheduler"):
         if name not in parts or not parts[name].is_dir():
             raise FileNotFoundError(f"{config_path}: part {name!r} not found at {parts.get(name, folder / name)}")
     spec = vocoder if vocoder is not None else config.vocoder
+    if vocoder is None:  # the recorded spec's files must stay in the tree too (a caller's own spec is theirs)
+        check_spec_paths(spec, parts["vae"].parent, tree, where=f"{config_path} 'vocoder'")
     if spec is None:  # written before the vocoder registry: a trained HiFi-GAN folder among the parts
         if "vocoder" not in parts:
             raise ValueError(f"{config_path}: names no vocoder (a 'vocoder' spec such as "

@@ -433,8 +433,8 @@ class MusicgenPipeline(Pipeline):
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "fp32") -> MusicgenPipeline:
         """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`."""
-        from soundsmith.codecs.weights import read_config, weights_error
         from safetensors import SafetensorError
+        from soundsmith.codecs.weights import read_config, weights_error
         from transformers import MusicgenForConditionalGeneration, MusicgenProcessor
 
         folder = Path(path)

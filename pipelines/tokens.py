@@ -310,9 +310,12 @@ class TokenPipeline(Pipeline):
         sampling = resolve_sampling(cfg, temperature, top_k, top_p)
         if batch_size is not None:
             check_int("batch_size", batch_size, 1, 4096)
-        frame_s = self.codec.hop_length / self.sample_rate
-        if duration < frame_s:
-            raise ValueError(f"duration_s must be at least one codec frame ({frame_s:g} s), got {duration:g}")
+        # the shortest clip: one codec frame, and no shorter than the CLAP that ranks the outputs takes
+        shortest = max(self.codec.hop_length / self.sample_rate, self.conditioner.min_audio_s)
+        if duration < shortest:
+            raise ValueError(f"duration_s must be a finite number in [{shortest:g}, {cfg.max_duration_s:g}], got "
+                             f"{duration:g} (the shortest clip this model makes)")
+        self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         clip = self._read_prompt_audio(audio_prompt, len(prompts), duration)  # [P or 1, 1, T'] or None
         n_out = len(prompts) * num_waveforms_per_prompt
         num_samples = int(duration * self.sample_rate)
@@ -501,14 +504,22 @@ class TokenPipeline(Pipeline):
                 (its fingerprint is recorded and checked on load).
         """
         from soundsmith.codecs.audio import write_json
+        from soundsmith.codecs.paths import SHIPPED_MODELS, is_inside, models_tree, normalized
 
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         dt = torch.float32 if dtype is None else resolve_dtype(dtype)
         link = dict(link or {})
         unknown = sorted(set(link) - set(PARTS))
         if unknown:
             raise ValueError(f"link: unknown part {unknown[0]!r} (parts: {', '.join(PARTS)})")
+        for part, target in link.items():  # checked before anything is written
+            if not (Path(target) / "config.json").is_file():
+                raise FileNotFoundError(f"link[{part!r}]: no model folder at {target}")
+            if not any(is_inside(target, root) for root in (models_tree(folder), SHIPPED_MODELS)):
+                # loading follows links only inside the models tree (codecs/paths.py): such a folder would not load
+                raise ValueError(f"link[{part!r}]: {normalized(target)} is not beside the model (inside "
+                                 f"{models_tree(folder)}), where loading would follow it; copy the part instead")
+        folder.mkdir(parents=True, exist_ok=True)
         writers = {
             "clap": lambda f: self.conditioner.save_pretrained(f, dtype=dt),
             "cond_rvq": lambda f: self.cond_rvq.save_pretrained(f),
@@ -523,10 +534,7 @@ class TokenPipeline(Pipeline):
             if part == "fine_lm" and self.fine_lm is None:
                 continue
             if part in link:
-                target = Path(link[part])
-                if not (target / "config.json").is_file():
-                    raise FileNotFoundError(f"link[{part!r}]: no model folder at {target}")
-                components[part] = os.path.relpath(target.resolve(), folder.resolve())
+                components[part] = os.path.relpath(normalized(link[part]), normalized(folder))
             else:
                 write(folder / part)
                 components[part] = part
@@ -542,6 +550,7 @@ class TokenPipeline(Pipeline):
 
         `vocoder` (a registry name or spec, `soundsmith.codecs.vocoders`) replaces the recorded one of a
         mel-domain codec; a waveform codec (EnCodec architecture) has none to replace."""
+        from soundsmith.codecs.paths import model_link, models_tree
         from soundsmith.codecs.weights import read_config
 
         folder = Path(path)
@@ -553,16 +562,18 @@ class TokenPipeline(Pipeline):
         if raw.get("backend") != BACKEND:
             raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
         config = TokenConfig.from_dict(raw, str(config_path))
-        parts = {name: folder / rel for name, rel in config.components.items()}
+        # parts live in the folder or beside it (the shipped ../clap); nowhere else
+        parts = {name: model_link(rel, folder, where=str(config_path), what=f"part {name!r}")
+                 for name, rel in config.components.items()}
         pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder),
-                              recorded=config.fingerprints, vocoder=vocoder)
+                              recorded=config.fingerprints, vocoder=vocoder, tree=models_tree(folder))
         return pipe.to(device, dtype)
 
     @classmethod
     def from_parts(cls, parts: Mapping[str, str | os.PathLike], *, config: TokenConfig | None = None,
                    where: str = "parts", name_or_path: str = "",
                    recorded: Mapping[str, str] | None = None,
-                   vocoder: str | dict | None = None) -> TokenPipeline:
+                   vocoder: str | dict | None = None, tree: str | os.PathLike | None = None) -> TokenPipeline:
         """Build a pipeline from separately trained part folders (the `export/` of each training run).
 
         Args:
@@ -571,8 +582,11 @@ class TokenPipeline(Pipeline):
             config: sampling defaults (default `TokenConfig()`).
             recorded: fingerprints a saved folder's config.json records (see `check_fingerprints`).
             vocoder: replaces the mel-domain codec's recorded vocoder (see `from_pretrained`).
+            tree: the models tree the parts' own links must stay in (a saved folder's parent; default: each
+                part's parent, codecs/paths.py).
         """
         from soundsmith.codecs.mel_rvq import load_acoustic_codec
+        from soundsmith.codecs.paths import normalized
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
         from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
 
@@ -583,7 +597,8 @@ class TokenPipeline(Pipeline):
         if unknown or missing:
             bad = f"unknown part {unknown[0]!r}" if unknown else f"part {missing[0]!r} is missing"
             raise ValueError(f"{where}: {bad} (parts: {', '.join(PARTS)})")
-        paths = {name: Path(p).resolve() for name, p in parts.items()}
+        # `..` folded in as written, not through symlinks: what the links were checked against (codecs/paths.py)
+        paths = {name: normalized(p) for name, p in parts.items()}
         for name, part in paths.items():
             if not (part / "config.json").is_file():
                 raise FileNotFoundError(f"{where}: part {name!r} not found at {part}")
@@ -593,7 +608,7 @@ class TokenPipeline(Pipeline):
         semantic_lm = SemanticLM.from_pretrained(paths["semantic_lm"])
         coarse_lm = CoarseLM.from_pretrained(paths["coarse_lm"])
         fine_lm = FineLM.from_pretrained(paths["fine_lm"]) if "fine_lm" in paths else None
-        codec = load_acoustic_codec(paths["codec"], **({"vocoder": vocoder} if vocoder is not None else {}))
+        codec = load_acoustic_codec(paths["codec"], tree=tree, **({"vocoder": vocoder} if vocoder is not None else {}))
         pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
                    name_or_path=name_or_path or where)
         pipe.check_fingerprints(where, recorded)  # each LM's trained_with: parts from other runs are refused

@@ -97,6 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = list(args.prompt) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise UsageError("give a prompt or --prompts-file FILE")
+    _check_generate_args(args, prompts)  # before any model work
     out = Path(args.out)
     to_file = out.suffix.lower() in (".wav", ".flac")
     check_output_folder(out.parent if to_file else out)  # before any work
@@ -174,6 +175,22 @@ def _resume_command(args: argparse.Namespace, seed: int) -> str:
     return shlex.join(["soundsmith", *argv])
 
 
+def _check_generate_args(args: argparse.Namespace, prompts: list[str]) -> None:
+    """What `generate` can check before loading a model: the text (bytes that are not UTF-8 reach argv as
+    lone surrogates, which tokenizers reject with a TypeError) and the seeds (one per clip, none past 2**63-1)."""
+    from soundsmith.pipelines.base import check_seed_range, check_text
+
+    for i, prompt in enumerate(prompts):
+        check_text("prompt" if len(prompts) == 1 else f"prompt {i + 1}", prompt)
+    if args.negative is not None:
+        check_text("--negative", args.negative)
+    if args.seed is not None:
+        try:
+            check_seed_range(args.seed, len(prompts) * args.num)
+        except ValueError as err:
+            raise UsageError(f"--seed: {err}") from None
+
+
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from soundsmith.train.synth import synthesize_corpus
 
@@ -184,10 +201,17 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_data_stats(args: argparse.Namespace) -> None:
-    from soundsmith.train.stats import corpus_stats
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from soundsmith.train.stats import PROBLEMS, corpus_check
 
-    print(corpus_stats(args.data))
+    # the bar only on a terminal: in a log or a pipe it would be the only thing on stderr besides the verdict
+    report, problems = corpus_check(args.data, progress=sys.stderr.isatty())
+    print(report)
+    if not problems:
+        return 0
+    found = ", ".join(f"{problems[kind]} {kind}" for kind in PROBLEMS if problems[kind])
+    print(f"soundsmith: data stats: problems found ({found}); see the file checks above", file=sys.stderr)
+    return 1  # a script can tell a clean corpus from one to fix
 
 
 def cmd_data_prompts(args: argparse.Namespace) -> None:
@@ -425,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", default="music,sfx,speech", help="comma list of music,sfx,speech (default: all)")
     p.add_argument("--caption-style", default="train", help="caption template set: train, heldout or all (default: train)")
     p.set_defaults(func=cmd_data_synth)
-    p = dsub.add_parser("stats", help="clips and hours per domain and label; check the files")
+    p = dsub.add_parser("stats", help="clips and hours per domain and label; check the files (exit status 1 when "
+                        "a file is missing, unreadable, silent or clipped)")
     p.add_argument("data", help="corpus folder")
     p.set_defaults(func=cmd_data_stats)
     p = dsub.add_parser("prompts", help="write the standard prompt sets (benchmarks/prompts/) from a corpus")
@@ -608,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `generate` prints the command that resumes it
     _configure_logging(args.verbose)
     try:
-        args.func(args)
+        code = args.func(args)  # a handler may return an exit status (data stats: 1 when it found problems)
     except KeyboardInterrupt as stop:  # its text, when it has one, says what was kept
         print(f"soundsmith: interrupted{': ' + str(stop) if str(stop) else ''}", file=sys.stderr)
         return 130
@@ -618,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"soundsmith: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

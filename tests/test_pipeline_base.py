@@ -98,7 +98,9 @@ def test_seeds_and_generators():
     noise = Pipeline.randn((2, 5), gens, torch.device("cpu"))  # [3, 2, 5]
     alone = Pipeline.randn((2, 5), [torch.Generator().manual_seed(11)], torch.device("cpu"))
     assert torch.equal(noise[1:2], alone)  # an output's noise does not depend on its batch neighbours
-    assert Pipeline.make_generators(2, seed=2**63 - 1)[1] == [2**63 - 1, 0]  # wraps
+    assert Pipeline.make_generators(2, seed=2**63 - 2)[1] == [2**63 - 2, 2**63 - 1]
+    with pytest.raises(ValueError, match=r"seed 9223372036854775807 is too large for 2 outputs"):
+        Pipeline.make_generators(2, seed=2**63 - 1)  # no wrap to seed 0 (that would repeat seed 0's output)
     _, seeds = Pipeline.make_generators(2, seed=[5, 9])
     assert seeds == [5, 9]
     g = torch.Generator().manual_seed(0)

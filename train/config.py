@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,7 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None,
             message is one line naming the file (or "override") and the key.
     """
     values: dict[str, Any] = {}
+    source: dict[str, str] = {}  # field -> where its value came from, to blame a bad value on its source
     where = "override"
     if path is not None:
         path = Path(path)
@@ -95,13 +97,17 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None,
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config must be a JSON object of field: value, got {type(data).__name__}")
         values.update(_typed(cls, data, str(path)))
+        source.update(dict.fromkeys(data, str(path)))
         where = str(path)
     if overrides is not None:
-        values.update(_typed(cls, _parse_overrides(overrides), "override"))
+        parsed = _parse_overrides(overrides)
+        values.update(_typed(cls, parsed, "override"))
+        source.update({key: f"override {key}={json.dumps(value)}" for key, value in parsed.items()})
     try:
         return cls(**values)
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        named = re.match(r"field '(\w+)'", str(err))  # check_ranges names the field
+        raise ValueError(f"{source.get(named.group(1), where) if named else where}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------- internals

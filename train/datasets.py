@@ -48,6 +48,9 @@ CAPTION_COLUMNS = ("caption", "captions", "text", "description", "sentence")
 FILE_COLUMNS = ("file_name", "filename", "file", "fname", "path", "audio", "audio_path",
                 "youtube_id", "ytid", "audiocap_id", "id")
 ON_MISSING = ("error", "skip", "keep")
+# what to do about a missing audio file, in words a command-line user can act on (read_records(on_missing="skip")
+# is the library's way, documented there)
+MISSING_HINT = "restore the file or remove its row (`soundsmith data stats DATA` lists every missing file)"
 
 
 @dataclass(frozen=True)
@@ -330,8 +333,10 @@ def _first_jsonl_row(path: Path) -> dict:
 
 
 def _jsonl_rows(path: Path):  # noqa: ANN202 (generator of (line number, row))
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad bytes are found per line below
         for n, line in enumerate(f, 1):
+            if _has_undecodable(line):
+                raise ValueError(f"{path} line {n}: not UTF-8 text (a binary file, or another encoding)")
             if not line.strip():
                 continue
             try:
@@ -341,6 +346,15 @@ def _jsonl_rows(path: Path):  # noqa: ANN202 (generator of (line number, row))
             if not isinstance(row, dict):
                 raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
             yield n, row
+
+
+def _has_undecodable(line: str) -> bool:
+    """Whether a line read with errors="surrogateescape" held bytes that are not UTF-8."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -422,8 +436,7 @@ def _read_audiofolder(meta_file: Path, root: Path, file_column: str | None,
         path = meta_file.parent / str(rel)
         if not path.is_file():
             if on_missing == "error":
-                raise FileNotFoundError(f"audio file not found: {path} ({where}); pass on_missing='skip' "
-                                        "to leave such rows out")
+                raise FileNotFoundError(f"audio file not found: {path} ({where}); {MISSING_HINT}")
             if on_missing == "skip":
                 missing += 1
                 continue
@@ -469,7 +482,7 @@ def _read_csv_table(table: Path, audio_root: Path, file_column: str | None,
         if path is None:
             if on_missing == "error":
                 raise FileNotFoundError(f"audio file not found: {key!r} ({where}; looked in {audio_root}); "
-                                        "pass on_missing='skip' to leave such rows out")
+                                        f"{MISSING_HINT}")
             if on_missing == "skip":
                 missing += 1
                 continue

@@ -41,9 +41,9 @@ def write_prompt_sets(corpus: str | os.PathLike, out: str | os.PathLike, seed: i
         seed: seed of the wording and of the test-clip sample (default 0).
     """
     corpus, out = Path(corpus), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ss_adherence, ss_test = np.random.SeedSequence([seed, 4]).spawn(2)  # independent: one can change alone
-    test_rows = corpus_test_prompts(corpus, np.random.default_rng(ss_test))
+    test_rows = corpus_test_prompts(corpus, np.random.default_rng(ss_test))  # a bad corpus fails before `out` exists
+    out.mkdir(parents=True, exist_ok=True)
     paths = [_write_jsonl(out / "adherence.jsonl", adherence_prompts(np.random.default_rng(ss_adherence))),
              _write_jsonl(out / f"corpus-test-{NUM_TEST_PROMPTS}.jsonl", test_rows)]
     return paths

@@ -38,13 +38,20 @@ class FileCheck:
 
 def corpus_stats(path: str | os.PathLike, *, audio_dir: str | os.PathLike | None = None,
                  progress: bool = True) -> str:
-    """The text report for `soundsmith data stats`.
+    """The text report for `soundsmith data stats` (`corpus_check` also counts the problems found).
 
     Args:
         path: data set folder (or a caption CSV; then `audio_dir` is its audio folder, default the CSV's folder).
         audio_dir: see `datasets.read_records`.
         progress: show a tqdm bar while checking files (default True).
     """
+    return corpus_check(path, audio_dir=audio_dir, progress=progress)[0]
+
+
+def corpus_check(path: str | os.PathLike, *, audio_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> tuple[str, Counter[str]]:
+    """(the report of `corpus_stats`, files per problem kind: missing, unreadable, silent, clipped); an empty
+    Counter means every file passed, which `soundsmith data stats` turns into its exit status."""
     # 1. read the metadata (keeping rows whose file is missing: that is a finding, not an error)
     layout, records = read_records(path, audio_dir=audio_dir, on_missing="keep")
 
@@ -62,7 +69,7 @@ def corpus_stats(path: str | os.PathLike, *, audio_dir: str | os.PathLike | None
     lines += _table("per domain", [(r.domain or "(none)", sec) for r, sec in zip(records, seconds)])
     lines += _label_tables(records, seconds)
     lines += _file_report(records, checks)
-    return "\n".join(lines)
+    return "\n".join(lines), Counter(c.problem for c in checks if c.problem)
 
 
 def _check(rec: Record) -> FileCheck:
