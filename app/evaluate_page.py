@@ -8,6 +8,7 @@ from typing import Any
 
 import streamlit as st
 from soundsmith.app import jobs, ui
+from soundsmith.app.models import check_inside
 from soundsmith.pipelines.base import GenerationCancelled
 
 METRIC_NAMES = {"fad": "FAD", "clap": "CLAP score", "kl": "KL (paired clips)", "is": "Inception score",
@@ -79,10 +80,8 @@ def prompt_set_tab() -> None:
                 raise ValueError("no prompt file: upload a .jsonl or .csv prompt file")
             prompts = ui.workspace().save_upload(upload.name, upload.getvalue())
         ref_text = ss["e_reference"].strip()
-        ref = Path(ref_text).expanduser() if ref_text else None
-        if ref is not None and not ref.is_dir():
-            raise FileNotFoundError(f"reference folder not found: {ref}")
-    except (ValueError, FileNotFoundError) as err:
+        ref = server_folder(ref_text, "reference folder") if ref_text else None
+    except (ValueError, FileNotFoundError, PermissionError) as err:
         st.error(ui.one_line(err))
         return
     out = ui.workspace().new_folder("eval")
@@ -136,7 +135,7 @@ def two_sets_tab() -> None:
     st.file_uploader("Generated clips (+ .json sidecars)", type=[*AUDIO, "json"], accept_multiple_files=True,
                      key="s_generated")
     st.file_uploader("Reference clips", type=list(AUDIO), accept_multiple_files=True, key="s_reference")
-    with st.expander("…or folders on this server"):
+    with st.expander("…or folders on this server (inside the app's output or model folder)"):
         st.text_input("Generated folder", key="s_gen_dir")
         st.text_input("Reference folder", key="s_ref_dir")
     metric_controls("s")
@@ -147,14 +146,12 @@ def two_sets_tab() -> None:
     try:
         settings = metric_settings("s")
         if ss["s_gen_dir"].strip() or ss["s_ref_dir"].strip():
-            generated, reference = Path(ss["s_gen_dir"].strip()), Path(ss["s_ref_dir"].strip())
-            for folder, what in ((generated, "generated"), (reference, "reference")):
-                if not str(folder) or not folder.is_dir():
-                    raise FileNotFoundError(f"{what} folder not found: {folder}")
+            generated = server_folder(ss["s_gen_dir"], "generated folder")
+            reference = server_folder(ss["s_ref_dir"], "reference folder")
         else:
             generated = save_set(ss.get("s_generated") or [], out / "generated", "generated")
             reference = save_set(ss.get("s_reference") or [], out / "reference", "reference")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, PermissionError) as err:
         st.error(ui.one_line(err))
         return
     try:
@@ -165,6 +162,17 @@ def two_sets_tab() -> None:
         ui.show_error(err, "scoring failed: ")
         return
     keep_results(results, out)
+
+
+def server_folder(text: str, what: str) -> Path:
+    """A folder typed into a field: inside the app's output folder, model folder or standard corpus (unless
+    started with --allow-any-folder; checked first, so a refusal says nothing about the host), then existing."""
+    if not text.strip():
+        raise ValueError(f"{what} is empty: type a folder on this server, or upload the clips instead")
+    folder = check_inside(text, ui.eval_roots(), what)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} not found: {text.strip()}")
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -94,7 +96,7 @@ def apply_settings(settings: dict[str, Any], caps: Capabilities) -> None:
     if changed:
         ss["g_reuse_note"] = ("Adjusted to this model's range: "
                               + ", ".join(f"{k[2:]} {fitted[k]:g}" for k in changed) + ".")
-    if settings.get("audio"):
+    if settings.get("audio") and Path(settings["audio"]).is_file():  # an upload of an ended session is gone
         ss["g_audio"], ss["g_audio_s"], ss["g_audio_id"] = settings["audio"], settings.get("audio_s"), None
 
 
@@ -256,9 +258,13 @@ def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSetti
                 queue.empty()
                 set_threads(int(st.session_state["g_threads"]))  # torch's setting is per thread: this session's
                 bar.progress(0.0, text="conditioning")
-                entry = jobs.generate(pipe, settings, caps, ui.workspace().new_folder("gen"),
-                                      entry_id=ui.next_id("gen"), model=path, callback=callback,
-                                      nearest=ui.novelty_check()[0])
+                folder = ui.history_store().new_folder()
+                try:
+                    entry = jobs.generate(pipe, settings, caps, folder, entry_id=ui.next_id("gen"), model=path,
+                                          callback=callback, nearest=ui.novelty_check()[0])
+                except BaseException:  # interrupted or failed: nothing of it stays in the output root
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
         except GenerationCancelled:
             callback.reraise()  # the user's interrupt: let Streamlit rerun (the notice shows then)
             status.update(label="Interrupted", state="error")
@@ -269,7 +275,7 @@ def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSetti
             status.update(label="Generation failed", state="error", expanded=False)
         else:
             stop_box.empty()
-            ui.history().append(entry)
+            ui.add_to_history(entry)
             status.update(label=f"Generated {len(entry.takes)} clip(s) in {entry.seconds:.1f} s", state="complete",
                           expanded=False)
     if failure is not None:
@@ -277,11 +283,14 @@ def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSetti
 
 
 def show_latest() -> None:
-    entries = ui.history()
-    if not entries:
-        st.caption("Your clips appear here; earlier ones stay on the History page for this session.")
+    """This session's newest clips (a reload or another visitor's clips do not count: they are on History)."""
+    entries = ui.history()  # also reads the History back when the session starts
+    latest = st.session_state.get("latest_id")
+    entry = next((e for e in reversed(entries) if e.id == latest), None) if latest is not None else None
+    if entry is None:
+        st.caption("Your clips appear here; earlier ones stay on the History page (kept in the app's output "
+                   "folder, also after a reload).")
         return
-    entry = entries[-1]
     st.subheader("Latest")
     columns = st.columns(min(2, len(entry.takes)))
     for i, take in enumerate(entry.takes):

@@ -1,22 +1,27 @@
-"""What the app's buttons do, without Streamlit: settings -> pipeline call -> files in the session folder.
+"""What the app's buttons do, without Streamlit: settings -> pipeline call -> files on disk.
 
 The pages turn widgets into a `GenerationSettings`, call `generate` / `generate_batch` / the eval harness
-through these functions, and show what comes back. Everything written goes under the session's folder
-(`Workspace`), which is deleted when the session ends.
+through these functions, and show what comes back. Generate's clips go into the output root and are listed in
+its History index (`HistoryStore`), so they outlive the session; everything else (uploads, batches, eval runs)
+goes under the session's folder (`Workspace`), which is deleted when the session ends.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import io
 import itertools
+import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,8 @@ MODES = {  # audio-input mode -> (label, the Capabilities flag it needs)
 }
 UPLOAD_TYPES = ("wav", "flac", "ogg")
 MAX_BATCH_PROMPTS = 500
+HISTORY_INDEX = "history.jsonl"  # in the output root: one line per press of Generate
+HISTORY_SHOWN = 200  # the newest entries the app reads back: a big output root stays fast
 
 
 # ------------------------------------------------------------------------------------------ workspace
@@ -187,7 +194,7 @@ class GenerationSettings:
 
 @dataclass
 class Take:
-    """One generated clip: its files in the session folder and what the pipeline reported."""
+    """One generated clip: its files in the output root and what the pipeline reported."""
 
     index: int
     prompt: str
@@ -214,7 +221,7 @@ class HistoryEntry:
     takes: list[Take]
     seconds: float  # compute time
     vocoder: str | None = None  # the vocoder that decoded the clips (None: the model has no mel vocoder)
-    created: str = field(default_factory=lambda: time.strftime("%H:%M:%S"))
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))  # kept across days
 
     @property
     def folder(self) -> Path:
@@ -283,6 +290,155 @@ def generate(pipe: Any, settings: GenerationSettings, caps: Capabilities, folder
     return HistoryEntry(id=entry_id, model=model, settings={**settings.to_dict(), "seed": seed},
                         parameters=dict(output.parameters), takes=takes, seconds=seconds,
                         vocoder=vocoder_used(pipe, output.parameters))
+
+
+# -------------------------------------------------------------------------------------------- history
+
+
+def on_disk(entry: HistoryEntry) -> HistoryEntry | None:
+    """`entry` without the takes whose WAV was deleted from disk; None when none is left."""
+    takes = [t for t in entry.takes if t.wav.is_file()]
+    if len(takes) == len(entry.takes):
+        return entry
+    return dataclasses.replace(entry, takes=takes) if takes else None
+
+
+class HistoryStore:
+    """The History of one output root: each press of Generate is a folder `gen-<time>-<random>` (wav/, flac/,
+    PNGs) and one JSON line in `history.jsonl` (the settings, the pipeline's parameters, each clip's files
+    relative to the root). Lines are only appended, each in one write under a lock file shared by every session
+    and process, so a crash can cost at most the line being written, which readers skip."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.index = self.root / HISTORY_INDEX
+
+    def new_folder(self) -> Path:
+        """A new, empty folder for one generation's files (the root is created if missing)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        while True:
+            folder = self.root / f"gen-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:  # same second and same random suffix: draw again
+                continue
+
+    def append(self, entry: HistoryEntry) -> None:
+        data = (json.dumps(self._record(entry), default=_plain, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._locked():
+            fd = os.open(self.index, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: its last byte
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut by a crash: start a fresh one
+                    data = b"\n" + data
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+
+    def load(self, limit: int | None = None) -> list[HistoryEntry]:
+        """The newest `limit` (default HISTORY_SHOWN) entries with a clip still on disk, oldest first (ids 0: the
+        session numbers them). Reads the index from its end, so the cost follows `limit`, not the root's size."""
+        limit = HISTORY_SHOWN if limit is None else limit
+        if not self.index.is_file():
+            return []
+        entries: list[HistoryEntry] = []
+        for line in _lines_newest_first(self.index):
+            entry = self._entry(line)
+            entry = on_disk(entry) if entry is not None else None
+            if entry is not None:
+                entries.append(entry)
+                if len(entries) >= limit:
+                    break
+        return entries[::-1]
+
+    def remove(self, entries: Sequence[HistoryEntry]) -> None:
+        """Delete these entries' folders, then drop every index line whose clips are all gone."""
+        for entry in entries:
+            folder = entry.folder
+            if folder.parent.resolve() == self.root.resolve() and folder.name.startswith("gen-"):
+                shutil.rmtree(folder, ignore_errors=True)
+        if not self.index.is_file():
+            return
+        with self._locked():
+            lines = self.index.read_bytes().splitlines(keepends=True)
+            kept = [line.rstrip(b"\n") + b"\n" for line in lines
+                    if (entry := self._entry(line)) is not None and on_disk(entry) is not None]
+            tmp = self.index.with_name(f".{HISTORY_INDEX}.{os.getpid()}.tmp")
+            tmp.write_bytes(b"".join(kept))
+            os.replace(tmp, self.index)  # readers see the old index or the new one, never half of it
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # a separate lock file: `remove` replaces the index, and a writer must not append to the old inode
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{HISTORY_INDEX}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the flock
+
+    def _record(self, entry: HistoryEntry) -> dict[str, Any]:
+        def rel(path: Path) -> str:
+            return Path(path).relative_to(self.root).as_posix()
+
+        takes = [{**{k: v for k, v in dataclasses.asdict(t).items() if k not in ("wav", "flac", "png")},
+                  "wav": rel(t.wav), "flac": rel(t.flac), "png": rel(t.png)} for t in entry.takes]
+        return {"model": entry.model, "settings": entry.settings, "parameters": entry.parameters,
+                "seconds": entry.seconds, "vocoder": entry.vocoder, "created": entry.created, "takes": takes}
+
+    def _entry(self, line: bytes) -> HistoryEntry | None:
+        """An index line -> entry; None for a blank, cut or foreign line, or one naming files outside the root."""
+        try:
+            record = json.loads(line)
+            takes = []
+            for t in record["takes"]:
+                files = {k: self._inside(t[k]) for k in ("wav", "flac", "png")}
+                nearest = t.get("nearest")
+                takes.append(Take(index=int(t["index"]), prompt=str(t["prompt"]), seed=t.get("seed"),
+                                  clap_score=t.get("clap_score"), duration_s=float(t["duration_s"]),
+                                  sample_rate=int(t["sample_rate"]), watermark=str(t.get("watermark", "off")),
+                                  loudness=str(t.get("loudness", "")),
+                                  nearest=tuple(nearest) if nearest else None, **files))
+            if not takes:
+                return None
+            return HistoryEntry(id=0, model=str(record["model"]), settings=dict(record["settings"]),
+                                parameters=dict(record["parameters"]), takes=takes,
+                                seconds=float(record["seconds"]), vocoder=record.get("vocoder"),
+                                created=str(record.get("created", "")))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _inside(self, rel: str) -> Path:
+        # the index is the app's own file, but what it names is served to visitors: keep it under the root
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"not a path inside the output root: {rel!r}")
+        return self.root / rel
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps fallback: numpy scalars and arrays, paths (the pipeline's parameters may hold them)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _lines_newest_first(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a file from its last to its first, reading blocks from the end."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        head = b""
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            lines = (f.read(end - start) + head).split(b"\n")
+            head = lines.pop(0)  # may continue in the block before
+            end = start
+            yield from reversed(lines)
+        yield head
 
 
 # ---------------------------------------------------------------------------------------------- batch

@@ -20,6 +20,8 @@ from typing import Any
 
 MODEL_DIR_ENV = "SOUNDSMITH_MODEL_DIR"  # set by `soundsmith app --model-dir`
 NOVELTY_INDEX_ENV = "SOUNDSMITH_NOVELTY_INDEX"  # set by `soundsmith app --novelty-index`
+OUTPUT_DIR_ENV = "SOUNDSMITH_APP_OUT"  # set by `soundsmith app --out`: the clips and the History
+ANY_FOLDER_ENV = "SOUNDSMITH_APP_ANY_FOLDER"  # "1" set by `soundsmith app --allow-any-folder`
 SHIPPED = ("default-ldm", "default-tokens")  # the shipped defaults of both backends, offered first
 KNOWN_FEATURES = ("diffusion", "sampling", "audio_to_audio", "inpaint", "continuation")
 
@@ -28,6 +30,33 @@ def default_model_dir() -> Path:
     """`$SOUNDSMITH_MODEL_DIR`, else the repository's models/ folder."""
     env = os.environ.get(MODEL_DIR_ENV)
     return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+def default_output_dir() -> Path:
+    """`$SOUNDSMITH_APP_OUT`, else outputs/app under the current folder (where `soundsmith generate` writes)."""
+    env = os.environ.get(OUTPUT_DIR_ENV)
+    return Path(env) if env else Path("outputs") / "app"
+
+
+def any_folder_allowed() -> bool:
+    return os.environ.get(ANY_FOLDER_ENV) == "1"
+
+
+def check_inside(text: str | os.PathLike, roots: list[Path], what: str) -> Path:
+    """A folder a visitor typed -> its absolute path, if it lies inside one of `roots` (or the app was started with
+    --allow-any-folder); else a one-line PermissionError. Decided on the text alone, before the path is looked at,
+    so a refusal tells nothing about folders outside. '..' is refused outright: after a symlink the kernel would
+    resolve it elsewhere than the text says; symlinks the owner put inside a root are followed."""
+    raw = Path(str(text).strip()).expanduser()
+    path = Path(os.path.abspath(raw))
+    if any_folder_allowed():
+        return path
+    bases = {Path(os.path.abspath(r)) for r in roots} | {Path(r).resolve() for r in roots}
+    if ".." not in raw.parts and any(path.is_relative_to(base) for base in bases):
+        return path
+    inside = " or ".join(str(r) for r in roots)
+    raise PermissionError(f"{what} {raw} is not inside {inside}: this app reads only those folders (start it with "
+                          "`soundsmith app --allow-any-folder` to allow any)")
 
 
 def model_kind(folder: Path) -> str | None:

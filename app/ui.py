@@ -19,9 +19,11 @@ from .models import (
     Capabilities,
     ModelGate,
     capabilities_of,
+    check_inside,
     check_model_folder,
     config_stamp,
     default_model_dir,
+    default_output_dir,
     find_models,
     folder_takes_vocoder,
     load_model,
@@ -44,8 +46,50 @@ def workspace() -> jobs.Workspace:
     return st.session_state["workspace"]
 
 
-def history() -> list[jobs.HistoryEntry]:
-    return st.session_state.setdefault("history", [])
+def history_store() -> jobs.HistoryStore:
+    """The output root's History (clips and index), shared by every session and kept across restarts."""
+    return jobs.HistoryStore(default_output_dir())
+
+
+def history(*, reload: bool = False) -> list[jobs.HistoryEntry]:
+    """The History, oldest first: the output root's newest entries, read from disk when the session starts (a
+    page reload) and whenever `reload` (the History page, so other sessions' clips show); entries whose clips
+    were deleted from disk drop out on every call."""
+    ss = st.session_state
+    if reload or "history" not in ss:
+        try:
+            entries = history_store().load()
+        except OSError as err:  # an unreadable root: this session's entries stay, the rest is logged
+            log.warning("cannot read the History in %s: %s", default_output_dir(), one_line(err))
+            entries = ss.get("history", [])
+        ids = ss.setdefault("history_ids", {})  # folder -> this session's id: widget keys survive a reload
+        for entry in entries:
+            if str(entry.folder) not in ids:
+                ids[str(entry.folder)] = next_id("gen")
+            entry.id = ids[str(entry.folder)]
+        ss["history"] = entries
+    ss["history"] = [e for e in map(jobs.on_disk, ss["history"]) if e is not None]
+    return ss["history"]
+
+
+def add_to_history(entry: jobs.HistoryEntry) -> None:
+    """Record a new generation in the output root's index and in this session's list."""
+    entries = history()  # read first: the index is about to hold `entry` too
+    try:
+        history_store().append(entry)
+    except OSError as err:  # the clips are written; only the record that brings them back after a reload is not
+        st.warning(f"not saved in the History index ({one_line(err)}): this clip will not be listed after a reload")
+    st.session_state.setdefault("history_ids", {})[str(entry.folder)] = entry.id
+    st.session_state["latest_id"] = entry.id  # the Generate page's "Latest"
+    entries.append(entry)
+
+
+def eval_roots() -> list[Path]:
+    """The folders the Evaluate page's folder fields may name: the output root, the model dir and the standard
+    corpus (the bundled prompt sets' reference) when it is here."""
+    roots = [default_output_dir(), default_model_dir()]
+    reference = jobs.default_reference_dir()
+    return roots + [reference] if reference is not None else roots
 
 
 def next_id(kind: str) -> int:
@@ -159,8 +203,9 @@ def sidebar() -> None:
         st.markdown("### soundsmith")
         options = [*found, OTHER]
         choice = st.selectbox("Model", options, key="model_choice",
-                              help=f"Model folders found in {model_dir}, or type any model folder: ours, a diffusers "
-                                   "AudioLDM / MusicLDM folder, or a converted MusicGen folder.")
+                              help=f"Model folders found in {model_dir}, or type a model folder inside it (any folder "
+                                   "if the app was started with --allow-any-folder): ours, a diffusers AudioLDM / "
+                                   "MusicLDM folder, or a converted MusicGen folder.")
         st.session_state["model_error"] = None
         if choice == OTHER:
             text = st.text_input("Model folder", key="model_folder", placeholder="/path/to/a/model/folder")
@@ -169,7 +214,8 @@ def sidebar() -> None:
                 st.session_state["model_error"] = "No model chosen: type a model folder in the sidebar."
             else:
                 try:
-                    st.session_state["model_path"] = str(check_model_folder(text).resolve())
+                    inside = check_inside(text, [model_dir], "model folder")  # a visitor may not roam the host
+                    st.session_state["model_path"] = str(check_model_folder(str(inside)).resolve())
                 except USER_ERRORS as err:
                     st.session_state["model_path"] = None
                     st.session_state["model_error"] = one_line(err)
@@ -289,13 +335,15 @@ def take_card(entry: jobs.HistoryEntry, take: jobs.Take, *, prefix: str) -> None
         vocoder = entry.vocoder or "none (the model decodes to audio itself)"
         st.caption(f"vocoder: {vocoder} · loudness: {take.loudness}")
         st.audio(str(take.wav), format="audio/wav")
-        st.image(str(take.png), width="stretch")
+        if take.png.is_file():  # files deleted from the output root by hand: show what is left
+            st.image(str(take.png), width="stretch")
         c1, c2, c3 = st.columns(3)
         key = f"{prefix}-{entry.id}-{take.index}"
         c1.download_button("WAV", data=_reader(take.wav), file_name=take.wav.name, mime="audio/wav",
                            key=f"{key}-wav", on_click="ignore", icon=":material/download:")
-        c2.download_button("FLAC", data=_reader(take.flac), file_name=take.flac.name, mime="audio/flac",
-                           key=f"{key}-flac", on_click="ignore", icon=":material/download:")
+        if take.flac.is_file():
+            c2.download_button("FLAC", data=_reader(take.flac), file_name=take.flac.name, mime="audio/flac",
+                               key=f"{key}-flac", on_click="ignore", icon=":material/download:")
         c3.button("Reuse these settings", key=f"{key}-reuse", on_click=reuse_settings,
                   args=(entry.take_settings(take),), help="Fill the Generate page with this clip's settings and seed")
         with st.expander("Parameters"):

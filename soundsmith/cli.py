@@ -340,7 +340,7 @@ def cmd_app(args: argparse.Namespace) -> None:
     from soundsmith.app.launch import launch_app
 
     code = launch_app(port=args.port, model_dir=args.model_dir, address=args.address,
-                      novelty_index=args.novelty_index)
+                      novelty_index=args.novelty_index, out=args.out, allow_any_folder=args.allow_any_folder)
     if code not in (0, 130):  # streamlit said why on stderr
         raise UsageError(f"streamlit exited with status {code}")
 
@@ -585,12 +585,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="start the Streamlit app (headless; prints the URL to open)")
     p.add_argument("--port", type=_bounded(int, 1, 65535), default=8501, help="port (default: %(default)s)")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="folder of model folders to offer "
-                   "(default: the shipped models/); any other model folder can be typed in the app")
+                   "(default: the shipped models/); a model folder inside it can also be typed in the app")
     p.add_argument("--address", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine "
                    "only; 0.0.0.0 serves every interface)")
     p.add_argument("--novelty-index", default=None, metavar="DIR", help="training index or corpus folder "
                    "(`soundsmith eval index DATA`): each result names its nearest training clip (default: the "
                    "repository's data/corpus when indexed)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder that keeps the generated clips and "
+                   "the History across reloads and restarts (default: $SOUNDSMITH_APP_OUT, else outputs/app)")
+    p.add_argument("--allow-any-folder", action="store_true", help="let the app's folder fields read any folder "
+                   "of this machine (default: only inside --model-dir, --out and the standard corpus)")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("detect", help="look for the generation watermark in audio files")

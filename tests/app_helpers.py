@@ -64,7 +64,9 @@ def wav_bytes(seconds: float = 1.0, freq: float = 330.0, seed: int = 0) -> bytes
 
 
 def app_env(tmp: Path) -> dict[str, str]:
-    """Environment of an app run: the tiny models offered, the session folders under `tmp`."""
+    """Environment of an app run: the tiny models offered, the session folders and the output root (clips,
+    History) under `tmp`."""
     return {"SOUNDSMITH_MODEL_DIR": str(tiny_model_dir()), "SOUNDSMITH_APP_TMP": str(tmp),
+            "SOUNDSMITH_APP_OUT": str(tmp / "outputs"),
             "SOUNDSMITH_NOVELTY_INDEX": str(tmp / "no-index"),  # tests never read the machine's own corpus index
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -148,6 +149,75 @@ def test_workspace_is_deleted_with_the_session(tmp_path):
     assert not root.exists()
 
 
+def _fake_entry(store: jobs.HistoryStore, prompt: str, takes: int = 1) -> jobs.HistoryEntry:
+    """An entry with tiny stand-in files (the store only lists them), as jobs.generate lays them out."""
+    from PIL import Image
+
+    folder = store.new_folder()
+    made = []
+    for i in range(takes):
+        files = {"wav": folder / "wav" / f"{prompt}-{i}.wav", "flac": folder / "flac" / f"{prompt}-{i}.flac",
+                 "png": folder / f"{prompt}-{i}.png"}
+        for f in files.values():
+            f.parent.mkdir(exist_ok=True)
+        files["wav"].write_bytes(wav_bytes(0.1))
+        files["flac"].write_bytes(b"x")
+        Image.new("RGB", (4, 4)).save(files["png"])
+        made.append(jobs.Take(index=i, prompt=prompt, seed=i, clap_score=0.25, duration_s=1.0, sample_rate=16000,
+                              nearest=(0.9, "train/1.wav", "a caption"), **files))
+    import numpy as np
+
+    return jobs.HistoryEntry(id=0, model="/models/x", settings={"prompt": prompt, "seed": 0}, takes=made, seconds=1.5,
+                             parameters={"guidance_scale": np.float32(2.5), "gains": np.zeros(2)})
+
+
+def test_history_store_appends_reads_back_the_newest_and_skips_what_is_gone(tmp_path):
+    store = jobs.HistoryStore(tmp_path / "out")
+    entries = [_fake_entry(store, f"p{i}", takes=2 if i == 0 else 1) for i in range(5)]
+    for e in entries:
+        store.append(e)
+    loaded = store.load(limit=3)  # the newest three, oldest first
+    assert [e.takes[0].prompt for e in loaded] == ["p2", "p3", "p4"]
+    back = store.load()[0]
+    assert back.takes == entries[0].takes and back.settings == entries[0].settings and back.seconds == 1.5
+    assert back.parameters == {"guidance_scale": 2.5, "gains": [0.0, 0.0]} and back.takes[0].nearest[0] == 0.9
+    # a line cut by a crash, and lines naming files outside the root, are skipped; appending goes on cleanly
+    with open(store.index, "ab") as f:
+        line = json.dumps({**json.loads(store.index.read_text().splitlines()[0]), "takes": [
+            {**json.loads(store.index.read_text().splitlines()[0])["takes"][0], "wav": "../../etc/passwd"}]})
+        f.write(line.encode() + b"\n" + b'{"model": "cut sho')
+    store.append(_fake_entry(store, "p5"))
+    assert [e.takes[0].prompt for e in store.load()] == ["p0", "p1", "p2", "p3", "p4", "p5"]
+    # clips deleted by hand drop out: one of two takes, then a whole entry
+    entries[0].takes[1].wav.unlink()
+    shutil.rmtree(entries[1].folder)
+    loaded = store.load()
+    assert [(e.takes[0].prompt, len(e.takes)) for e in loaded][:2] == [("p0", 1), ("p2", 1)]
+    store.remove(loaded[:2])  # deletes their folders and compacts the index
+    assert not entries[0].folder.exists() and not entries[2].folder.exists()
+    assert [e.takes[0].prompt for e in store.load()] == ["p3", "p4", "p5"]
+    assert len(store.index.read_text().splitlines()) == 3
+    # the index is read from its end in blocks; lines crossing a block boundary come out whole
+    text = store.index.read_bytes()
+    assert list(jobs._lines_newest_first(store.index, block=7))[::-1] == text.split(b"\n")
+
+
+def test_typed_folders_must_stay_inside_their_roots(tmp_path, monkeypatch):
+    monkeypatch.delenv(models.ANY_FOLDER_ENV, raising=False)
+    root, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    (root / "a").mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / "link").symlink_to(elsewhere)  # put there by the owner: followed
+    assert models.check_inside(f" {root / 'a'} ", [root], "model folder") == root / "a"
+    assert models.check_inside(str(root / "link"), [root], "model folder") == root / "link"
+    for text in (str(elsewhere), f"{root}/../elsewhere", f"{root}/link/../../elsewhere", "relative/dir", "/"):
+        with pytest.raises(PermissionError, match=r"^model folder .* is not inside .*models: this app reads only "
+                                                  r"those folders \(start it with `soundsmith app --allow-any-folder`"):
+            models.check_inside(text, [root], "model folder")
+    monkeypatch.setenv(models.ANY_FOLDER_ENV, "1")
+    assert models.check_inside(str(elsewhere), [root], "model folder") == elsewhere
+
+
 def test_launcher_command_and_port_check(capsys):
     from soundsmith.app.launch import check_port, streamlit_command
 
@@ -186,7 +256,7 @@ def test_generate_page_makes_cards_with_downloads(app, tmp_path):
     assert scores == sorted(scores, reverse=True)  # best CLAP score first
     for take in entry.takes:
         assert take.wav.is_file() and take.flac.is_file() and take.png.is_file()
-        assert take.wav.is_relative_to(tmp_path)  # nothing outside the session folder
+        assert take.wav.is_relative_to(tmp_path / "outputs")  # in the output root, where the History keeps it
         assert abs(take.duration_s - 0.5) < 1e-3
     assert len(app.get("audio")) == 2
     labels = [b.label for b in app.get("download_button")]
@@ -242,7 +312,8 @@ def test_bad_input_is_one_line_and_the_app_keeps_working(app):
     assert not errors(app) and len(app.session_state["history"]) == 1
 
 
-def test_a_folder_that_is_not_a_model_is_an_error(app, tmp_path):
+def test_a_folder_that_is_not_a_model_is_an_error(app, tmp_path, monkeypatch):
+    monkeypatch.setenv(models.ANY_FOLDER_ENV, "1")  # `broken` is outside the model dir
     app.selectbox(key="model_choice").set_value("Other folder…").run()
     assert errors(app) == ["No model chosen: type a model folder in the sidebar."]
     app.text_input(key="model_folder").set_value(str(tiny_model_dir() / "clap")).run()
@@ -307,7 +378,8 @@ def test_token_model_shows_sampling_and_continuation(app):
     assert not errors(app) and app.session_state["history"][-1].parameters["mode"] == "continuation"
 
 
-def test_a_typed_musicgen_folder(app):
+def test_a_typed_musicgen_folder(app, monkeypatch):
+    monkeypatch.setenv(models.ANY_FOLDER_ENV, "1")  # the tiny MusicGen folder is outside the model dir
     app.selectbox(key="model_choice").set_value("Other folder…").run()
     app.text_input(key="model_folder").set_value(str(tiny_musicgen_dir())).run()
     assert not errors(app)
@@ -319,6 +391,37 @@ def test_a_typed_musicgen_folder(app):
     entry = app.session_state["history"][-1]
     assert entry.parameters["backend"] == "musicgen" and entry.takes[0].sample_rate == 8000
     assert abs(entry.takes[0].duration_s - 0.2) < 0.01
+
+
+def test_folder_fields_refuse_folders_outside_the_app(app, tmp_path):
+    # the sidebar's typed model folder: inside --model-dir only
+    app.selectbox(key="model_choice").set_value("Other folder…").run()
+    app.text_input(key="model_folder").set_value(str(tiny_musicgen_dir())).run()
+    (error,) = errors(app)
+    assert error.startswith(f"model folder {tiny_musicgen_dir()} is not inside {tiny_model_dir()}: ")
+    assert error.endswith("(start it with `soundsmith app --allow-any-folder` to allow any)")
+    app.text_input(key="model_folder").set_value(f"{tiny_model_dir()}/../{tiny_model_dir().name}/clap").run()
+    assert len(errors(app)) == 1 and " is not inside " in errors(app)[0]
+    app.text_input(key="model_folder").set_value(str(tiny_model_dir() / "default-tokens")).run()
+    assert not errors(app)
+    # the Evaluate page's folders: the output root, the model dir or the standard corpus
+    (tmp_path / "outputs").mkdir()
+    app.switch_page("evaluate_page.py").run()
+    app.text_input(key="s_gen_dir").set_value("/etc")
+    app.text_input(key="s_ref_dir").set_value(str(tmp_path / "outputs"))
+    app.button(key="s_run").click().run()
+    (error,) = errors(app)
+    assert error.startswith("generated folder /etc is not inside ") and "--allow-any-folder" in error
+    app.text_input(key="s_gen_dir").set_value(str(tmp_path / "outputs"))
+    app.text_input(key="s_ref_dir").set_value("  ")
+    app.button(key="s_run").click().run()
+    assert errors(app) == ["reference folder is empty: type a folder on this server, or upload the clips instead"]
+    app.radio(key="e_source").set_value("upload").run()
+    app.file_uploader(key="e_prompt_file").set_value(("set.jsonl", b'{"prompt": "a tone"}', "text/plain"))
+    app.text_input(key="e_reference").set_value(str(tmp_path))  # the test's folder holds the output root
+    app.button(key="e_run").click().run()
+    (error,) = errors(app)
+    assert error.startswith(f"reference folder {tmp_path} is not inside ")
 
 
 def test_vocoder_picker_switches_the_model_and_keeps_a_working_choice(app, monkeypatch):
@@ -385,7 +488,7 @@ def test_threads_setting_defaults_to_the_cores_and_is_applied(app, monkeypatch):
 # ------------------------------------------------------------------------------------ History and Batch
 
 
-def test_history_page_lists_and_clears(app):
+def test_history_page_lists_and_clears(app, tmp_path):
     generate(app, "thunder", g_duration=0.3)
     generate(app, "birdsong", g_duration=0.3)
     first, _ = app.session_state["history"]
@@ -402,7 +505,56 @@ def test_history_page_lists_and_clears(app):
     app.switch_page("history_page.py").run()
     app.button(key="h_clear").click().run()
     assert not app.session_state["history"] and not any(f.exists() for f in folders)
-    assert "No generations in this session yet" in app.info[0].value
+    assert app.info[0].value.startswith("No generations yet. They are kept in ")
+    assert (tmp_path / "outputs" / "history.jsonl").read_text() == ""  # the index forgot them too
+
+
+def test_history_survives_a_reload_and_forgets_deleted_clips(app, tmp_path):
+    generate(app, "thunder", g_duration=0.3, g_variations=2)
+    generate(app, "birdsong", g_duration=0.3, g_variations=1)
+    first, second = app.session_state["history"]
+    assert len((tmp_path / "outputs" / "history.jsonl").read_text().splitlines()) == 2
+    again = AppTest.from_file(str(ENTRY), default_timeout=TIMEOUT)  # a page reload is a new session
+    again.run()
+    assert [e.takes[0].prompt for e in again.session_state["history"]] == ["thunder", "birdsong"]
+    assert not again.get("audio")  # "Latest" on Generate is this session's own; the rest is on History
+    again.switch_page("history_page.py").run()
+    assert not again.exception and not errors(again)
+    loaded = again.session_state["history"]
+    assert [[t.wav for t in e.takes] for e in loaded] == [[t.wav for t in e.takes] for e in (first, second)]
+    assert loaded[0].settings == first.settings and loaded[0].takes[1].seed == first.takes[1].seed
+    assert [b.label for b in again.get("download_button")][0].startswith("Download all 3 clips")
+    again.button(key=f"history-{loaded[0].id}-1-reuse").click().run()  # its settings refill the form
+    assert again.text_area(key="g_prompt").value == "thunder"
+    assert again.number_input(key="g_seed").value == first.takes[1].seed
+    # a clip deleted from the output folder by hand drops out of the list; no error
+    first.takes[0].wav.unlink()
+    shutil.rmtree(second.folder)
+    again.switch_page("history_page.py").run()
+    assert not again.exception and not errors(again)
+    assert [(e.takes[0].prompt, len(e.takes)) for e in again.session_state["history"]] == [("thunder", 1)]
+
+
+def test_history_shows_the_newest_entries_a_page_at_a_time(tmp_path, monkeypatch):
+    for key, value in app_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    store = jobs.HistoryStore(tmp_path / "outputs")
+    for i in range(25):
+        store.append(_fake_entry(store, f"clip {i}"))
+    monkeypatch.setattr(jobs, "HISTORY_SHOWN", 22)  # a big output root: only the newest are read back
+    at = AppTest.from_file(str(ENTRY), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("history_page.py").run()
+    assert not at.exception and len(at.session_state["history"]) == 22
+    from soundsmith.app.history_page import PER_PAGE
+
+    def listed(at: AppTest) -> list[str]:  # the entries' expanders (each card also has a "Parameters" one)
+        return [e.label.split(" · ")[1] for e in at.expander if " · " in e.label]
+
+    assert PER_PAGE == 20 and listed(at) == [f"clip {i}" for i in range(24, 4, -1)]  # newest first
+    assert any(c.value.startswith("The newest 22 generations") for c in at.caption)
+    at.number_input(key="h_page").set_value(2).run()
+    assert listed(at) == ["clip 4", "clip 3"]
 
 
 def test_batch_page_makes_a_table_and_a_zip(app):
@@ -457,8 +609,8 @@ def test_evaluate_two_uploaded_sets(app):
 
 
 def test_evaluate_a_prompt_set_with_the_model(app, tmp_path):
-    reference = tmp_path / "reference"
-    reference.mkdir()
+    reference = tmp_path / "outputs" / "reference"  # inside the app's output root: a folder the app may read
+    reference.mkdir(parents=True)
     rows = []
     for i in range(2):
         (reference / f"r{i}.wav").write_bytes(wav_bytes(1.0, 300 + 100 * i, i))
@@ -474,9 +626,9 @@ def test_evaluate_a_prompt_set_with_the_model(app, tmp_path):
     assert not app.exception and not errors(app), errors(app)
     results = app.session_state["eval_last"]["results"]
     assert results["clips"]["generated"] == 2 and [m["metric"] for m in results["metrics"]][0] == "clap_score"
-    app.text_input(key="e_reference").set_value(str(tmp_path / "missing"))
+    app.text_input(key="e_reference").set_value(str(tmp_path / "outputs" / "missing"))
     app.button(key="e_run").click().run()
-    assert errors(app) == [f"reference folder not found: {tmp_path / 'missing'}"]
+    assert errors(app) == [f"reference folder not found: {tmp_path / 'outputs' / 'missing'}"]
 
 
 def test_results_name_their_nearest_training_clip(tmp_path):
