@@ -355,12 +355,11 @@ def test_audio_input_modes_and_a_file_that_is_not_audio(app):
 
 
 def test_token_model_shows_sampling_and_continuation(app):
-    from soundsmith.pipelines.tokens import TokenPipeline
 
     app.selectbox(key="model_choice").set_value(TOKENS).run()
     assert not errors(app)
-    # the Vocoder control appears once the token loader takes a vocoder (mel-domain RVQ), not before
-    assert bool([w for w in app.selectbox if w.key == "g_vocoder"]) == models.takes_vocoder(TokenPipeline)
+    # no Vocoder control: this tiny token model's codec decodes straight to a waveform (a mel RVQ codec shows one)
+    assert not [w for w in app.selectbox if w.key == "g_vocoder"]
     assert app.radio(key="g_mode").options == ["Text only", "Continue the clip"]
     assert not [w for w in app.number_input if w.key == "g_steps"]  # no diffusion steps for tokens
     app.checkbox(key="g_override_sampling").check()
