@@ -17,3 +17,15 @@ def tone() -> tuple[np.ndarray, int]:
     left = 0.5 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(sr)
     right = 0.3 * np.sin(2 * np.pi * 660 * t)
     return np.stack([left, right]).astype(np.float32), sr
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests():
+    """A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every
+    child it starts; the Ctrl-C tests (batch generation, the app launcher) send SIGINT and need Python's own
+    handler, as an interactive run has it."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
