@@ -70,3 +70,26 @@ def app_env(tmp: Path) -> dict[str, str]:
             "SOUNDSMITH_APP_OUT": str(tmp / "outputs"),
             "SOUNDSMITH_NOVELTY_INDEX": str(tmp / "no-index"),  # tests never read the machine's own corpus index
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def wait_until_serving(proc, port: int, log_path: Path, timeout_s: float) -> None:
+    """Poll the streamlit health endpoint of `soundsmith app` started as `proc` until it answers "ok"; fail
+    with the end of its log if it exits first or `timeout_s` passes."""
+    import time
+    import urllib.request
+
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"soundsmith app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the app did not answer in {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)

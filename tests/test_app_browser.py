@@ -15,8 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make test installs Debian's chromium)")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-from app_helpers import app_env, tiny_model_dir  # noqa: E402
+from app_helpers import app_env, tiny_model_dir, wait_until_serving  # noqa: E402
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 START_TIMEOUT_S = float(os.environ.get("SOUNDSMITH_APP_START_TIMEOUT", "300"))
@@ -50,20 +48,8 @@ def server(tmp_path_factory):
                                  "--model-dir", str(tiny_model_dir())], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"soundsmith app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer in {START_TIMEOUT_S:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_serving(proc, port, log_path, START_TIMEOUT_S)
         assert f"open {url}" in log_path.read_text()  # the printed URL is the one that serves
         yield url
     finally:

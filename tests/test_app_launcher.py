@@ -10,10 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from app_helpers import wait_until_serving
 from soundsmith.app import launch
 from soundsmith.app.models import ANY_FOLDER_ENV, OUTPUT_DIR_ENV
 
@@ -167,17 +167,7 @@ def test_ctrl_c_stops_streamlit_and_leaves_no_temp_folder(tmp_path):
                                  str(tmp_path / "models"), "--out", str(tmp_path / "out")], env=private_env(tmp),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_serving(proc, port, log_path, START_TIMEOUT_S)
         (streamlit,) = children(proc.pid)
         assert len(app_folders(tmp)) == 1  # the launcher's folder for the sessions' uploads and batches
         proc.send_signal(signal.SIGINT)  # to the launcher alone: it must pass it on

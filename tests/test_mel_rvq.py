@@ -115,7 +115,7 @@ def test_kmeans_start_and_ema_refinement_reduce_the_error():
     before = _error(fitted, x)
     for rvq in (random_start, fitted):
         rvq.train()
-        for step in range(40):
+        for _ in range(40):
             rvq(x[torch.randint(0, len(x), (512,))].t()[None], 2)  # [1, D, 512]
         rvq.eval()
     assert _error(random_start, x) < 0.5 * _error(ResidualVQ(dim=8, n_q=2, bins=16, kmeans_init=False), x)
