@@ -279,6 +279,9 @@ def test_the_committed_prompt_sets_parse():
     root = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "prompts")
     adherence = read_prompt_file(os.path.join(root, "adherence.jsonl"))
     assert len(adherence) >= 57 and all(len(i.labels) == 1 for i in adherence)
+    tune = read_prompt_file(os.path.join(root, "adherence-tune.jsonl"))  # settings are chosen here, not on adherence
+    assert len(tune) == len(adherence) and not {i.prompt for i in tune} & {i.prompt for i in adherence}
+    assert sorted(map(str, (i.labels for i in tune))) == sorted(map(str, (i.labels for i in adherence)))
     test200 = read_prompt_file(os.path.join(root, "corpus-test-200.jsonl"), reference_dir="data/corpus")
     assert len(test200) == 200 and all(i.reference is not None and i.labels for i in test200)
 

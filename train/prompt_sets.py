@@ -3,6 +3,9 @@
 - adherence.jsonl: 2 prompts per SFX class, 1 per instrument, 1 per language, each
   {"prompt", "domain", "label"}, worded by the held-out caption style (wordings training never
   sees). Built from the renderers' vocabularies and a seed alone; the corpus is not read.
+- adherence-tune.jsonl: the same families drawn again with another seed (no prompt shared with
+  adherence.jsonl), for choosing settings — guidance, sampler steps, token sampling — without tuning on the
+  prompts the figures are reported on.
 - corpus-test-200.jsonl: 200 test-split clips of the standard corpus, each
   {"prompt" (its caption), "file_name" (relative to the corpus), "domain", "index", "labels"}
   (labels without the beat lists, which only training uses).
@@ -33,7 +36,8 @@ _DROPPED_LABELS = ("beats", "downbeats")
 
 
 def write_prompt_sets(corpus: str | os.PathLike, out: str | os.PathLike, seed: int = 0) -> list[Path]:
-    """Write adherence.jsonl and corpus-test-200.jsonl into `out` (created if missing); return their paths.
+    """Write adherence.jsonl, adherence-tune.jsonl and corpus-test-200.jsonl into `out` (created if missing);
+    return their paths.
 
     Args:
         corpus: the standard corpus folder (its metadata.jsonl test split is sampled).
@@ -44,7 +48,9 @@ def write_prompt_sets(corpus: str | os.PathLike, out: str | os.PathLike, seed: i
     ss_adherence, ss_test = np.random.SeedSequence([seed, 4]).spawn(2)  # independent: one can change alone
     test_rows = corpus_test_prompts(corpus, np.random.default_rng(ss_test))  # a bad corpus fails before `out` exists
     out.mkdir(parents=True, exist_ok=True)
+    tune = adherence_prompts(np.random.default_rng(np.random.SeedSequence([seed + 7, 4])))  # its own stream
     paths = [_write_jsonl(out / "adherence.jsonl", adherence_prompts(np.random.default_rng(ss_adherence))),
+             _write_jsonl(out / "adherence-tune.jsonl", tune),
              _write_jsonl(out / f"corpus-test-{NUM_TEST_PROMPTS}.jsonl", test_rows)]
     return paths
 
