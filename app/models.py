@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from soundsmith.pipelines import takes_vocoder
+
 MODEL_DIR_ENV = "SOUNDSMITH_MODEL_DIR"  # set by `soundsmith app --model-dir`
 NOVELTY_INDEX_ENV = "SOUNDSMITH_NOVELTY_INDEX"  # set by `soundsmith app --novelty-index`
 OUTPUT_DIR_ENV = "SOUNDSMITH_APP_OUT"  # set by `soundsmith app --out`: the clips and the History
@@ -117,20 +119,9 @@ def load_model(path: str, stamp: float = 0.0, vocoder: str | None = None) -> Any
     pipelines' one-line ValueError / FileNotFoundError (and ModuleNotFoundError for a vocoder's missing package)."""
     from soundsmith.pipelines import load_pipeline
 
-    if vocoder is None:
-        pipe = load_pipeline(path, device="auto")
-    elif not folder_takes_vocoder(path):
-        raise ValueError(f"the {model_kind(Path(path))} model in {Path(path).name} decodes with its own decoder: "
-                         f"it takes no vocoder, got {vocoder!r}")
-    else:
-        pipe = load_pipeline(path, device="auto", vocoder=vocoder)
+    pipe = load_pipeline(path, device="auto", vocoder=vocoder)  # a model that takes none refuses it before loading
     pipe.progress_bar = False  # the app shows its own bar
     return pipe
-
-
-def takes_vocoder(pipeline_class: type) -> bool:
-    """Whether a pipeline's loader can replace its vocoder (`from_pretrained(..., vocoder=name)`)."""
-    return "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
 
 
 def folder_takes_vocoder(folder: str | os.PathLike) -> bool:

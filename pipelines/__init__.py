@@ -100,11 +100,16 @@ def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwar
     return _from_pretrained(found, path, kwargs)
 
 
+def takes_vocoder(pipeline_class: type) -> bool:
+    """Whether a pipeline's loader can replace its vocoder (`from_pretrained(..., vocoder=name)`)."""
+    return "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
+
+
 def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any]) -> Any:
     """The backend's `from_pretrained`; a vocoder asked of a model that decodes some other way is refused in one
     line (MusicGen's EnCodec turns tokens straight into a waveform)."""
     pipeline_class = PIPELINE_BACKENDS[backend]()
-    takes = "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
+    takes = takes_vocoder(pipeline_class)
     if kwargs.get("vocoder") is not None and not takes:
         raise ValueError(f"the {backend} model in {path} decodes with its own decoder: it takes no vocoder, "
                          f"got {kwargs['vocoder']!r}")
