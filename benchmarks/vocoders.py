@@ -48,6 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from soundsmith.codecs.audio import write_json  # noqa: E402
 from soundsmith.codecs.vocoders import VOCODERS  # noqa: E402
 
 log = logging.getLogger("vocoders")
@@ -481,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         timing = time_variants(codecs, args.threads, repeats=args.repeats)
         print(timing_table(timing, list(codecs), args.threads))
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             write_json(args.out, {"codec": str(args.codec), "timing": timing,
                                   "vocoders": {n: c.vocoder.spec() for n, c in codecs.items()}})
         return 0
@@ -518,22 +520,10 @@ def main(argv: list[str] | None = None) -> int:
                   "classifiers": list(classifiers), "crepe": args.crepe, "pitch_hop": args.pitch_hop,
                   "pitch_domains": args.pitch_domains, "seconds": round(time.perf_counter() - t0, 1),
                   "timing": timing, "summary": summary, "per_clip": per_clip}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, report)
         print(f"figures: {args.out}")
     return 0
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 if __name__ == "__main__":
