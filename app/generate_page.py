@@ -50,7 +50,7 @@ def prepare_state(path: str, caps: Capabilities) -> None:
     for key, value in {**STATIC_DEFAULTS, **model_defaults(caps)}.items():
         ss.setdefault(key, value)
     if "g_threads" not in ss:  # not a clip setting (reusing a clip's settings keeps it): the machine's default
-        from soundsmith.pipelines.base import default_threads
+        from soundsmith.core.runtime import default_threads
 
         ss["g_threads"] = default_threads()
     pending = ss.pop("pending_settings", None)
@@ -200,7 +200,7 @@ def controls(caps: Capabilities) -> bool:
 
 def threads_control() -> None:
     """The Threads control: torch's CPU threads for this session's generations (set in `run`)."""
-    from soundsmith.pipelines.base import default_threads
+    from soundsmith.core.runtime import default_threads
 
     top = max(os.cpu_count() or 1, int(st.session_state["g_threads"]))
     st.number_input("Threads", 1, top, step=1, key="g_threads",
@@ -237,7 +237,8 @@ def collect(caps: Capabilities) -> jobs.GenerationSettings:
 
 def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSettings) -> None:
     """Check, wait for the model, generate with a live bar and an Interrupt button, add to the history."""
-    from soundsmith.pipelines.base import GenerationCancelled, set_threads
+    from soundsmith.core.runtime import set_threads
+    from soundsmith.pipelines.base import GenerationCancelled
 
     try:
         settings.check(caps)

@@ -117,11 +117,11 @@ def default_pipeline(fine_pattern: str = "delay", model: Path | None = None, voc
 
     from soundsmith.codecs.mel_codec import MelLatentCodec
     from soundsmith.codecs.mel_rvq import MelRVQCodec
+    from soundsmith.core.weights import weights_fingerprint
     from soundsmith.gen.clap import SoundsmithClap, load_clap
     from soundsmith.gen.cond_tokens import ConditioningQuantizer
     from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
     from soundsmith.gen.token_lm import TokenLMConfig, build_lm
-    from soundsmith.pipelines.base import weights_fingerprint
     from soundsmith.pipelines.ldm import ClapConditioner
     from soundsmith.pipelines.tokens import TokenPipeline
 

@@ -48,8 +48,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from soundsmith.codecs.audio import write_json  # noqa: E402
 from soundsmith.codecs.vocoders import VOCODERS  # noqa: E402
+from soundsmith.core.files import write_json  # noqa: E402
 
 log = logging.getLogger("vocoders")
 

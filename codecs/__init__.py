@@ -14,7 +14,6 @@ from .audio import (
     resample,
     to_channels,
     write_audio,
-    write_json,
 )
 
 __all__ = [
@@ -27,5 +26,4 @@ __all__ = [
     "resample",
     "to_channels",
     "write_audio",
-    "write_json",
 ]

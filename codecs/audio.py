@@ -10,10 +10,8 @@ renamed, so a killed process never leaves a half-written WAV/FLAC behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from math import gcd
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from soundsmith.core.files import atomic_write, check_writable_folder, one_line, write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
     try:
         return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable audio file ({_one_line(err)})") from None
+        raise ValueError(f"{path}: not a readable audio file ({one_line(err)})") from None
 
 
 def read_audio(
@@ -99,7 +98,7 @@ def read_audio(
             frames = -1 if duration_s is None else int(round(duration_s * file_sr))
             data = f.read(frames, dtype="float32", always_2d=True)  # [T, C]
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable audio file ({_one_line(err)})") from None
+        raise ValueError(f"{path}: not a readable audio file ({one_line(err)})") from None
     wave = np.ascontiguousarray(data.T)  # [C, T]
     check_wave(wave, what=str(path))
     if channels is not None:
@@ -150,54 +149,15 @@ def write_audio(
     if subtype != "FLOAT" and peak > 1.0:
         log.warning("%s: peak %.3f exceeds 1.0; clipping to [-1, 1]", path, peak)
         wave = np.clip(wave, -1.0, 1.0)
-    folder = check_writable_folder(path.parent)
+    check_writable_folder(path.parent)  # before the encoder runs: the error names the folder
 
     def write(tmp: str) -> None:
         sf.write(tmp, wave.T, sample_rate, subtype=subtype, format=fmt.upper())
 
-    _atomic_write(folder, path, write)
+    atomic_write(path, write)
     if metadata is not None:
         write_json(path.with_suffix(".json"), dict(metadata))
     return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as indented JSON, atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    folder = check_writable_folder(path.parent)
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic_write(folder, path, write)
-    return path
-
-
-def check_writable_folder(folder: str | os.PathLike) -> Path:
-    """Return the folder if it exists and is writable, else raise a one-line error naming it."""
-    folder = Path(folder) if str(folder) else Path(".")
-    if not folder.exists():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"output folder is not a folder: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder is not writable: {folder}")
-    return folder
-
-
-def _atomic_write(folder: Path, path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------ signal helpers
@@ -308,17 +268,3 @@ def _like(arr: np.ndarray, ref: Any) -> Any:
     import torch
 
     return torch.from_numpy(arr).to(device=ref.device)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")

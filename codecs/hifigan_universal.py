@@ -26,13 +26,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from soundsmith.core.files import read_config
+from soundsmith.core.weights import config_from_dict, load_strict, read_state_dict, save_safetensors
 from torch import Tensor, nn
 
 from .jik876 import config_from_jik876, generator_to_transformers
 from .mel import MelConfig
 from .mel_vocoder import MelVocoder, check_same_mel
 from .vocoder import Vocoder
-from .weights import config_from_dict, load_strict, read_config, read_state_dict, save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def load_universal_generator(which: str = "universal") -> Vocoder:
     if which not in GENERATORS:
         raise ValueError(f"hifigan-universal generator must be one of {', '.join(GENERATORS)}, got {which!r}")
     data = wheel_data_dir()
-    from .weights import read_json_object
+    from soundsmith.core.files import read_json_object
 
     config = config_from_jik876(read_json_object(data / "config.json"), data / "config.json")
     path = data / GENERATORS[which]
@@ -130,7 +131,7 @@ class MelAdapter(nn.Module):
         return float((x @ solution - target.double()).abs().mean())
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
-        from .audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from soundsmith.core.files import read_config, read_json_object
 from torch import Tensor, nn
 
 from .mel import MelConfig, MelSpectrogram
 from .mel_vae import MelVAE
 from .mel_vocoder import MelVocoder, check_same_mel
 from .vocoders import build_vocoder
-from .weights import read_config, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class MelLatentCodec(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write `config.json`, `vae/` and what the vocoder needs: its spec in config.json, plus `vocoder/`
         for a trained HiFi-GAN or the mel adapter of the universal one (dtype=torch.float16 for shipping)."""
-        from .audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,8 @@ class MelLatentCodec(nn.Module):
             if isinstance(spec, str):  # before the registry: the name of a trained HiFi-GAN sub-folder
                 spec = {"name": "hifigan", "path": spec}
             if vocoder is None:
-                from .paths import models_tree
+                from soundsmith.core.paths import models_tree
+
                 from .vocoders import check_spec_paths
 
                 check_spec_paths(spec, folder, models_tree(folder), where=f"{folder / 'config.json'} 'vocoder'")
@@ -232,7 +233,7 @@ def save_vocoder_files(vocoder: MelVocoder, folder: Path, *, dtype: torch.dtype 
 
 def _recorded_mel(vae_folder: Path) -> MelConfig | None:
     """The mel front-end a soundsmith vae/ config records (None for a diffusers AutoencoderKL folder)."""
-    from .weights import config_from_dict
+    from soundsmith.core.weights import config_from_dict
 
     config = vae_folder / "config.json"
     if not config.is_file():

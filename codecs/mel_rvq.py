@@ -29,13 +29,14 @@ from typing import Any
 
 import torch
 from einops import rearrange
+from soundsmith.core.files import read_config
+from soundsmith.core.paths import model_link, models_tree
+from soundsmith.core.weights import config_from_dict, read_state_dict, save_safetensors
 from torch import Tensor, nn
 
 from .mel_codec import MelLatentCodec
-from .paths import model_link, models_tree
 from .rvq import ResidualVQ
 from .vocoders import check_spec_paths
-from .weights import config_from_dict, read_config, read_state_dict, save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class MelRVQCodec(nn.Module):
         (`mel_codec` given here, else the folder it was loaded from) and its VAE's fingerprint. A codec built in
         memory, with no such folder, writes its mel codec into `folder/mel-codec/`.
         """
-        from .audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -261,7 +262,7 @@ class MelRVQCodec(nn.Module):
             n_levels: levels `encode` returns by default (default: all).
             vocoder: a registry name or spec replacing the recorded one (e.g. "hifigan-universal").
             mel_codec: an already loaded mel codec instead of the recorded folder (its VAE is checked too).
-            tree: the models tree the recorded mel codec must lie in (codecs/paths.py). Default: the tree of
+            tree: the models tree the recorded mel codec must lie in (core/paths.py). Default: the tree of
                 the folder's parent, since this codec is the codec/ part of a token model and its mel codec sits
                 beside that model (models/default-tokens/codec -> ../../mel-codec); a pipeline passes its own.
         """

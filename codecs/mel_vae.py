@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
-from .mel import MelConfig
-from .weights import (
+from soundsmith.core.files import read_config
+from soundsmith.core.weights import (
     config_from_dict,
     find_weights,
     load_strict,
-    read_config,
     read_state_dict,
     save_safetensors,
 )
+from torch import Tensor, nn
+
+from .mel import MelConfig
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class MelVAE(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write `config.json` + `model.safetensors` (diffusers AutoencoderKL key names) into `folder`."""
-        from .audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -31,17 +31,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from .rvq import ResidualVQ
-from .weights import (
+from soundsmith.core.files import read_config
+from soundsmith.core.weights import (
     config_from_dict,
     find_weights,
     load_strict,
-    read_config,
     read_state_dict,
     save_safetensors,
 )
+from torch import Tensor, nn
+
+from .rvq import ResidualVQ
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ class NeuralCodec(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write `config.json` (ours) + `model.safetensors` (EncodecModel key names); dtype=torch.float16 to ship."""
-        from .audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

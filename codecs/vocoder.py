@@ -27,18 +27,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from soundsmith.core.files import read_config
+from soundsmith.core.weights import (
+    config_from_dict,
+    find_weights,
+    load_strict,
+    read_state_dict,
+    save_safetensors,
+)
 from torch import Tensor, nn
 
 from .mel import MelConfig
 from .mel_vocoder import MelVocoder
-from .weights import (
-    config_from_dict,
-    find_weights,
-    load_strict,
-    read_config,
-    read_state_dict,
-    save_safetensors,
-)
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class Vocoder(MelVocoder):
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write `config.json` + `model.safetensors` (SpeechT5HifiGan key names, weight norm folded)."""
-        from .audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

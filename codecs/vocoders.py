@@ -83,8 +83,8 @@ SPEC_PATHS = ("path", "adapter")  # spec fields that name files (relative to the
 
 def check_spec_paths(spec: Any, base_dir: str | os.PathLike, tree: str | os.PathLike, *, where: str) -> None:
     """Refuse a spec read from a model folder whose file paths (relative to `base_dir`) lead outside the
-    models `tree` (codecs/paths.py): a config.json from someone else must not make the loader read elsewhere."""
-    from .paths import model_link
+    models `tree` (core/paths.py): a config.json from someone else must not make the loader read elsewhere."""
+    from soundsmith.core.paths import model_link
 
     if not isinstance(spec, dict):
         return

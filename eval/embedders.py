@@ -16,7 +16,7 @@ one window.
 | `laion-clap` | transformers ClapModel folder | 48 kHz | 10 s / 1 s, a chunk starts every second, zero-padded (fadtk) | projected, L2-normalised | 512 |
 | `encodec` | EnCodec folder (ours or transformers) or original file | codec's | one latent frame (20 ms at 16 kHz / hop 320) | encoder output before the RVQ | D |
 
-Checkpoints are read without unpickling unless `trust_pickle=True` (soundsmith.codecs.weights).
+Checkpoints are read without unpickling unless `trust_pickle=True` (soundsmith.core.weights).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Embedder(ABC):
     model: nn.Module
 
     def __init__(self, *, checkpoint: str | os.PathLike | None, device: str | torch.device = "cpu"):
-        from soundsmith.pipelines.base import resolve_device
+        from soundsmith.core.runtime import resolve_device
 
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.device = resolve_device(device)
@@ -143,7 +143,7 @@ class Embedder(ABC):
     def weights_fingerprint(self) -> str:
         """Hash of the weights alone (fp16-rounded, `pipelines.base.weights_fingerprint`); computed once."""
         if self._weights_fingerprint is None:
-            from soundsmith.pipelines.base import weights_fingerprint
+            from soundsmith.core.weights import weights_fingerprint
 
             self._weights_fingerprint = weights_fingerprint(self.model)
         return self._weights_fingerprint
@@ -420,7 +420,7 @@ class Cnn14(nn.Module):
 
     def load_checkpoint(self, state: Mapping[str, Any], source: str | os.PathLike) -> None:
         """A PANNs state dict (the `model` entry of a published checkpoint), strictly."""
-        from soundsmith.codecs.weights import load_strict
+        from soundsmith.core.weights import load_strict
 
         state = dict(state)
         bins = self.config.window_size // 2 + 1
@@ -576,7 +576,7 @@ def _clap(checkpoint: str | os.PathLike | None, device: str | torch.device, trus
 
 def _vggish(checkpoint: str | os.PathLike | None, device: str | torch.device, trust_pickle: bool) -> Embedder:
     """torchvggish weights (vggish-10086976.pth, or the same keys as .safetensors)."""
-    from soundsmith.codecs.weights import load_strict, read_state_dict
+    from soundsmith.core.weights import load_strict, read_state_dict
 
     path = _need_checkpoint("vggish", "torchvggish state dict, e.g. vggish-10086976.pth", checkpoint)
     model = VGGish()
@@ -586,7 +586,7 @@ def _vggish(checkpoint: str | os.PathLike | None, device: str | torch.device, tr
 
 def _panns(name: str) -> Callable[..., Embedder]:
     def factory(checkpoint: str | os.PathLike | None, device: str | torch.device, trust_pickle: bool) -> Embedder:
-        from soundsmith.codecs.weights import read_state_dict
+        from soundsmith.core.weights import read_state_dict
 
         cfg = PANNS_VARIANTS[name]
         published = "Cnn14_16k_mAP=0.438.pth" if cfg.sample_rate == 16_000 else "Cnn14_mAP=0.431.pth"
@@ -620,7 +620,7 @@ def _laion_clap(checkpoint: str | os.PathLike | None, device: str | torch.device
 def _encodec(checkpoint: str | os.PathLike | None, device: str | torch.device, trust_pickle: bool) -> Embedder:
     """An EnCodec folder (ours or transformers') or an original encodec/audiocraft checkpoint file."""
     from soundsmith.codecs.neural_codec import NeuralCodec
-    from soundsmith.codecs.weights import read_config
+    from soundsmith.core.files import read_config
 
     path = _need_checkpoint("encodec", "EnCodec model folder or original .th file", checkpoint)
     if path.is_file():
@@ -669,7 +669,7 @@ def get_embedder(name: str = DEFAULT_EMBEDDER, checkpoint: str | os.PathLike | N
         device: "cpu" (default), "cuda[:N]", "mps" or "auto".
         trust_pickle: allow fully unpickling a .pth/.pt checkpoint you trust (default False).
     """
-    from soundsmith.pipelines.base import resolve_device
+    from soundsmith.core.runtime import resolve_device
 
     if name not in EMBEDDERS:
         raise ValueError(f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}")

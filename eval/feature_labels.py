@@ -347,7 +347,7 @@ class FeatureLabelClassifier:
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write config.json (settings, classes, scaler, training report) + model.safetensors (float32)."""
         from safetensors.numpy import save_file
-        from soundsmith.codecs.audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -370,7 +370,7 @@ class FeatureLabelClassifier:
     def from_pretrained(cls, folder: str | os.PathLike) -> FeatureLabelClassifier:
         """Load a folder written by `save_pretrained`; features of another version are refused."""
         from safetensors.numpy import load_file
-        from soundsmith.codecs.weights import read_config
+        from soundsmith.core.files import read_config
 
         folder = Path(folder)
         data = read_config(folder)

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 
 from .cache import FeatureCache, default_cache_dir, embedder_key, file_hash, set_key
 from .fad import Statistics, fad, fad_inf, per_clip_fad
@@ -590,8 +590,8 @@ def _get_feature_labeler(feature_labels_model: Any) -> Any:
 
 def _get_clap(clap_model: Any, conditioning: str | None) -> tuple[Any, dict[str, Any]]:
     """The scoring CLAP and what to say about it (name, fingerprint, independent of the conditioning one?)."""
+    from soundsmith.core.weights import weights_fingerprint
     from soundsmith.gen.clap import ClapBase, load_clap
-    from soundsmith.pipelines.base import weights_fingerprint
 
     from .labels import DEFAULT_CLAP
 
@@ -622,7 +622,7 @@ def conditioning_clap_fingerprint(model_dir: str | os.PathLike, pipe: Any = None
         return conditioner.fingerprint()
     config = Path(model_dir) / "config.json"
     if config.is_file():
-        from soundsmith.codecs.weights import read_json_object
+        from soundsmith.core.files import read_json_object
 
         try:
             trained_with = read_json_object(config).get("trained_with") or {}
@@ -673,14 +673,16 @@ def run_eval(model: str | os.PathLike, prompts: str | os.PathLike, reference: st
     Returns the results dict on the main process, None on the others.
     """
     from accelerate import PartialState
-    from soundsmith.codecs.audio import write_audio, write_json
-    from soundsmith.codecs.run_lock import (
+    from soundsmith.codecs.audio import write_audio
+    from soundsmith.core.checks import check_int
+    from soundsmith.core.files import write_json
+    from soundsmith.core.run_lock import (
         check_folder_free,
         check_output_dir_arg,
         lock_until_return,
         run_on_main_process,
     )
-    from soundsmith.pipelines.base import check_int, check_output_folder
+    from soundsmith.pipelines.base import check_output_folder
     from tqdm.auto import tqdm
 
     check_int("num_per_prompt", num_per_prompt, 1, 64)
@@ -792,7 +794,7 @@ def _check_same_settings(path: Path, settings: dict[str, Any]) -> None:
     """A rerun into the same folder must use the generation settings of the clips already there."""
     if not path.is_file():
         return
-    from soundsmith.codecs.weights import read_json_object
+    from soundsmith.core.files import read_json_object
     from soundsmith.pipelines.batch import check_same_settings  # `generate --prompts-file` checks the same
 
     check_same_settings(path.parent, read_json_object(path), settings, GENERATION_KEYS)

@@ -60,8 +60,8 @@ class LabelFeatures:
     """Clip -> feature vector `[F]` from our CLAP's audio tower (see the module docstring)."""
 
     def __init__(self, clap: Any, *, source: str = ""):
+        from soundsmith.core.weights import weights_fingerprint
         from soundsmith.gen.clap import SoundsmithClap
-        from soundsmith.pipelines.base import weights_fingerprint
 
         if not isinstance(clap, SoundsmithClap):
             raise ValueError(f"the label classifier runs on our CLAP's frame features; got {type(clap).__name__}")
@@ -189,7 +189,7 @@ class LabelClassifier:
         return [f"{f}:{c}" for f, cs in self.classes.items() for c in cs]
 
     def fingerprint(self) -> str:
-        from soundsmith.pipelines.base import weights_fingerprint
+        from soundsmith.core.weights import weights_fingerprint
 
         return f"{self.features.clap_fingerprint}-{weights_fingerprint(self.heads)}"
 
@@ -234,7 +234,7 @@ class LabelClassifier:
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
         """Write config.json (with the training report) + model.safetensors (floats cast to `dtype`)."""
         from safetensors.torch import save_file
-        from soundsmith.codecs.audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ class LabelClassifier:
         named in config.json (relative to the classifier's folder). Another CLAP than the one the heads
         were trained on is refused (its features mean something else)."""
         from safetensors.torch import load_file
-        from soundsmith.codecs.weights import read_config
+        from soundsmith.core.files import read_config
         from soundsmith.gen.clap import load_clap
 
         folder = Path(folder)
@@ -266,7 +266,7 @@ class LabelClassifier:
             raise FileNotFoundError(f"label classifier weights not found: {weights}")
         clap_source = str(cfg.features.get("clap", ""))
         if clap is None:
-            from soundsmith.codecs.paths import model_link
+            from soundsmith.core.paths import model_link
 
             # the recorded CLAP (../clap) must be in the classifier's models tree, like a pipeline's parts
             clap_dir = model_link(clap_source, folder, where=where, what="features 'clap'") if clap_source \

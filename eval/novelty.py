@@ -132,7 +132,7 @@ def load_index(path: str | os.PathLike) -> TrainingIndex:
     """Read an index folder written by `build_index`. One-line errors for a missing, corrupt or
     half-written index, each saying how to rebuild it."""
     from safetensors.numpy import load_file
-    from soundsmith.codecs.weights import read_json_object
+    from soundsmith.core.files import read_json_object
 
     folder = Path(path)
     meta_path, matrix_path = folder / INDEX_FILE, folder / MATRIX_FILE
@@ -216,8 +216,8 @@ def build_index(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     same embedder fingerprint is reused as it is; otherwise the clips are embedded (per-clip cache hits
     are not recomputed) and the index is rewritten. Silent or unreadable clips are left out with a warning.
     """
-    from soundsmith.codecs.audio import write_json
-    from soundsmith.codecs.weights import read_json_object, save_safetensors
+    from soundsmith.core.files import read_json_object, write_json
+    from soundsmith.core.weights import save_safetensors
     from tqdm.auto import tqdm
 
     from .cache import FeatureCache

@@ -174,7 +174,7 @@ def _read_csv(path: Path, text: str, base: Path | None, caption_column: str | No
 
 def _resolve(name: str | None, base: Path | None, where: str) -> Path | None:
     """A row's reference clip, relative to (or absolute inside) the reference folder `base`."""
-    from soundsmith.codecs.paths import resolve_inside
+    from soundsmith.core.paths import resolve_inside
 
     if name is None or base is None:
         return None

@@ -86,8 +86,7 @@ def novelty_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_report(results: dict[str, Any], out: str | os.PathLike) -> dict[str, Path]:
     """Write results.json, results.csv, plots/*.png, report.md and report.html into `out`; return the paths."""
-    from soundsmith.codecs.audio import write_json
-    from soundsmith.train.synth import write_text_atomic
+    from soundsmith.core.files import write_json, write_text_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

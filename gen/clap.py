@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from soundsmith.codecs.audio import check_sample_rate, check_wave, resample
 from soundsmith.codecs.mel import MelConfig, MelSpectrogram
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.weights import config_from_dict
 from torch import Tensor, nn
 
 from .text_encoder import MINILM, SentenceEncoder
@@ -355,7 +355,7 @@ class SoundsmithClap(ClapBase):
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
         """Write config.json + model.safetensors (trained parameters only, floats cast to `dtype`)."""
         from safetensors.torch import save_file
-        from soundsmith.codecs.audio import write_json
+        from soundsmith.core.files import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from soundsmith.codecs.rvq import ResidualVQ
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.weights import config_from_dict
 from torch import Tensor, nn
 
 MODEL_TYPE = "soundsmith-cond-rvq"
@@ -183,8 +183,8 @@ class ConditioningQuantizer(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
         """Write config.json + model.safetensors (projections + `codebooks [Q, bins, D]`, in `dtype`)."""
-        from soundsmith.codecs.audio import write_json
-        from soundsmith.codecs.weights import save_safetensors
+        from soundsmith.core.files import write_json
+        from soundsmith.core.weights import save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,8 @@ class ConditioningQuantizer(nn.Module):
                         ) -> ConditioningQuantizer:
         """Load a folder written by `save_pretrained` (float32, CPU, eval mode). With `clap_fingerprint`,
         refuse it unless it was trained on that CLAP."""
-        from soundsmith.codecs.weights import check_state_dict, read_config, read_state_dict
+        from soundsmith.core.files import read_config
+        from soundsmith.core.weights import check_state_dict, read_state_dict
 
         folder = Path(folder)
         data = read_config(folder)

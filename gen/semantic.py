@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.weights import config_from_dict
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class ClapFrameFeatures:
         return self.clap.audio_frame_features(wave, sample_rate).float()
 
     def fingerprint(self) -> str:
-        from soundsmith.pipelines.base import weights_fingerprint
+        from soundsmith.core.weights import weights_fingerprint
 
         return weights_fingerprint(self.clap)
 
@@ -177,7 +177,7 @@ class HubertFeatures:
         return states
 
     def fingerprint(self) -> str:
-        from soundsmith.pipelines.base import weights_fingerprint
+        from soundsmith.core.weights import weights_fingerprint
 
         if self._fingerprint is None:
             self._fingerprint = f"{weights_fingerprint(self.model)}-L{self.layer}-p{self.pool}"
@@ -391,8 +391,8 @@ class SemanticTokenizer:
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
         """Write config.json + centroids.safetensors (centroids, mean, std in `dtype`, default fp16)."""
-        from soundsmith.codecs.audio import write_json
-        from soundsmith.codecs.weights import save_safetensors
+        from soundsmith.core.files import write_json
+        from soundsmith.core.weights import save_safetensors
 
         if self.centroids is None:
             raise ValueError("cannot save an unfitted SemanticTokenizer: call fit() first")
@@ -414,7 +414,8 @@ class SemanticTokenizer:
             clap: CLAP folder for a "clap" spec saved without a path.
             load_features_model: False loads the centroids only (for `tokenize_features`).
         """
-        from soundsmith.codecs.weights import read_config, read_state_dict
+        from soundsmith.core.files import read_config
+        from soundsmith.core.weights import read_state_dict
 
         folder = Path(folder)
         data = read_config(folder)

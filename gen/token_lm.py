@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.weights import config_from_dict
 from torch import Tensor, nn
 
 CONFIG_NAME = "config.json"
@@ -369,8 +369,8 @@ class TokenLM(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write config.json + model.safetensors (floats cast to `dtype`, e.g. torch.float16 to ship)."""
-        from soundsmith.codecs.audio import write_json
-        from soundsmith.codecs.weights import save_safetensors
+        from soundsmith.core.files import write_json
+        from soundsmith.core.weights import save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -384,7 +384,8 @@ class TokenLM(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike) -> TokenLM:
         """Load a folder written by `save_pretrained` (float32, CPU, eval mode). Called on `TokenLM` it
         builds the stage named in config.json; on a stage class the folder must hold that stage."""
-        from soundsmith.codecs.weights import find_weights, load_strict, read_config, read_state_dict
+        from soundsmith.core.files import read_config
+        from soundsmith.core.weights import find_weights, load_strict, read_state_dict
 
         folder = Path(folder)
         raw = read_config(folder)

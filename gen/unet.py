@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.weights import config_from_dict
 from torch import nn
 
 

@@ -38,104 +38,21 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from soundsmith.codecs.audio import LOUDNESS_PEAK_DB
+from soundsmith.core.checks import MAX_SEED, check_float, check_int, check_seed_range, check_text
+from soundsmith.core.runtime import (
+    resolve_device,
+    resolve_dtype,
+)
+from soundsmith.core.weights import weights_fingerprint
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed accepts
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 SAVE_FORMATS = ("wav", "flac")
 
 
 class GenerationCancelled(RuntimeError):
     """Raised by a pipeline call when its `callback(step, total)` returned False."""
-
-
-# ------------------------------------------------------------------------------------ device, dtype
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`"auto"` -> cuda if available, else mps, else cpu; anything else is checked to exist."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} is not available here (no CUDA); use 'auto' or 'cpu'")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} is not available here (no MPS); use 'auto' or 'cpu'")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
-    return dev
-
-
-def default_threads() -> int:
-    """The CPU threads torch gets when the user names none: `OMP_NUM_THREADS` when set (the README's timings
-    use 1), else the physical cores. Physical cores, simply: the CPUs this process may run on (its affinity
-    mask; os.cpu_count() where there is none), halved when Linux reports simultaneous multithreading on (two
-    logical CPUs per core; more than two per core, or a container's CPU quota, are not looked at)."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:  # torch's own default counts cores, but a busy machine's users need the number said and settable
-        smt = Path("/sys/devices/system/cpu/smt/active").read_text().strip() == "1"
-    except OSError:
-        smt = False
-    return max(1, cpus // 2 if smt else cpus)
-
-
-def set_threads(threads: int | None = None) -> int:
-    """Give torch `threads` CPU threads (None: `default_threads()`) before any model work; returns the number.
-
-    Intra-op threads are set for the calling thread (and threads started after it); the inter-op pool can be
-    sized only once per process, before its first use, so a later call leaves it as it is.
-    """
-    n = default_threads() if threads is None else check_int("threads", threads, 1, 4096)
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(n)
-    except RuntimeError:  # already used or already set: torch refuses, and the old size is fine
-        pass
-    return n
-
-
-def resolve_dtype(dtype: str | torch.dtype = "fp32") -> torch.dtype:
-    """"fp32"/"fp16"/"bf16" (or the torch dtypes / long names) -> torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of fp32, fp16, bf16, got {dtype}")
-        return dtype
-    key = str(dtype).strip().lower()
-    if key not in DTYPES:
-        raise ValueError(f"dtype must be one of fp32, fp16, bf16, got {dtype!r}")
-    return DTYPES[key]
-
-
-def weights_fingerprint(module: nn.Module) -> str:
-    """A short hash of a module's weights, rounded to fp16 so a fp32 copy and its fp16 export agree.
-
-    A UNet records the fingerprints of the VAE and CLAP it was trained against; loading a pipeline
-    whose parts do not match them is refused (a UNet learned one VAE latent and one CLAP space; a new VAE or CLAP means a new UNet).
-    """
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        if not tensor.is_floating_point():
-            continue
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -220,7 +137,8 @@ class AudioOutput:
             subtype: "PCM_16" (default), "PCM_24" or "FLOAT" (WAV only).
             overwrite: replace existing files; by default an existing name gets `-2`, `-3`, ... instead.
         """
-        from soundsmith.codecs.audio import check_writable_folder, write_audio
+        from soundsmith.codecs.audio import write_audio
+        from soundsmith.core.files import check_writable_folder
 
         target = Path(folder)
         if target.suffix.lower() in (".wav", ".flac"):
@@ -550,50 +468,6 @@ class Pipeline(ABC):
 
 
 # --------------------------------------------------------------------------------------------- checks
-
-
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """`value` must be an int in [low, high]; else a ValueError naming `name` and the range."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        hi = "inf" if high is None else ("2**63-1" if high == MAX_SEED else str(high))
-        raise ValueError(f"{name} must be an integer in [{low}, {hi}], got {value!r}")
-    return int(value)
-
-
-def check_seed_range(seed: int, num: int) -> int:
-    """`seed` and the `num - 1` seeds after it must all be in [0, 2**63-1]; wrapping the last ones to 0 would
-    silently repeat the outputs of seed 0."""
-    check_int("seed", seed, 0, MAX_SEED)
-    if seed + num - 1 > MAX_SEED:
-        raise ValueError(f"seed {seed} is too large for {num} outputs: they get seeds seed, seed+1, ..., which must "
-                         f"stay <= 2**63-1; use a seed <= {MAX_SEED - num + 1}")
-    return seed
-
-
-def check_text(name: str, text: str) -> str:
-    """`text` must be valid Unicode text. Python turns command-line bytes that are not UTF-8 into lone
-    surrogates ("rain \\udcff"), which no tokenizer takes (TypeError deep inside it); say so here, showing
-    such bytes as \\xNN."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
-                        f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
-        cut = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise ValueError(f"{name} '{cut}' is not valid UTF-8 text (bytes shown as \\xNN); type it again in a "
-                         "UTF-8 terminal or save it as UTF-8") from None
-    return text
-
-
-def check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
-    """`value` must be a finite number in [low, high] ((low, high] if `low_open`); else a ValueError."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    v = float(value) if ok else math.nan
-    too_low = v <= low if low_open else v < low
-    if not ok or not math.isfinite(v) or too_low or v > high:
-        raise ValueError(f"{name} must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
-    return v
 
 
 # ------------------------------------------------------------------------------------- prompt files

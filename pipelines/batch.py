@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import MAX_SEED, check_int
+from soundsmith.core.checks import MAX_SEED, check_int
 
 log = logging.getLogger(__name__)
 

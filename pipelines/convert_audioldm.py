@@ -36,7 +36,7 @@ from soundsmith.codecs.mel import MelConfig
 from soundsmith.codecs.mel_codec import MelLatentCodec
 from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
 from soundsmith.codecs.vocoder import Vocoder, VocoderConfig
-from soundsmith.codecs.weights import check_state_dict, read_state_dict
+from soundsmith.core.weights import check_state_dict, read_state_dict
 from torch import Tensor
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
-from soundsmith.codecs.weights import check_state_dict, read_json_object, read_state_dict
+from soundsmith.core.files import read_json_object
+from soundsmith.core.weights import check_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from soundsmith.codecs.jik876 import config_from_jik876, generator_to_transformers
 from soundsmith.codecs.vocoder import Vocoder
-from soundsmith.codecs.weights import check_state_dict, read_state_dict
+from soundsmith.core.weights import check_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import os
@@ -47,20 +46,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.checks import check_float, check_int
+from soundsmith.core.files import read_json_object, write_json
+from soundsmith.core.runtime import DTYPE_NAMES, resolve_device, resolve_dtype
+from soundsmith.core.version import __version__
+from soundsmith.core.weights import config_from_dict, weights_fingerprint
 from torch import Tensor
 
-from .base import (
-    DTYPE_NAMES,
-    AudioOutput,
-    Pipeline,
-    Progress,
-    check_float,
-    check_int,
-    resolve_device,
-    resolve_dtype,
-    weights_fingerprint,
-)
+from .base import AudioOutput, Pipeline, Progress
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +362,7 @@ class ClapConditioner:
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"CLAP folder not found (no config.json): {folder}")
-        model_type = _read_json(config_path).get("model_type")
+        model_type = read_json_object(config_path).get("model_type")
         if model_type == "clap_text_model":
             from transformers import AutoTokenizer, ClapTextModelWithProjection
 
@@ -595,7 +588,7 @@ class LDMPipeline(Pipeline):
             "latent_frames": frames, "windowed": frames > self._window_frames(),
             "vocoder": self.codec.vocoder.spec(),
             "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
-            **level, **self.watermark_record(watermarked), "soundsmith_version": _version(),
+            **level, **self.watermark_record(watermarked), "soundsmith_version": __version__,
         }
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, scores, parameters)
 
@@ -789,9 +782,9 @@ class LDMPipeline(Pipeline):
         unet/ and vae/ are diffusers folders, vocoder/ a transformers SpeechT5HifiGan folder, so those
         libraries load the parts as they are. `dtype` ("fp16" for shipping) casts the saved weights.
         """
-        from soundsmith.codecs.audio import write_json
         from soundsmith.codecs.mel_codec import save_vocoder_files
-        from soundsmith.codecs.weights import save_safetensors
+        from soundsmith.core.files import write_json
+        from soundsmith.core.weights import save_safetensors
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
@@ -815,7 +808,7 @@ class LDMPipeline(Pipeline):
         config = dataclasses.replace(self.config, components=LDMConfig().components,
                                      mel=self.codec.vae.config.mel.to_dict(), vocoder=voc.spec())
         write_json(folder / "config.json", {"backend": BACKEND, "_class_name": type(self).__name__,
-                                            "soundsmith_version": _version(), **config.to_dict()})
+                                            "soundsmith_version": __version__, **config.to_dict()})
         return folder
 
     @classmethod
@@ -850,13 +843,13 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDM
     from diffusers import UNet2DConditionModel
     from soundsmith.codecs.mel import MelConfig
     from soundsmith.codecs.mel_codec import MelLatentCodec
-    from soundsmith.codecs.paths import model_link, models_tree
     from soundsmith.codecs.vocoders import check_spec_paths
+    from soundsmith.core.paths import model_link, models_tree
 
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json (nor model_index.json)")
-    raw = _read_json(config_path)
+    raw = read_json_object(config_path)
     if raw.get("backend") != BACKEND:
         raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
     config = LDMConfig.from_dict(raw, str(config_path))
@@ -884,7 +877,7 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None) -> LDM
     mel = None if config.mel is None else config_from_dict(MelConfig, config.mel, f"{config_path} 'mel'")
     codec = MelLatentCodec.from_parts(parts["vae"], spec, base_dir=parts["vae"].parent, mel=mel)
     conditioner = ClapConditioner.from_pretrained(parts["clap"], null_condition=config.null_condition)
-    schedule = _read_json(parts["scheduler"] / "scheduler_config.json")
+    schedule = read_json_object(parts["scheduler"] / "scheduler_config.json")
     config = dataclasses.replace(config, vocoder=codec.vocoder.spec())
     pipe = LDMPipeline(unet, codec, conditioner, schedule, config, name_or_path=str(folder))
     _check_fingerprints(pipe, config_path)
@@ -906,7 +899,7 @@ def _load_diffusers(folder: Path, vocoder: str | dict[str, Any] | None = None) -
     from soundsmith.codecs.mel_codec import MelLatentCodec
     from transformers import AutoTokenizer
 
-    index = _read_json(folder / "model_index.json")
+    index = read_json_object(folder / "model_index.json")
     kind = index.get("_class_name")
     if kind not in DIFFUSERS_PIPELINES:
         raise ValueError(f"{folder / 'model_index.json'}: _class_name={kind!r} is not one of "
@@ -932,7 +925,7 @@ def _load_diffusers(folder: Path, vocoder: str | dict[str, Any] | None = None) -
 
         model = ClapTextModelWithProjection.from_pretrained(str(folder / "text_encoder"), local_files_only=True)
         conditioner = ClapConditioner(model.eval(), tokenizer=tokenizer, null_condition="empty_text")
-    schedule = _read_json(folder / "scheduler" / "scheduler_config.json")
+    schedule = read_json_object(folder / "scheduler" / "scheduler_config.json")
     config = audioldm_config(kind, unet, codec, schedule, source=f"diffusers:{kind}")
     return LDMPipeline(unet, codec, conditioner, schedule, config, name_or_path=str(folder))
 
@@ -998,27 +991,8 @@ def _check_spans(inpaint: Any, total_s: float) -> list[tuple[float, float]]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({' '.join(str(err).split())[:200]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
 def _merge_json(path: Path, values: dict[str, Any]) -> None:
-    from soundsmith.codecs.audio import write_json
-
-    data = _read_json(path)
+    data = read_json_object(path)
     data.update({k: v for k, v in values.items() if not k.startswith("_")})
     write_json(path, data)
 
-
-def _version() -> str:
-    from soundsmith import __version__
-
-    return __version__

@@ -39,18 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
+from soundsmith.core.checks import check_float, check_int
+from soundsmith.core.runtime import DTYPE_NAMES, resolve_device, resolve_dtype
+from soundsmith.core.version import __version__
 from torch import Tensor
 
-from .base import (
-    DTYPE_NAMES,
-    AudioOutput,
-    Pipeline,
-    Progress,
-    check_float,
-    check_int,
-    resolve_device,
-    resolve_dtype,
-)
+from .base import AudioOutput, Pipeline, Progress
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +228,7 @@ class MusicgenPipeline(Pipeline):
             "num_waveforms_per_prompt": num_waveforms_per_prompt, "audio_prompt": clip_name,
             "frames": total_frames, "windows": len(windows), "device": str(self.device),
             "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **level, **self.watermark_record(watermarked),
-            "soundsmith_version": _version(),
+            "soundsmith_version": __version__,
         }
         out_prompts = [prompts[i] for i in source]
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, None, parameters)
@@ -434,7 +428,8 @@ class MusicgenPipeline(Pipeline):
                         dtype: str | torch.dtype = "fp32") -> MusicgenPipeline:
         """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`."""
         from safetensors import SafetensorError
-        from soundsmith.codecs.weights import read_config, weights_error
+        from soundsmith.core.files import read_config
+        from soundsmith.core.weights import weights_error
         from transformers import MusicgenForConditionalGeneration, MusicgenProcessor
 
         folder = Path(path)
@@ -494,7 +489,7 @@ def _check_weights_file(folder: Path) -> Path:
         raise FileNotFoundError(f"{folder}: no MusicGen weights (looked for {', '.join(WEIGHT_FILES)})")
     if found.suffix == ".safetensors":
         from safetensors import safe_open
-        from soundsmith.codecs.weights import weights_error
+        from soundsmith.core.weights import weights_error
 
         try:
             with safe_open(str(found), framework="pt"):
@@ -511,9 +506,4 @@ def _pad_to(x: Tensor, length: int) -> Tensor:
     pad = [0, 0] * (x.dim() - 2) + [0, length - x.shape[1]]
     return torch.nn.functional.pad(x, pad)
 
-
-def _version() -> str:
-    from soundsmith import __version__
-
-    return __version__
 

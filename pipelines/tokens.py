@@ -38,20 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
-from soundsmith.codecs.weights import config_from_dict
+from soundsmith.core.checks import check_float, check_int
+from soundsmith.core.runtime import DTYPE_NAMES, resolve_device, resolve_dtype
+from soundsmith.core.version import __version__
+from soundsmith.core.weights import config_from_dict, weights_fingerprint
 from torch import Tensor
 
-from .base import (
-    DTYPE_NAMES,
-    AudioOutput,
-    Pipeline,
-    Progress,
-    check_float,
-    check_int,
-    resolve_device,
-    resolve_dtype,
-    weights_fingerprint,
-)
+from .base import AudioOutput, Pipeline, Progress
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +377,7 @@ class TokenPipeline(Pipeline):
             "semantic_tokens": n_semantic, "codec_frames": frames,
             "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
             "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
-            **level, **self.watermark_record(watermarked), "soundsmith_version": _version(),
+            **level, **self.watermark_record(watermarked), "soundsmith_version": __version__,
         }
         return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
                            {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
@@ -503,8 +496,8 @@ class TokenPipeline(Pipeline):
                 referenced by a relative path instead of copied. The part must be the one in this pipeline
                 (its fingerprint is recorded and checked on load).
         """
-        from soundsmith.codecs.audio import write_json
-        from soundsmith.codecs.paths import SHIPPED_MODELS, is_inside, models_tree, normalized
+        from soundsmith.core.files import write_json
+        from soundsmith.core.paths import SHIPPED_MODELS, is_inside, models_tree, normalized
 
         folder = Path(path)
         dt = torch.float32 if dtype is None else resolve_dtype(dtype)
@@ -516,7 +509,7 @@ class TokenPipeline(Pipeline):
             if not (Path(target) / "config.json").is_file():
                 raise FileNotFoundError(f"link[{part!r}]: no model folder at {target}")
             if not any(is_inside(target, root) for root in (models_tree(folder), SHIPPED_MODELS)):
-                # loading follows links only inside the models tree (codecs/paths.py): such a folder would not load
+                # loading follows links only inside the models tree (core/paths.py): such a folder would not load
                 raise ValueError(f"link[{part!r}]: {normalized(target)} is not beside the model (inside "
                                  f"{models_tree(folder)}), where loading would follow it; copy the part instead")
         folder.mkdir(parents=True, exist_ok=True)
@@ -540,7 +533,7 @@ class TokenPipeline(Pipeline):
                 components[part] = part
         config = dataclasses.replace(self.config, components=components, fingerprints=self.fingerprints())
         write_json(folder / "config.json", {"backend": BACKEND, "_class_name": type(self).__name__,
-                                            "soundsmith_version": _version(), **config.to_dict()})
+                                            "soundsmith_version": __version__, **config.to_dict()})
         return folder
 
     @classmethod
@@ -550,8 +543,8 @@ class TokenPipeline(Pipeline):
 
         `vocoder` (a registry name or spec, `soundsmith.codecs.vocoders`) replaces the recorded one of a
         mel-domain codec; a waveform codec (EnCodec architecture) has none to replace."""
-        from soundsmith.codecs.paths import model_link, models_tree
-        from soundsmith.codecs.weights import read_config
+        from soundsmith.core.files import read_config
+        from soundsmith.core.paths import model_link, models_tree
 
         folder = Path(path)
         if not folder.is_dir():
@@ -583,10 +576,10 @@ class TokenPipeline(Pipeline):
             recorded: fingerprints a saved folder's config.json records (see `check_fingerprints`).
             vocoder: replaces the mel-domain codec's recorded vocoder (see `from_pretrained`).
             tree: the models tree the parts' own links must stay in (a saved folder's parent; default: each
-                part's parent, codecs/paths.py).
+                part's parent, core/paths.py).
         """
         from soundsmith.codecs.mel_rvq import load_acoustic_codec
-        from soundsmith.codecs.paths import normalized
+        from soundsmith.core.paths import normalized
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
         from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
 
@@ -597,7 +590,7 @@ class TokenPipeline(Pipeline):
         if unknown or missing:
             bad = f"unknown part {unknown[0]!r}" if unknown else f"part {missing[0]!r} is missing"
             raise ValueError(f"{where}: {bad} (parts: {', '.join(PARTS)})")
-        # `..` folded in as written, not through symlinks: what the links were checked against (codecs/paths.py)
+        # `..` folded in as written, not through symlinks: what the links were checked against (core/paths.py)
         paths = {name: normalized(p) for name, p in parts.items()}
         for name, part in paths.items():
             if not (part / "config.json").is_file():
@@ -629,7 +622,7 @@ def load_kmeans(folder: str | os.PathLike, clap: Any = None) -> Any:
     """The semantic tokenizer in `folder`. Centroids fitted on CLAP frame features get `clap` (our
     `SoundsmithClap`, already loaded) as their feature model, whose fingerprint must be the one they were
     fitted on (the tokenizer checks); other feature models (HuBERT) load from the tokenizer's config."""
-    from soundsmith.codecs.weights import read_config
+    from soundsmith.core.files import read_config
     from soundsmith.gen.clap import SoundsmithClap
     from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
 
@@ -651,8 +644,3 @@ def _pick(prompt: tuple[Tensor, Tensor], rows: list[int]) -> tuple[Tensor, Tenso
         return semantic.expand(len(rows), -1), codes.expand(len(rows), -1, -1)
     return semantic[rows], codes[rows]
 
-
-def _version() -> str:
-    from soundsmith import __version__
-
-    return __version__

@@ -89,8 +89,9 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from soundsmith.core.runtime import set_threads
     from soundsmith.pipelines import load_pipeline
-    from soundsmith.pipelines.base import check_output_folder, read_prompts_file, set_threads
+    from soundsmith.pipelines.base import check_output_folder, read_prompts_file
     from soundsmith.pipelines.batch import DEFAULT_OUTPUTS_PER_CALL as PER_CALL
     from soundsmith.pipelines.batch import BatchInterrupted, Manifest, generate_batch
 
@@ -178,7 +179,7 @@ def _resume_command(args: argparse.Namespace, seed: int) -> str:
 def _check_generate_args(args: argparse.Namespace, prompts: list[str]) -> None:
     """What `generate` can check before loading a model: the text (bytes that are not UTF-8 reach argv as
     lone surrogates, which tokenizers reject with a TypeError) and the seeds (one per clip, none past 2**63-1)."""
-    from soundsmith.pipelines.base import check_seed_range, check_text
+    from soundsmith.core.checks import check_seed_range, check_text
 
     for i, prompt in enumerate(prompts):
         check_text("prompt" if len(prompts) == 1 else f"prompt {i + 1}", prompt)
@@ -237,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     extra = {"overrides": overrides} if overrides else {}
     if args.force_change:  # a resume with settings that change the run (refused without it)
         extra["force_change"] = True
-    from soundsmith.pipelines.base import set_threads
+    from soundsmith.core.runtime import set_threads
 
     set_threads(args.threads)
     train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps, **extra)
@@ -265,9 +266,9 @@ def _eval_scoring_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval_run(args: argparse.Namespace) -> None:
+    from soundsmith.core.runtime import set_threads
     from soundsmith.eval.harness import run_eval
     from soundsmith.eval.report import format_metric_table
-    from soundsmith.pipelines.base import set_threads
 
     set_threads(args.threads)
     if not args.verbose:

@@ -1,7 +1,7 @@
 """Bad input across the CLI (issue #21): each mistake ends in one line on stderr, `soundsmith: error: ...`, with
 exit status 2 (`data stats` finding problems: 1, as documented), no traceback, and nothing written or changed.
 Then what the table cannot show: the same checks through the Python API, the long-prompt warning, and the
-containment of the paths that model configs and prompt files name (codecs/paths.py).
+containment of the paths that model configs and prompt files name (core/paths.py).
 
 The tiny model folders of the other tests, built once for the module."""
 
@@ -19,7 +19,7 @@ import torch
 from ldm_helpers import tiny_pipeline as tiny_ldm
 from musicgen_helpers import write_tiny_musicgen
 from soundsmith.codecs.audio import write_audio
-from soundsmith.codecs.paths import SHIPPED_MODELS, model_link, resolve_inside
+from soundsmith.core.paths import SHIPPED_MODELS, model_link, resolve_inside
 from soundsmith.eval.prompts import read_prompt_file
 from soundsmith.gen.text_encoder import SentenceEncoder
 from soundsmith.pipelines import load_pipeline

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from soundsmith.core.weights import weights_fingerprint
 from soundsmith.gen.clap import ClapConfig, SoundsmithClap
 from soundsmith.gen.cond_tokens import ConditioningQuantizer, ConditioningQuantizerConfig
 from soundsmith.gen.text_encoder import SentenceEncoder
-from soundsmith.pipelines.base import weights_fingerprint
 from soundsmith.train.train_cond_rvq import train
 from train_helpers import write_config, write_corpus
 

@@ -14,12 +14,12 @@ import soundfile as sf
 from eval_helpers import SR, BandEmbedder, clip, write_corpus
 from ldm_helpers import tiny_pipeline
 from soundsmith.codecs.audio import read_audio, resample, write_audio
+from soundsmith.core.weights import weights_fingerprint
 from soundsmith.eval.fad import Statistics, fad
 from soundsmith.eval.harness import clip_name, run_eval, score_folders
 from soundsmith.eval.labels import LabelTrainConfig, train_label_classifier
 from soundsmith.eval.prompts import read_prompt_file
 from soundsmith.gen.text_encoder import SentenceEncoder
-from soundsmith.pipelines.base import weights_fingerprint
 
 
 @pytest.fixture(scope="module")

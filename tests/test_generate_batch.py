@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 from ldm_helpers import tiny_pipeline
+from soundsmith.core.runtime import default_threads
 from soundsmith.gen.text_encoder import SentenceEncoder
 from soundsmith.pipelines import batch as batch_mod
 from soundsmith.pipelines import ldm
-from soundsmith.pipelines.base import default_threads
 
 from soundsmith.cli import main
 

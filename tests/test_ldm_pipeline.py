@@ -188,7 +188,7 @@ def test_folder_round_trip(pipe, folder):
 
 
 def test_mismatched_parts_are_refused(pipe, tmp_path):
-    from soundsmith.pipelines.base import weights_fingerprint
+    from soundsmith.core.weights import weights_fingerprint
 
     folder = pipe.save_pretrained(tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())

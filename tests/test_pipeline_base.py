@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from soundsmith.core.runtime import resolve_device, resolve_dtype
+from soundsmith.core.weights import weights_fingerprint
 from soundsmith.pipelines.base import (
     AudioOutput,
     GenerationCancelled,
@@ -14,9 +16,6 @@ from soundsmith.pipelines.base import (
     check_output_folder,
     prompt_slug,
     read_prompts_file,
-    resolve_device,
-    resolve_dtype,
-    weights_fingerprint,
 )
 from torch import nn
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from soundsmith.codecs.run_lock import (
+from soundsmith.core.run_lock import (
     LOCK_NAME,
     FolderInUseError,
     acquire_folder_lock,
@@ -35,7 +35,7 @@ from soundsmith.cli import main
 
 HOST = socket.gethostname()
 # holds the lock of argv[1] until its stdin closes
-HOLDER = ("import sys\nfrom soundsmith.codecs.run_lock import folder_lock\nwith folder_lock(sys.argv[1]):\n"
+HOLDER = ("import sys\nfrom soundsmith.core.run_lock import folder_lock\nwith folder_lock(sys.argv[1]):\n"
           "    print('locked', flush=True)\n    sys.stdin.read()\n")
 
 

@@ -12,11 +12,11 @@ from soundsmith.codecs.mel_rvq import MelRVQCodec, MelRVQConfig
 from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
 from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
 from soundsmith.codecs.vocoders import build_vocoder
+from soundsmith.core.weights import weights_fingerprint
 from soundsmith.gen.clap import ClapConfig, SoundsmithClap
 from soundsmith.gen.cond_tokens import ConditioningQuantizer, ConditioningQuantizerConfig
 from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
 from soundsmith.gen.token_lm import TokenLMConfig, build_lm
-from soundsmith.pipelines.base import weights_fingerprint
 from soundsmith.pipelines.ldm import ClapConditioner
 from soundsmith.pipelines.tokens import TokenConfig, TokenPipeline
 

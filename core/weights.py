@@ -1,14 +1,14 @@
 """Reading weight files and loading them strictly, with one-line errors that name the file and key.
 
 Shared by the model folders (`MelVAE`, `Vocoder`, ...) and the public-checkpoint converters in
-`soundsmith.pipelines`. Loading never unpickles by default: safetensors, or
+`soundsmith.pipelines`; `weights_fingerprint` identifies the weights a model was trained against. Loading never unpickles by default: safetensors, or
 `torch.load(weights_only=True)`; a file that needs full unpickling is refused unless the caller
 passes `trust_pickle=True`.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import pickle
@@ -19,37 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from soundsmith.core.files import atomic_write, one_line
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
-
-
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """`folder/config.json` as a dict; FileNotFoundError / ValueError name the file."""
-    path = Path(folder) / "config.json"
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in model folder {folder}")
-    return read_json_object(path)
-
-
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file that must hold an object; ValueError names the file otherwise."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({_one_line(err)})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any], where: str, *, ignore: Iterable[str] = (),
@@ -103,7 +78,7 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         try:
             return dict(load_file(str(path)))
         except Exception as err:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"{path}: corrupt or truncated safetensors file ({_one_line(err)})") from None
+            raise ValueError(f"{path}: corrupt or truncated safetensors file ({one_line(err)})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -113,9 +88,9 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as err2:
-            raise ValueError(f"{path}: corrupt or truncated checkpoint ({_one_line(err2)})") from None
+            raise ValueError(f"{path}: corrupt or truncated checkpoint ({one_line(err2)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: corrupt or truncated checkpoint ({_one_line(err)})") from None
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({one_line(err)})") from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return dict(obj)
@@ -144,7 +119,7 @@ def unpickling_error(path: str | os.PathLike, err: BaseException) -> ValueError:
     if found is None:
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))  # torch 2.13 puts the cause on a line below
         return ValueError(f"{path}: corrupt or truncated checkpoint "
-                          f"({detail.group(1).strip() if detail else _one_line(err)[:120]})")
+                          f"({detail.group(1).strip() if detail else one_line(err)[:120]})")
     return ValueError(f"{path}: needs full unpickling, which can run arbitrary code (it holds {found}); refusing "
                       "- pass trust_pickle=True (--trust-pickle) only if you trust its source")
 
@@ -157,7 +132,7 @@ def weights_error(path: str | os.PathLike, err: BaseException) -> ValueError | N
     from safetensors import SafetensorError
 
     if isinstance(err, SafetensorError):
-        return ValueError(f"{path}: corrupt or truncated safetensors file ({_one_line(err)})")
+        return ValueError(f"{path}: corrupt or truncated safetensors file ({one_line(err)})")
     return None
 
 
@@ -195,10 +170,21 @@ def save_safetensors(state_dict: Mapping[str, Tensor], path: str | os.PathLike,
     """Write contiguous CPU tensors to `path` atomically (temp file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
-    from .audio import _atomic_write, check_writable_folder
-
-    path = Path(path)
-    folder = check_writable_folder(path.parent)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    _atomic_write(folder, path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights, rounded to fp16 so a fp32 copy and its fp16 export agree.
+
+    A UNet records the fingerprints of the VAE and CLAP it was trained against; loading a pipeline
+    whose parts do not match them is refused (a UNet learned one VAE latent and one CLAP space; a new VAE
+    or CLAP means a new UNet).
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if not tensor.is_floating_point():
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
