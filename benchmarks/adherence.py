@@ -44,7 +44,7 @@ def class_labels(domain: str) -> list[str]:
 
 def prompt_family(row: dict) -> str:
     """The label family a prompt row names: its "family", else its domain's (sfx_class, instrument, language)."""
-    from soundsmith.eval.prompts import DOMAIN_FAMILY
+    from soundsmith.pipelines.prompts import DOMAIN_FAMILY
 
     return str(row.get("family") or DOMAIN_FAMILY[row["domain"]])
 
@@ -109,7 +109,7 @@ def classifier_ranks(clf: Any, rows: list[dict], waves: torch.Tensor, sample_rat
 def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
     """Rank of each clip's class caption among its domain's class captions by our CLAP."""
     from soundsmith.pipelines.ldm import ClapConditioner
-    from soundsmith.train.captions import class_caption
+    from soundsmith.core.captions import class_caption
 
     if args.clap is None:
         from soundsmith.pipelines import load_pipeline

@@ -14,6 +14,17 @@ folded in), not on where symbolic links inside the tree lead: links are the choi
 disk (weights on a bigger drive), a path in a file is the choice of whoever wrote the file. The path
 returned is the normalised one, so what is opened is what was checked. Torch-free: the prompt readers
 use it too.
+
+Where the shipped models are (`shipped_models`, the one lookup every default goes through): the models/
+folder is package data of `soundsmith.models` (pyproject.toml), so it sits beside core/ in both layouts:
+
+    a checkout (editable install):  <checkout>/core/paths.py                 <checkout>/models/default-ldm
+    `pip install .` (the wheel):    site-packages/soundsmith/core/paths.py   site-packages/soundsmith/models/...
+
+A model is chosen by `--model` (`--clap`, `--model-dir`, ...) first, else the shipped folder. The wheel
+keeps models/'s layout, so the links between its folders ("../clap") stay inside the models tree. The
+checkout's other folders (benchmarks/prompts, data/corpus) are not in the wheel: `checkout_folder` finds
+them in a checkout and answers None in an installed copy.
 """
 
 from __future__ import annotations
@@ -22,7 +33,28 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the repository's models/ folder
+# The folder that holds soundsmith's folders (core/, models/, ...): the checkout, or site-packages/soundsmith.
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped_models(name: str | None = None) -> Path:
+    """soundsmith's models/ folder (package data when installed, the checkout's models/ otherwise), or the
+    shipped model `name` inside it ("default-ldm", "clap", "labels"). Whether it exists is the caller's check."""
+    folder = _PACKAGE_ROOT / "models"
+    return folder / name if name else folder
+
+
+def checkout_folder(*parts: str) -> Path | None:
+    """A folder of the repository checkout that the wheel does not ship (`checkout_folder("benchmarks",
+    "prompts")`, `checkout_folder("data", "corpus")`): its path when soundsmith runs from a checkout and the
+    folder is there, else None (an installed copy has no checkout beside it)."""
+    if not (_PACKAGE_ROOT / "pyproject.toml").is_file():  # site-packages/soundsmith holds no pyproject.toml
+        return None
+    folder = _PACKAGE_ROOT.joinpath(*parts)
+    return folder if folder.is_dir() else None
+
+
+SHIPPED_MODELS = shipped_models()  # the containment root of `model_link`, beside each model's own tree
 
 
 def normalized(path: str | os.PathLike) -> Path:

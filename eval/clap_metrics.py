@@ -28,12 +28,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from soundsmith.core.captions import caption, class_caption, language_name, table
+from soundsmith.core.vocabulary import (
+    FAMILIES,
+    INSTRUMENTS,
+    LANGUAGES,
+    MODES,
+    SFX_CLASSES,
+    family_of,
+    tempo_bands,
+)
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 RECALL_AT = (1, 5, 10)
-FAMILIES = ("sfx_class", "instrument", "language", "tempo", "mode")
 STYLES = ("train", "heldout")
 # Issue 7's targets: zero-shot accuracy (in-template prompts), text->audio R@10, paraphrase gap.
 TARGETS = {"sfx_class": 0.9, "instrument": 0.7, "language": 0.9, "t2a_R@10": 0.6, "paraphrase_gap": 0.10}
@@ -58,16 +67,6 @@ def label_key(labels: dict) -> tuple:
     return (str(domain),)
 
 
-def tempo_bands() -> list[tuple[float, float, str]]:
-    from soundsmith.train.captions import table
-
-    return [(float(lo), float(hi), str(name)) for lo, hi, name in table()["music"]["tempo_bands"]]
-
-
-def tempo_band(bpm: float) -> str:
-    return next(name for lo, hi, name in tempo_bands() if lo <= bpm < hi)
-
-
 def _band_bpm(name: str) -> float:
     """A tempo inside band `name`, to render "this clip, but slow" captions."""
     lo, hi = next((lo, hi) for lo, hi, n in tempo_bands() if n == name)
@@ -78,45 +77,24 @@ def _band_bpm(name: str) -> float:
     return (lo + hi) / 2
 
 
-def family_of(labels: dict) -> dict[str, list[str]]:
-    """The families a clip takes part in, with its true value(s) in each."""
-    domain = labels.get("domain")
-    if domain == "sfx":
-        return {"sfx_class": list(labels.get("classes", []))}
-    if domain == "music":
-        out = {"instrument": list(labels.get("instruments", []))}
-        if "tempo_bpm" in labels:
-            out["tempo"] = [tempo_band(float(labels["tempo_bpm"]))]
-        if "mode" in labels:
-            out["mode"] = [str(labels["mode"])]
-        return out
-    if domain == "speech":
-        return {"language": [str(labels.get("language"))]}
-    return {}
-
-
 def candidates(family: str, seen: Sequence[str] = ()) -> list[str]:
     """Candidate classes of a family: the synthesizer's vocabulary plus any value seen in the data."""
     if family == "sfx_class":
-        from soundsmith.train.sfx import SFX_CLASSES as vocab
+        vocab = SFX_CLASSES
     elif family == "instrument":
-        from soundsmith.train.music import INSTRUMENTS as vocab
+        vocab = INSTRUMENTS
     elif family == "language":
-        from soundsmith.train.speech import LANGUAGES
-
         vocab = tuple(LANGUAGES)
     elif family == "tempo":
         vocab = tuple(name for _, _, name in tempo_bands())
     elif family == "mode":
-        from soundsmith.train.music import MODES as vocab
+        vocab = MODES
     else:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     return list(dict.fromkeys([*vocab, *seen]))
 
 
 def canonical_prompt(family: str, value: str) -> str:
-    from soundsmith.train.captions import class_caption, table
-
     if family == "sfx_class":
         return class_caption("sfx", value)
     if family == "instrument":
@@ -138,8 +116,6 @@ def swapped_labels(labels: dict, family: str, value: str) -> dict:
     elif family == "instrument":
         out["instruments"] = [value]
     elif family == "language":
-        from soundsmith.train.captions import language_name
-
         out["language"], out["language_name"] = value, language_name(value)
     elif family == "tempo":
         out["tempo_bpm"] = _band_bpm(value)
@@ -199,7 +175,6 @@ def clap_metrics_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     """All metrics as a dict (see the module docstring); `model` may be passed already loaded."""
     from soundsmith.codecs.audio import read_audio
     from soundsmith.gen.clap import load_clap
-    from soundsmith.train.captions import caption
 
     from .codec_report import read_split
 

@@ -221,9 +221,9 @@ def build_index(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     from tqdm.auto import tqdm
 
     from .cache import FeatureCache
+    from .clips import extract
     from .codec_report import read_split
     from .embedders import get_embedder
-    from .harness import extract
 
     root = Path(data_dir)
     rows = sorted(read_split(root, split), key=lambda r: str(r["file_name"]))  # errors name the folder/split

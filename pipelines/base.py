@@ -468,30 +468,3 @@ class Pipeline(ABC):
 
 
 # --------------------------------------------------------------------------------------------- checks
-
-
-# ------------------------------------------------------------------------------------- prompt files
-
-
-def read_prompts_file(path: str | os.PathLike) -> list[str]:
-    """Prompts from a file: `.jsonl` or `.csv` as the eval harness reads them (eval/prompts.py: the text in
-    a "caption", "prompt", "text" or "description" field or column), or plain text (one prompt per line;
-    blank lines and lines starting with '#' are skipped). Errors name the file and line."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"prompts file is a folder, not a file: {path}")
-    if path.suffix.lower() in (".jsonl", ".csv"):
-        from soundsmith.eval.prompts import read_prompt_file  # one reader for both formats
-
-        # generation reads neither reference clips nor labels: those columns are not followed (nor checked)
-        return [item.prompt for item in read_prompt_file(path, prompts_only=True)]
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable UTF-8 text file ({' '.join(str(err).split())[:120]})") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts found")
-    return prompts

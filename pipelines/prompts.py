@@ -1,6 +1,9 @@
-"""Prompt files of the evaluation harness: what to generate, the paired reference clip, the true labels.
+"""Prompt files: what to generate and, for the evaluation harness, the paired reference clip and the true labels.
 
-Two formats, each row one prompt:
+`read_prompts_file` gives the prompts alone (`soundsmith generate --prompts-file`, plain text too);
+`read_prompt_file` gives `PromptItem`s with references and labels (the evaluation harness).
+
+Two structured formats, each row one prompt:
 
 - JSONL (`benchmarks/prompts/*.jsonl`, written by `soundsmith data prompts`): an object with the text in
   "prompt", "caption" or "text"; optionally the reference clip in "file_name", "audio", "reference" or
@@ -25,6 +28,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from soundsmith.core.vocabulary import family_of
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,6 @@ def labels_of(row: dict[str, Any]) -> dict[str, list[str]]:
     """True labels of a prompt row, family -> labels: the corpus labels dict, or "domain" + "label"."""
     labels = row.get("labels")
     if isinstance(labels, dict) and labels.get("domain"):
-        from .clap_metrics import family_of
-
         return {k: [str(v) for v in vals] for k, vals in family_of(labels).items() if vals}
     domain, label = row.get("domain"), row.get("label")
     family = row.get("family") or DOMAIN_FAMILY.get(str(domain))
@@ -211,3 +214,25 @@ def _match_id(ytid: str, by_stem: dict[str, Path]) -> Path | None:
         return by_stem[ytid]
     hits = [p for stem, p in by_stem.items() if stem.startswith((f"{ytid}_", f"{ytid}-"))]
     return hits[0] if len(hits) == 1 else None
+
+
+def read_prompts_file(path: str | os.PathLike) -> list[str]:
+    """Prompts from a file: `.jsonl` or `.csv` as `read_prompt_file` reads them (the text in
+    a "caption", "prompt", "text" or "description" field or column), or plain text (one prompt per line;
+    blank lines and lines starting with '#' are skipped). Errors name the file and line."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"prompts file is a folder, not a file: {path}")
+    if path.suffix.lower() in (".jsonl", ".csv"):
+        # generation reads neither reference clips nor labels: those columns are not followed (nor checked)
+        return [item.prompt for item in read_prompt_file(path, prompts_only=True)]
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable UTF-8 text file ({' '.join(str(err).split())[:120]})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path}: no prompts found")
+    return prompts

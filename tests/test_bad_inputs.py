@@ -20,9 +20,9 @@ from ldm_helpers import tiny_pipeline as tiny_ldm
 from musicgen_helpers import write_tiny_musicgen
 from soundsmith.codecs.audio import write_audio
 from soundsmith.core.paths import SHIPPED_MODELS, model_link, resolve_inside
-from soundsmith.eval.prompts import read_prompt_file
 from soundsmith.gen.text_encoder import SentenceEncoder
 from soundsmith.pipelines import load_pipeline
+from soundsmith.pipelines.prompts import read_prompt_file
 from token_helpers import tiny_pipeline as tiny_tokens
 from train_helpers import write_corpus
 

@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 import pytest
-from soundsmith.train import captions
-from soundsmith.train.captions import caption, class_caption, label_terms, table, template_slots, templates
+from soundsmith.core import captions
+from soundsmith.core.captions import caption, class_caption, label_terms, table, template_slots, templates
 
 # The canonical names of the corpus interface; the renderers may add more (checked below when importable).
 INSTRUMENTS = ("piano", "organ", "acoustic guitar", "electric guitar", "bass", "violin", "cello", "strings",

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from soundsmith.codecs.audio import write_audio
+from soundsmith.core.captions import caption, label_terms
+from soundsmith.core.vocabulary import tempo_band
 from soundsmith.eval.clap_metrics import (
     average_precision,
     clap_metrics_dict,
@@ -15,11 +17,9 @@ from soundsmith.eval.clap_metrics import (
     relevance,
     retrieval_metrics,
     swapped_labels,
-    tempo_band,
     zero_shot_accuracy,
 )
 from soundsmith.gen.clap import ClapBase
-from soundsmith.train.captions import caption, label_terms
 
 CLASSES = ("siren", "dog barking", "glass breaking", "applause")  # distinct words in every template
 FREQS = (300.0, 700.0, 1500.0, 3100.0)  # the oracle tells the classes apart by a tone

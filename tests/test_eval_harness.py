@@ -18,8 +18,8 @@ from soundsmith.core.weights import weights_fingerprint
 from soundsmith.eval.fad import Statistics, fad
 from soundsmith.eval.harness import clip_name, run_eval, score_folders
 from soundsmith.eval.labels import LabelTrainConfig, train_label_classifier
-from soundsmith.eval.prompts import read_prompt_file
 from soundsmith.gen.text_encoder import SentenceEncoder
+from soundsmith.pipelines.prompts import read_prompt_file
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_clap_score_and_label_metrics(tmp_path, pipe, corpus, labeler):
     gen.mkdir()
     rows = [json.loads(line) for line in (corpus / "metadata.jsonl").read_text().splitlines()]
     tests = [r for r in rows if r["split"] == "test"]
-    from soundsmith.eval.prompts import labels_of
+    from soundsmith.pipelines.prompts import labels_of
 
     for i, row in enumerate(tests):
         shutil.copy(corpus / row["file_name"], gen / f"{i:02d}.wav")

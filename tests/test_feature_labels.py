@@ -200,7 +200,7 @@ def clap_labeler(corpus, tmp_path_factory):
 
 def labelled_clips(folder: Path, corpus: Path, wrong: int = 0) -> list[dict]:
     """The corpus test clips with sidecars; the first `wrong` claim a label they do not have."""
-    from soundsmith.eval.prompts import labels_of
+    from soundsmith.pipelines.prompts import labels_of
 
     folder.mkdir()
     rows = [json.loads(line) for line in (corpus / "metadata.jsonl").read_text().splitlines()]

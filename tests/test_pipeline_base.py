@@ -15,8 +15,8 @@ from soundsmith.pipelines.base import (
     Progress,
     check_output_folder,
     prompt_slug,
-    read_prompts_file,
 )
+from soundsmith.pipelines.prompts import read_prompts_file
 from torch import nn
 
 

@@ -292,8 +292,8 @@ def test_colored_noise_has_the_right_spectral_slope(kind, slope):
 def test_adherence_prompts_cover_every_class_in_heldout_wording():
     for module in ("music", "sfx", "speech"):
         pytest.importorskip(f"soundsmith.train.{module}")
+    from soundsmith.core.captions import label_terms
     from soundsmith.train import music, sfx, speech
-    from soundsmith.train.captions import label_terms
     from soundsmith.train.prompt_sets import adherence_prompts
 
     prompts = adherence_prompts(np.random.default_rng(0))

@@ -155,7 +155,7 @@ class AudioCaptionDataset(Dataset):
             A data set without split information is used whole (logged).
         layout, audio_dir, file_column, caption_column, on_missing: see `read_records`.
         redraw_captions: draw a fresh caption from the structured labels each time
-            (`soundsmith.train.captions.caption(labels, rng, style=caption_style)`); needs our corpus.
+            (`soundsmith.core.captions.caption(labels, rng, style=caption_style)`); needs our corpus.
         caption_style: template set for redraw_captions: "train" (default), "heldout" or "all".
         caption_fn: custom `fn(labels, rng) -> str`, used instead of the stored captions.
     """
@@ -257,7 +257,7 @@ class AudioCaptionDataset(Dataset):
         if self.caption_fn is not None:
             return self.caption_fn(rec.labels, rng)
         if self.redraw_captions:
-            from soundsmith.train.captions import caption  # lazy: only corpora with labels need it
+            from soundsmith.core.captions import caption  # lazy: only corpora with labels need it
 
             return caption(rec.labels, rng, style=self.caption_style)
         if len(rec.captions) > 1 and self.random_crop:

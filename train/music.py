@@ -21,14 +21,10 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from soundsmith.core.vocabulary import INSTRUMENTS, MODES
 
-INSTRUMENTS: tuple[str, ...] = (
-    "piano", "organ", "acoustic guitar", "electric guitar", "bass", "violin", "cello", "strings",
-    "trumpet", "brass", "saxophone", "flute", "synth lead", "synth pad", "drums",
-)
 STYLES: tuple[str, ...] = ("waltz", "rock", "ballad", "march", "ambient", "arpeggio", "jazz", "bossa nova")
 LOUDNESS: tuple[str, ...] = ("soft", "medium", "loud")
-MODES: tuple[str, ...] = ("major", "minor")
 KEYS: tuple[str, ...] = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # pitch class 0..11
 
 # General MIDI programs (0-based) per instrument; a piece picks one. Drums: bank-128 kit on channel 9.

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from soundsmith.train.captions import caption
-from soundsmith.train.synth import read_spec, write_text_atomic
+from soundsmith.core.captions import caption
+from soundsmith.core.files import write_text_atomic
+from soundsmith.train.synth import read_spec
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,8 @@ from typing import Any
 import numpy as np
 from scipy.signal import lfilter, sosfilt
 from soundsmith.codecs.audio import check_sample_rate
+from soundsmith.core.vocabulary import SFX_CLASSES
 
-SFX_CLASSES: tuple[str, ...] = (
-    "rain", "wind", "thunder", "ocean waves", "flowing water", "fire crackling", "engine", "car horn",
-    "siren", "alarm", "phone ringing", "bell", "clock ticking", "footsteps", "knocking", "birds",
-    "crickets", "applause", "dog barking", "glass breaking",
-)
 INTENSITIES: tuple[str, ...] = ("light", "moderate", "heavy")
 PITCHES: tuple[str, ...] = ("low", "medium", "high")
 DISTANCES: tuple[str, ...] = ("near", "far")

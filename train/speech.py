@@ -29,16 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from soundsmith.codecs.audio import check_sample_rate, resample
+from soundsmith.core.vocabulary import LANGUAGES
 
-# espeak voice code -> English name. Each needs a list in sentences.json.
-LANGUAGES: dict[str, str] = {
-    "en-us": "English",
-    "de": "German",
-    "fr": "French",
-    "es": "Spanish",
-    "it": "Italian",
-    "pt-br": "Portuguese",
-}
 # espeak voice variants (voices/!v/<name>); appended to the language as "de+f2". The klatt variants
 # are left out: they run a different synthesizer and sound far more robotic.
 VOICE_VARIANTS: dict[str, tuple[str, ...]] = {

@@ -27,7 +27,6 @@ import logging
 import math
 import multiprocessing
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,15 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from soundsmith.codecs.audio import write_audio, write_json
-from soundsmith.codecs.run_lock import (
+from soundsmith.codecs.audio import write_audio
+from soundsmith.core.captions import CAPTION_STYLES, TEMPLATES_FILE, caption
+from soundsmith.core.files import write_json, write_text_atomic
+from soundsmith.core.run_lock import (
     check_folder_free,
     check_output_dir_arg,
     lock_until_return,
     releases_folder_locks,
 )
 from soundsmith.train.augment import augment
-from soundsmith.train.captions import CAPTION_STYLES, TEMPLATES_FILE, caption
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def synthesize_corpus(
         sample_rate: 8000-48000 Hz (default 16000).
         workers: processes (default 1 = in this process). The output does not depend on it.
         domains: any of "music", "sfx", "speech" (default all three, weighted 0.4 / 0.4 / 0.2).
-        caption_style: "train" (default), "heldout" or "all" (see captions.py).
+        caption_style: "train" (default), "heldout" or "all" (see core/captions.py).
         renderers: domain -> renderer, replacing the default modules (tests, custom domains). Each must
             be a module-level function so worker processes can import it.
         progress: show a progress bar and print the report at the end (default True).
@@ -333,7 +333,7 @@ def _import_renderer(domain: str) -> Renderer:
 def _code_hash(funcs: Iterable[Renderer]) -> str:
     """sha256 of the source files that shape a clip: this module, augment, captions + templates, renderers."""
     here = Path(__file__).parent
-    files = {Path(__file__), here / "augment.py", here / "captions.py", TEMPLATES_FILE}
+    files = {Path(__file__), here / "augment.py", Path(inspect.getsourcefile(caption)), TEMPLATES_FILE}
     for fn in funcs:
         source = inspect.getsourcefile(fn)
         if source:
@@ -441,18 +441,3 @@ def _check_render(wave: Any, labels: Any, domain: str, index: int, spec: CorpusS
     if peak > 0.99 + 1e-6:  # augment() rescales anyway; the renderer contract says <= 0.99
         log.warning("%s returned peak %.3f > 0.99", who, peak)
     return wave.astype(np.float32, copy=False)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write UTF-8 text atomically (temp file in the same folder, then rename), like codecs.audio.write_json."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
