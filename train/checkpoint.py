@@ -411,7 +411,7 @@ def resume_point(out: str | os.PathLike, resume: bool, config: str | os.PathLike
     config given, a resumed run reads its own saved config.json, a fresh run the component's default.
     `out` naming a file (or an audio file name), or a folder another process is using, is refused first.
     """
-    from soundsmith.codecs.run_lock import check_folder_free, check_output_dir_arg
+    from soundsmith.core.run_lock import check_folder_free, check_output_dir_arg
 
     out = check_output_dir_arg(out)
     check_folder_free(out)  # before any long work; the run takes the lock itself in RunFolder.open

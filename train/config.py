@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from soundsmith.codecs.audio import write_json
+from soundsmith.core.files import write_json
 
 C = TypeVar("C")
 

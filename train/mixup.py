@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .latent_cache import build_cache, fingerprint_data
+
 log = logging.getLogger(__name__)
 
 MIXUP_MODES = ("none", "latent", "audio")
@@ -272,7 +274,7 @@ class MixupIndex:
     grids: list[BeatGrid | None]
     partners: list[list[int]]
     frame_rate: float
-    mixes: Any = None  # a train_unet.LatentCache of mixtures ("audio")
+    mixes: Any = None  # a latent_cache.LatentCache of mixtures ("audio")
     mix_rows: list[list[int]] = field(default_factory=list)
 
     def mixable(self, i: int) -> bool:
@@ -341,12 +343,12 @@ def beat_grids(data: Path, split: str, folder: Path, *, sample_rate: int, track:
     clips whose domain is music or unknown. Cached as `folder/<split>-beats.json` (tracking is slow),
     rebuilt when the data's metadata changes.
     """
-    from soundsmith.codecs.audio import audio_info, read_audio, write_json
+    from soundsmith.codecs.audio import audio_info, read_audio
+    from soundsmith.core.files import write_json
 
     from .datasets import AudioCaptionDataset
-    from .train_unet import _fingerprint_data
 
-    key = {"format": BEATS_FORMAT, "split": split, "data": _fingerprint_data(Path(data)), "track": track}
+    key = {"format": BEATS_FORMAT, "split": split, "data": fingerprint_data(Path(data)), "track": track}
     path = folder / f"{split}-beats.json"
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -402,7 +404,6 @@ def prepare_mixup(cfg: Any, codec: Any, conditioner: Any, data: Path, split: str
     """The `MixupIndex` of a split for `cfg.mixup` ("latent" or "audio"), building what it needs once:
     the beat index, and for "audio" the rendered, encoded mixtures (`folder/<split>-mixup.*`)."""
     from .datasets import AudioCaptionDataset
-    from .train_unet import build_cache
 
     grids, durations = beat_grids(data, split, folder, sample_rate=codec.sample_rate)
     if len(grids) != len(cache):

@@ -8,7 +8,7 @@ Every loop does, in this order:
     ...  # data, models: a mistake here leaves no folder behind
     run.open(accelerator)  # creates OUT, locks it until `train` returns, writes config.json and run.json
 
-and its `train` is decorated with `@releases_folder_locks` (soundsmith.codecs.run_lock).
+and its `train` is decorated with `@releases_folder_locks` (soundsmith.core.run_lock).
 
 `RunFolder` refuses, in one line, a folder another process is using, a corpus with no training clips,
 and a `--resume` whose settings change what the run trains (batch size, model shape, learning rate,
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soundsmith.codecs.audio import write_json
-from soundsmith.codecs.run_lock import (
+from soundsmith.core.files import write_json
+from soundsmith.core.run_lock import (
     check_folder_free,
     check_output_dir_arg,
     lock_until_return,

@@ -58,9 +58,9 @@ class TokenParts:
              kmeans: str | os.PathLike | None = None, codec: str | os.PathLike | None = None) -> TokenParts:
         """Load the parts given as folders; the RVQ and the k-means are checked against the CLAP."""
         from soundsmith.codecs.mel_rvq import load_acoustic_codec
+        from soundsmith.core.weights import weights_fingerprint
         from soundsmith.gen.clap import load_clap
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
-        from soundsmith.pipelines.base import weights_fingerprint
         from soundsmith.pipelines.tokens import load_kmeans
 
         parts = cls()
@@ -78,7 +78,7 @@ class TokenParts:
         return parts
 
     def fingerprints(self) -> dict[str, str]:
-        from soundsmith.pipelines.base import weights_fingerprint
+        from soundsmith.core.weights import weights_fingerprint
         from soundsmith.pipelines.tokens import codec_fingerprint
 
         found = {}
@@ -171,7 +171,7 @@ def token_cache(data: str | os.PathLike, split: str, parts: TokenParts, kinds: S
                 progress: bool = True) -> dict[str, Any]:
     """The cached tokens of every clip of `split`: {"cond": CondTokens, "semantic": Ragged, "codes": Ragged}
     for the `kinds` asked, computed (and written under `root`) the first time, read afterwards."""
-    from soundsmith.codecs.weights import read_state_dict
+    from soundsmith.core.weights import read_state_dict
 
     parts.check(kinds)
     fingerprints = parts.fingerprints()
@@ -204,7 +204,7 @@ def _unpack(kind: str, tensors: dict[str, Tensor]) -> Any:
 
 
 def _save(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
-    from soundsmith.codecs.weights import save_safetensors
+    from soundsmith.core.weights import save_safetensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(tensors, path, metadata={k: str(v) for k, v in meta.items()})
@@ -266,7 +266,7 @@ def _captions(record: Any, index: int, n: int, seed: int) -> list[str]:
     (seed, index); a corpus without such labels repeats its stored captions."""
     captions = list(record.captions[:n])
     if len(captions) < n and record.labels.get("domain"):
-        from .captions import caption
+        from soundsmith.core.captions import caption
 
         rng = np.random.default_rng([seed, index])
         try:

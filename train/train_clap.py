@@ -21,7 +21,6 @@ Run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, export/.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,18 +29,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import (
-    EpochIndexed,
-    ResumableSampler,
-    load_checkpoint,
-    resume_point,
-    save_checkpoint,
-)
+from .checkpoint import ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
+from .loop import (
+    clip_batches,
+    due,
+    finish,
+    interval,
+    make_accelerator,
+    restore,
+    step_optimizer,
+    train_means,
+    validation_split,
+)
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
@@ -127,22 +131,15 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, text_encoder: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) our CLAP; return the export folder `OUT/export`.
 
-    Args:
-        config: JSON config file (default: `train/configs/clap.json`; on resume: the run's config.json).
-        data: corpus folder with structured labels (train split for training, valid for validation).
-        out: run folder.
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file.
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
-        text_encoder: an already loaded `SentenceEncoder` to use (default: load the config's).
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/clap.json`, and
+    `data` needs structured labels. `text_encoder`: an already loaded `SentenceEncoder` to use (default:
+    load the config's).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from soundsmith.eval.clap_metrics import label_key
     from soundsmith.gen.clap import ClapConfig, SoundsmithClap
 
-    from .datasets import AudioCaptionDataset, collate
+    from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
@@ -155,8 +152,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(cfg.mixed_precision)
     is_main, device = accelerator.is_main_process, accelerator.device
     set_seed(cfg.seed)  # identical initial weights in every process
 
@@ -165,7 +161,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     train_set = AudioCaptionDataset(data, sample_rate=sr, crop_seconds=cfg.crop_seconds, random_crop=True,
                                     seed=cfg.seed, split="train", redraw_captions=True,
                                     caption_style=cfg.caption_style)
-    valid = _validation_set(AudioCaptionDataset, data, sr, cfg.num_valid_clips)
+    valid = _validation_set(data, sr, cfg.num_valid_clips)
 
     # 4. model (the frozen MiniLM lives outside its parameters), optimizer, LR schedule, EMA ----------
     clap = SoundsmithClap(clap_cfg, text_encoder=text_encoder).train()
@@ -191,19 +187,11 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         objects["scaler"] = accelerator.scaler
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
-    step, batches = 0, 0
     set_seed(cfg.seed, device_specific=True)  # each process draws its own SpecAugment masks
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects, accelerator)
     sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
                                rank=accelerator.process_index, start=batches)
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
-    )
-    batch_iter = iter(loader)
+    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
     run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="clap")
@@ -212,13 +200,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         return spec_augment(mel, time_masks=cfg.time_masks, time_width=cfg.time_mask_frames,
                             freq_masks=cfg.freq_masks, freq_width=cfg.freq_mask_bins)
 
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
-
     # 6. the loop ------------------------------------------------------------------------------------
     running = {"loss": 0.0, "masked_pairs": 0.0, "step_seconds": 0.0}
-    last_saved = step
     while step < stop_at:
         t0 = time.perf_counter()
         batch = next(batch_iter)
@@ -231,10 +214,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             audio_emb, text_emb, scale = model(wave, text_features, augment=augment)
             loss = clap_loss(audio_emb.float(), text_emb.float(), scale.float(), same)
         accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
-        opt.step()
-        scheduler.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = step_optimizer(model, opt, scheduler, cfg.clip_grad_norm, accelerator)
         ema.update(clap)
         step += 1
         bar.update(1)
@@ -242,37 +222,28 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         running["masked_pairs"] += 0.0 if same is None else float(same.sum() - len(same)) / len(same)
         running["step_seconds"] += time.perf_counter() - t0
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            means = {k: accelerator.reduce(torch.tensor(v / n, device=device), "mean").item() for k, v in running.items()}
-            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/grad_norm": float(grad_norm),
-                              "train/temperature": 1.0 / scale.item(), "train/lr": scheduler.get_last_lr()[0],
-                              "train/epoch": batches / sampler.batches_per_epoch})
-            bar.set_postfix(loss=f"{means['loss']:.3f}", s_per_step=f"{means['step_seconds']:.2f}")
+        if due(step, cfg.log_every, stop_at):
+            means = train_means(running, interval(step, cfg.log_every), accelerator)
+            logger.log(step, {**means, "train/grad_norm": float(grad_norm), "train/temperature": 1.0 / scale.item(),
+                              "train/lr": scheduler.get_last_lr()[0], "train/epoch": batches / sampler.batches_per_epoch})
+            bar.set_postfix(loss=f"{means['train/loss']:.3f}", s_per_step=f"{means['train/step_seconds']:.2f}")
             running = dict.fromkeys(running, 0.0)
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             if is_main:  # validation draws only from its own seeded generators: resuming stays bit-exact
                 ema_weights(ema, clap, ema_model)
                 logger.log(step, validate(ema_model, valid))
             accelerator.wait_for_everyone()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 7. export the EMA weights in fp16 ---------------------------------------------------------------
-    export = out / "export"
     if is_main:
         ema_weights(ema, clap, ema_model)
-        ema_model.save_pretrained(export, dtype=torch.float16)
-        log.info("exported %s", export)
-    logger.close()
-    accelerator.wait_for_everyone()
-    return export
+    return finish(out, ema_model, is_main=is_main, logger=logger, accelerator=accelerator)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -289,15 +260,11 @@ def ema_weights(ema: EMA, live: Any, target: Any) -> Any:
     return target
 
 
-def _validation_set(dataset_cls: Any, data: str | os.PathLike, sr: int, num: int) -> dict[str, Any]:
+def _validation_set(data: str | os.PathLike, sr: int, num: int) -> dict[str, Any]:
     """Up to `num` whole clips of the valid split (evenly spread over it), kept in memory."""
     from .datasets import collate
 
-    try:
-        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=None, random_crop=False, split="valid")
-    except ValueError as err:
-        log.warning("no validation split (%s); validating on training clips", err)
-        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=None, random_crop=False, split="train")
+    valid_set = validation_split(data, sample_rate=sr, crop_seconds=None, random_crop=False)
     count = min(num, len(valid_set))
     picks = sorted({round(i * (len(valid_set) - 1) / max(count - 1, 1)) for i in range(count)})
     batch = collate([valid_set[i] for i in picks])
@@ -308,6 +275,7 @@ def _validation_set(dataset_cls: Any, data: str | os.PathLike, sr: int, num: int
 def validate(clap: Any, valid: dict[str, Any], seed: int = 0) -> dict[str, float]:
     """text->audio R@1/R@10/mAP (in-template captions, seeded) and canonical zero-shot accuracy per family."""
     import numpy as np
+    from soundsmith.core.captions import caption
     from soundsmith.eval.clap_metrics import (
         FAMILIES,
         candidates,
@@ -318,7 +286,6 @@ def validate(clap: Any, valid: dict[str, Any], seed: int = 0) -> dict[str, float
         retrieval_metrics,
         zero_shot_accuracy,
     )
-    from soundsmith.train.captions import caption
 
     labels = valid["labels"]
     audio = torch.cat([clap.embed_audio(valid["wave"][i:i + 1, :, :n], clap.sample_rate)

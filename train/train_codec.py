@@ -26,27 +26,34 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor, nn
 
-from .checkpoint import (
-    EpochIndexed,
-    ResumableSampler,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
-    save_checkpoint,
-)
+from .checkpoint import ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
 from .discriminators import MultiScaleSTFTDiscriminator
+from .loop import (
+    accumulate,
+    clip_batches,
+    due,
+    finish,
+    interval,
+    make_accelerator,
+    model_config,
+    no_sync,
+    restore,
+    start_clock,
+    step_optimizer,
+    step_times,
+    train_means,
+    validation_batch,
+)
 from .losses import (
     MultiResolutionSTFTLoss,
     feature_matching_loss,
@@ -148,37 +155,25 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the RVQ codec; return the export folder `OUT/export`.
 
-    Args:
-        config: JSON config file (default: `train/configs/codec.json`; on resume: the run's config.json).
-        data: corpus folder (train split for training, valid split for validation).
-        out: run folder.
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file.
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/codec.json`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
 
-    from .datasets import AudioCaptionDataset, collate
+    from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(CodecTrainConfig, config, overrides)
     run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
-    try:
-        codec_cfg = NeuralCodecConfig.from_dict(cfg.model)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{config}: field 'model': {err}") from None
+    codec_cfg = model_config(NeuralCodecConfig, cfg.model, config)
     if cfg.valid_levels > codec_cfg.n_levels:
         raise ValueError(f"{config}: field 'valid_levels' must be in [1, {codec_cfg.n_levels}] (the model's "
                          f"n_levels), got {cfg.valid_levels}")
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(cfg.mixed_precision)
     is_main, device = accelerator.is_main_process, accelerator.device
     set_seed(cfg.seed)  # identical initial weights in every process
 
@@ -190,8 +185,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                              f"each), got {getattr(cfg, name)}")
     train_set = AudioCaptionDataset(data, sample_rate=sr, channels=codec_cfg.audio_channels,
                                     crop_seconds=cfg.crop_seconds, random_crop=True, seed=cfg.seed, split="train")
-    valid = _validation_batch(AudioCaptionDataset, data, sr, codec_cfg.audio_channels, cfg.valid_seconds,
-                              cfg.num_valid_clips)
+    valid = validation_batch(data, sr, cfg.valid_seconds, cfg.num_valid_clips, channels=codec_cfg.audio_channels)
 
     # 4. models, optimizers, LR schedules ------------------------------------------------------------
     codec = NeuralCodec(codec_cfg).train()
@@ -214,39 +208,18 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                  sizes["codebooks"], sum(p.numel() for p in disc.parameters()))
 
     # 5. resume: weights and codebooks, optimizers, schedules, RNG states and the data position -----
-    step, batches = 0, 0
     set_seed(cfg.seed, device_specific=True)
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects, accelerator)
     sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
                                rank=accelerator.process_index, start=batches)
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
-    )
-    batch_iter = iter(loader)
+    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
     run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="codec")
-    last_saved = step
-
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
-
-    def no_sync(*models: Any, sync: bool) -> ExitStack:
-        """Skip the gradient all-reduce on all but the last micro-step (a no-op with one process)."""
-        stack = ExitStack()
-        if not sync:
-            for m in models:
-                stack.enter_context(accelerator.no_sync(m))
-        return stack
 
     # 6. the loop ------------------------------------------------------------------------------------
     running: dict[str, float] = {}
-    clock = (time.perf_counter(), time.process_time())  # wall and CPU time of the logging interval
+    clock = start_clock()  # wall and CPU time of the logging interval
     while step < stop_at:
         use_gan = step >= cfg.disc_start_step and (cfg.adv_weight > 0 or cfg.fm_weight > 0)
         quantize = step >= cfg.vq_warmup_steps
@@ -267,23 +240,23 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             batch = next(batch_iter)
             batches += 1
             y = batch["wave"].to(device)  # [B, C, T], T = S * hop
-            with no_sync(gen, sync=i == n_micro - 1), accelerator.autocast():
+            with no_sync(accelerator, gen, sync=i == n_micro - 1), accelerator.autocast():
                 result = gen(y, quantize=quantize)  # quantizer dropout picks the levels; codebooks take an EMA step
             micro.append((y, result))
-            _add(stats, "levels", result.n_levels / n_micro)
+            accumulate(stats, "levels", result.n_levels / n_micro)
             if quantize:
-                _add(stats, "perplexity", result.perplexity.float().mean().item() / n_micro)
-            _add(stats, "latent_spread", result.latent.detach().std(dim=(0, 2)).mean().item() / n_micro)
+                accumulate(stats, "perplexity", result.perplexity.float().mean().item() / n_micro)
+            accumulate(stats, "latent_spread", result.latent.detach().std(dim=(0, 2)).mean().item() / n_micro)
 
         # 6b. discriminator step: real vs detached reconstruction (hinge, as EnCodec), on disc_clips clips
         if use_gan:
             for i, (y, result) in enumerate(micro):
-                with no_sync(dis, sync=i == n_micro - 1), accelerator.autocast():
+                with no_sync(accelerator, dis, sync=i == n_micro - 1), accelerator.autocast():
                     mono, mono_hat = _mono(y[: cfg.disc_clips]), _mono(result.audio[: cfg.disc_clips].detach())
                     real, fake = dis(torch.cat([mono, mono_hat])).split([len(mono), len(mono)])
                     loss_d = hinge_discriminator_loss(real.logits, fake.logits)
                     accelerator.backward(loss_d / n_micro)
-                _add(stats, "loss_d", loss_d.item() / n_micro)
+                accumulate(stats, "loss_d", loss_d.item() / n_micro)
             stats["grad_norm_d"] = float(accelerator.clip_grad_norm_(dis.parameters(), cfg.clip_grad_norm or math.inf))
             opt_d_acc.step()
         sched_d.step()
@@ -291,7 +264,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
 
         # 6c. generator step: reconstruction + commitment (+ adversarial + feature matching)
         for i, (y, result) in enumerate(micro):
-            with no_sync(gen, dis, sync=i == n_micro - 1), accelerator.autocast():
+            with no_sync(accelerator, gen, dis, sync=i == n_micro - 1), accelerator.autocast():
                 y_hat = result.audio.float()
                 loss_l1 = F.l1_loss(y_hat, y)
                 loss_stft = stft_loss(y_hat, y)
@@ -305,36 +278,29 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                     loss_adv = hinge_generator_loss(fake.logits)
                     loss_fm = feature_matching_loss(real.features, fake.features)
                     loss_g = loss_g + cfg.adv_weight * loss_adv + cfg.fm_weight * loss_fm
-                    _add(stats, "loss_adv", loss_adv.item() / n_micro)
-                    _add(stats, "loss_fm", loss_fm.item() / n_micro)
+                    accumulate(stats, "loss_adv", loss_adv.item() / n_micro)
+                    accumulate(stats, "loss_fm", loss_fm.item() / n_micro)
                 accelerator.backward(loss_g / n_micro)
             for name, value in (("loss_g", loss_g), ("l1", loss_l1), ("stft", loss_stft), ("mel", loss_mel),
                                 ("commit", result.commit_loss)):
-                _add(stats, name, value.item() / n_micro)
-        stats["grad_norm_g"] = float(accelerator.clip_grad_norm_(gen.parameters(), cfg.clip_grad_norm or math.inf))
-        opt_g_acc.step()
-        sched_g.step()
-        opt_g_acc.zero_grad(set_to_none=True)
+                accumulate(stats, name, value.item() / n_micro)
+        stats["grad_norm_g"] = float(step_optimizer(gen, opt_g_acc, sched_g, cfg.clip_grad_norm, accelerator))
         opt_d_acc.zero_grad(set_to_none=True)  # D's grads from the generator's backward are not used
         step += 1
         bar.update(1)
         for k, v in stats.items():
-            _add(running, k, v)
+            accumulate(running, k, v)
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            means = {k: accelerator.reduce(torch.tensor(v / n, device=device), "mean").item()
-                     for k, v in sorted(running.items())}
-            wall, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
-            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": sched_g.get_last_lr()[0],
-                              "train/epoch": batches / sampler.batches_per_epoch,
-                              "time/s_per_step": wall / n, "time/cpu_s_per_step": cpu / n})
-            bar.set_postfix(mel=f"{means.get('mel', 0):.3f}", stft=f"{means.get('stft', 0):.3f}",
-                            ppl=f"{means.get('perplexity', 0):.0f}")
-            running = {}
-            clock = (time.perf_counter(), time.process_time())
+        if due(step, cfg.log_every, stop_at):
+            n = interval(step, cfg.log_every)
+            means = train_means(dict(sorted(running.items())), n, accelerator)
+            logger.log(step, {**means, "train/lr": sched_g.get_last_lr()[0],
+                              "train/epoch": batches / sampler.batches_per_epoch, **step_times(clock, n)})
+            bar.set_postfix(mel=f"{means.get('train/mel', 0):.3f}", stft=f"{means.get('train/stft', 0):.3f}",
+                            ppl=f"{means.get('train/perplexity', 0):.0f}")
+            running, clock = {}, start_clock()
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             if is_main:  # eval mode draws nothing from the global RNG, so resuming stays bit-exact
                 codec.eval()
                 metrics = _validate(codec, mel_loss, stft_loss, valid, device, (codec_cfg.n_levels, cfg.valid_levels))
@@ -344,49 +310,21 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                 codec.train()
             accelerator.wait_for_everyone()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 7. export in fp16 ------------------------------------------------------------------------------
-    export = out / "export"
-    if is_main:
-        codec.eval().save_pretrained(export, dtype=torch.float16)
-        log.info("exported %s", export)
-    logger.close()
-    accelerator.wait_for_everyone()
-    return export
+    return finish(out, codec.eval(), is_main=is_main, logger=logger, accelerator=accelerator)
 
 
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _add(acc: dict[str, float], key: str, value: float) -> None:
-    acc[key] = acc.get(key, 0.0) + value
-
-
 def _mono(wave: Tensor) -> Tensor:
     """`[B, C, T]` -> `[B, 1, T]` for the (mono) discriminator."""
     return wave.mean(1, keepdim=True) if wave.shape[1] > 1 else wave
-
-
-# Copied from soundsmith.train.train_vae._validation_batch (plus channels; kept [N, C, T])
-def _validation_batch(dataset_cls: Any, data: str | os.PathLike, sr: int, channels: int, seconds: float, num: int
-                      ) -> Tensor:
-    """The first `num` clips of the valid split (center crops), as one batch `[N, C, T]` kept in memory."""
-    from .datasets import collate
-
-    try:
-        valid_set = dataset_cls(data, sample_rate=sr, channels=channels, crop_seconds=seconds, random_crop=False,
-                                split="valid")
-    except ValueError as err:
-        log.warning("no validation split (%s); validating on the first training clips", err)
-        valid_set = dataset_cls(data, sample_rate=sr, channels=channels, crop_seconds=seconds, random_crop=False,
-                                split="train")
-    return collate([valid_set[i] for i in range(min(num, len(valid_set)))])["wave"]  # [N, C, T]
 
 
 @torch.no_grad()
@@ -425,16 +363,3 @@ def _write_samples(folder: Path, codec: Any, valid: Tensor, num: int, device: to
         save_samples(folder, f"clip{i}-l{coarse_levels}", sr, wave=coarse)
         logger.log_audio(step, f"samples/clip{i}", full, sr)
 
-
-def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Export the codec of the newest checkpoint of `run_dir` in fp16 (to `run_dir/export` by default)."""
-    from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
-
-    run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    cfg = load_config(CodecTrainConfig, run_dir / "config.json")
-    codec = NeuralCodec(NeuralCodecConfig.from_dict(cfg.model))
-    load_checkpoint(ckpt, {"codec": codec}, restore_rng=False)
-    return codec.eval().save_pretrained(Path(out) if out is not None else run_dir / "export", dtype=torch.float16)

@@ -24,7 +24,6 @@ Run folder: config.json, metrics.jsonl, tensorboard/, cache/, checkpoints/, expo
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
+from .checkpoint import ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
+from .loop import due, finish, interval, restore, step_optimizer, train_means
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
@@ -89,20 +89,14 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, clap_model: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the conditioning quantizer; return the export folder `OUT/export`.
 
-    Args:
-        config: JSON config file (default: `train/configs/cond-rvq.json`; on resume: the run's config.json).
-        data: corpus folder (train split for training, valid split for validation).
-        out: run folder.
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file (`clap=PATH`).
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
-        clap_model: an already loaded CLAP (`ClapBase`) to use instead of loading `config.clap`.
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/cond-rvq.json`
+    (`clap=PATH` in `overrides` names the CLAP). `clap_model`: an already loaded CLAP (`ClapBase`) to
+    use instead of loading `config.clap`.
     """
     from accelerate.utils import set_seed
+    from soundsmith.core.weights import weights_fingerprint
     from soundsmith.gen.clap import load_clap
     from soundsmith.gen.cond_tokens import ConditioningQuantizer, ConditioningQuantizerConfig
-    from soundsmith.pipelines.base import weights_fingerprint
 
     # 1. config, run folder, resume point, CLAP -----------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
@@ -142,11 +136,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
 
     # 4. resume: weights, codebooks, optimizer, schedule, RNG states, data position ------------------
-    step, batches = 0, 0
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects)
     sampler = ResumableSampler(len(train_emb), cfg.batch_size, seed=cfg.seed, start=batches)
     batch_iter = iter(sampler)
     logger = MetricsLogger(out, enabled=True, resume_step=step if ckpt is not None else None)
@@ -155,13 +145,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         model.train()
     bar = progress_bar(stop_at, step, desc="cond-rvq")
 
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), keep_last=cfg.keep_last,
-                        extra={"component": COMPONENT, "config": config_to_dict(cfg), "clap_fingerprint": clap_fp})
-
     # 5. the loop ------------------------------------------------------------------------------------
     running = {"loss": 0.0, "cosine": 0.0, "commit": 0.0, "perplexity": 0.0, "step_seconds": 0.0}
-    last_saved = step
     while step < stop_at:
         t0 = time.perf_counter()
         idx = torch.tensor([i for i, _ in next(batch_iter)])
@@ -171,10 +156,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         cosine = (result.reconstruction * torch.nn.functional.normalize(x, dim=-1)).sum(-1).mean()
         loss = (1.0 - cosine) + cfg.commit_weight * result.commit_loss
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = step_optimizer(model, optimizer, scheduler, cfg.clip_grad_norm)
         step += 1
         bar.update(1)
         running["loss"] += loss.item()
@@ -183,31 +165,24 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         running["perplexity"] += result.perplexity.mean().item()
         running["step_seconds"] += time.perf_counter() - t0
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            means = {k: v / n for k, v in running.items()}
-            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/grad_norm": float(grad_norm),
-                              "train/lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(cos=f"{means['cosine']:.4f}")
+        if due(step, cfg.log_every, stop_at):
+            means = train_means(running, interval(step, cfg.log_every))  # one process: no all-reduce
+            logger.log(step, {**means, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0]})
+            bar.set_postfix(cos=f"{means['train/cosine']:.4f}")
             running = dict.fromkeys(running, 0.0)
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             logger.log(step, validate(model, cache))  # no random draws: resuming stays bit-exact
             model.train()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), keep_last=cfg.keep_last,
+                            extra={"component": COMPONENT, "config": config_to_dict(cfg), "clap_fingerprint": clap_fp})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 6. export in fp16 ------------------------------------------------------------------------------
-    export = out / "export"
-    model.eval().save_pretrained(export, dtype=torch.float16)
-    log.info("exported %s (%.2f MB in fp16)", export, q_cfg.size_bytes() / 1e6)
-    logger.close()
-    return export
+    log.info("cond-rvq: %.2f MB in fp16", q_cfg.size_bytes() / 1e6)
+    return finish(out, model.eval(), is_main=True, logger=logger)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -239,8 +214,7 @@ def embedding_cache(clap: Any, data: str | os.PathLike, path: Path, *, seed: int
 
     Returns `train [N, E]` (whole train clips, then their crops), `valid_audio [M, E]`, `valid_text [M, E]`.
     """
-    from soundsmith.codecs.weights import read_state_dict, save_safetensors
-    from soundsmith.pipelines.base import weights_fingerprint
+    from soundsmith.core.weights import read_state_dict, save_safetensors, weights_fingerprint
 
     from .datasets import AudioCaptionDataset
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.codecs.run_lock import check_output_dir_arg, releases_folder_locks
+from soundsmith.core.run_lock import check_output_dir_arg, releases_folder_locks
 from torch import Tensor
 
 from .config import bounded, check_ranges, load_config
@@ -155,7 +155,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
 def _shard(path: Path, features_model: Any, dataset: Any, indices: range, key: dict[str, str], seed: int,
            frames_per_clip: int) -> Tensor:
     """Frames `[n, D]` (fp16) of the clips `indices`: read from `path` if it holds them, else extracted."""
-    from soundsmith.codecs.weights import read_state_dict, save_safetensors
+    from soundsmith.core.weights import read_state_dict, save_safetensors
 
     shard_key = {**key, "clips": f"{indices.start}-{indices.stop}"}
     if path.is_file():

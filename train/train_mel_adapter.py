@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.codecs.run_lock import check_output_dir_arg, releases_folder_locks
+from soundsmith.core.run_lock import check_output_dir_arg, releases_folder_locks
 from torch import Tensor
 
 from .config import bounded, check_ranges, load_config

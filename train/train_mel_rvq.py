@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
 from .checkpoint import load_checkpoint, resume_point, save_checkpoint
@@ -199,7 +199,7 @@ def cached_latents(codec: Any, data: str | os.PathLike, split: str, cache_dir: P
 def _shard(path: Path, codec: Any, dataset: Any, indices: range, key: dict[str, str], batch: int
            ) -> tuple[Tensor, Tensor]:
     """Latent frames `[n, D]` (fp16) and offsets of the clips `indices`: read from `path`, else encoded."""
-    from soundsmith.codecs.weights import read_state_dict, save_safetensors
+    from soundsmith.core.weights import read_state_dict, save_safetensors
 
     shard_key = {**key, "clips": f"{indices.start}-{indices.stop}"}
     if path.is_file():

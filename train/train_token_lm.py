@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -37,11 +36,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
+from .checkpoint import ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
+from .loop import (
+    accumulate,
+    due,
+    finish,
+    interval,
+    make_accelerator,
+    no_sync,
+    restore,
+    step_optimizer,
+    train_means,
+)
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
@@ -182,17 +192,9 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
           overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the `stage` LM ("semantic", "coarse" or "fine"); return the export folder.
 
-    Args:
-        stage: which LM.
-        config: JSON config (default: `train/configs/<stage>-lm.json`; on resume: the run's config.json).
-        data: corpus folder (train split for training, valid split for validation).
-        out: run folder (default: runs/<stage>-lm).
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file.
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
+    `stage` picks the LM; the other arguments are every loop's (train/loop.py), with `config` defaulting
+    to `train/configs/<stage>-lm.json` and `out` to `runs/<stage>-lm`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from soundsmith.gen.token_lm import STAGES, build_lm
 
@@ -220,8 +222,7 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(cfg.mixed_precision)
     is_main, device = accelerator.is_main_process, accelerator.device
     run.open(accelerator)  # creates and locks OUT: after the parts and the token caches are checked
     if is_main:
@@ -254,25 +255,16 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     valid_batches = _valid_batches(stage, valid, cfg.batch_size, cfg.num_valid_batches)
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
-    step, batches = 0, 0
     set_seed(cfg.seed, device_specific=True)  # each process its own dropout masks
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects, accelerator)
     sampler = ResumableSampler(len(crops), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
                                rank=accelerator.process_index, start=batches)
     batch_iter = iter(sampler)
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc=component)
 
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                        keep_last=cfg.keep_last, extra={"component": component, "config": config_to_dict(cfg)})
-
     # 6. the loop ------------------------------------------------------------------------------------
     running: dict[str, float] = {}
-    last_saved = step
     clock = time.perf_counter()
     while step < stop_at:
         for i in range(cfg.grad_accum):
@@ -280,55 +272,45 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
             rng = np.random.default_rng([cfg.seed, batches, accelerator.process_index])
             batch = crops.batch([index for index, _ in next(batch_iter)], rng)
             batches += 1
-            with _no_sync(accelerator, wrapped, i < cfg.grad_accum - 1), accelerator.autocast():
+            with no_sync(accelerator, wrapped, sync=i == cfg.grad_accum - 1), accelerator.autocast():
                 output = wrapped(**{k: v.to(device) for k, v in batch.items()})
                 loss = output.loss()
                 accelerator.backward(loss / cfg.grad_accum)
-            _add(running, "loss", loss.item() / cfg.grad_accum)
-            _add(running, "accuracy", output.accuracy() / cfg.grad_accum)
-            _add(running, "tokens", float((output.targets != -100).sum()))
-        grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.clip_grad_norm or math.inf)
-        opt.step()
-        scheduler.step()
-        opt.zero_grad(set_to_none=True)
+            accumulate(running, "loss", loss.item() / cfg.grad_accum)
+            accumulate(running, "accuracy", output.accuracy() / cfg.grad_accum)
+            accumulate(running, "tokens", float((output.targets != -100).sum()))
+        grad_norm = step_optimizer(wrapped, opt, scheduler, cfg.clip_grad_norm, accelerator)
         ema.update(model)
         step += 1
         bar.update(1)
-        _add(running, "grad_norm", float(grad_norm))
+        accumulate(running, "grad_norm", float(grad_norm))
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+        if due(step, cfg.log_every, stop_at):
+            n = interval(step, cfg.log_every)
             wall = time.perf_counter() - clock
-            means = {k: accelerator.reduce(torch.tensor(v / n, device=device), "mean").item()
-                     for k, v in sorted(running.items()) if k != "tokens"}
-            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": scheduler.get_last_lr()[0],
+            # tokens is a count for the throughput, not a per-step mean
+            means = train_means({k: v for k, v in sorted(running.items()) if k != "tokens"}, n, accelerator)
+            logger.log(step, {**means, "train/lr": scheduler.get_last_lr()[0],
                               "train/epoch": batches / sampler.batches_per_epoch, "time/s_per_step": wall / n,
                               "time/tokens_per_s": running.get("tokens", 0.0) / max(wall, 1e-9)})
-            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+            bar.set_postfix(loss=f"{means['train/loss']:.3f}", acc=f"{means['train/accuracy']:.3f}")
             running, clock = {}, time.perf_counter()
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             if is_main:  # validation draws nothing from the global RNG: resuming stays bit-exact
                 ema.copy_to(ema_model)
                 logger.log(step, validate(ema_model, valid_batches, device))
             accelerator.wait_for_everyone()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                            keep_last=cfg.keep_last, extra={"component": component, "config": config_to_dict(cfg)})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 7. export the EMA weights in fp16 ---------------------------------------------------------------
-    export = out / "export"
     if is_main:
         ema.copy_to(ema_model)
-        ema_model.save_pretrained(export, dtype=torch.float16)
-        log.info("exported %s", export)
-    logger.close()
-    accelerator.wait_for_everyone()
-    return export
+    return finish(out, ema_model, is_main=is_main, logger=logger, accelerator=accelerator)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -412,17 +394,6 @@ def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torc
         metrics[f"valid/loss{suffix}"] = loss / n
         metrics[f"valid/accuracy{suffix}"] = acc / n
     return metrics
-
-
-def _no_sync(accelerator: Any, model: Any, skip: bool) -> Any:
-    """Skip the gradient all-reduce on all but the last micro-step (a no-op with one process)."""
-    from contextlib import nullcontext
-
-    return accelerator.no_sync(model) if skip else nullcontext()
-
-
-def _add(acc: dict[str, float], key: str, value: float) -> None:
-    acc[key] = acc.get(key, 0.0) + value
 
 
 def stage_trainer(stage: str) -> Callable[..., Path]:

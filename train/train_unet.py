@@ -6,7 +6,8 @@ The config names the frozen parts: the mel VAE + vocoder (`codec`, a mel codec f
 optionally a `vocoder`: a registry name of codecs/vocoders.py, default griffin-lim, or a trained HiFi-GAN
 folder) and the CLAP (`clap`). The vocoder only turns validation samples into audio: training needs none. First, every clip of the train and valid splits is encoded once (the VAE posterior's mean
 and std, scaled; the CLAP audio embedding of the clip; the CLAP text embeddings of its captions) into
-`OUT/cache/`, reused while the parts and the data are unchanged. Then the loop reads top to bottom:
+`OUT/cache/` (train/latent_cache.py), reused while the parts and the data are unchanged. Then the loop
+reads top to bottom:
 
     per step: crop latent windows, draw z = mean + std * eps, pick each clip's condition (its CLAP
     audio embedding with probability `audio_prob`, else one of its caption embeddings: AudioLDM trains
@@ -25,25 +26,24 @@ Run folder: config.json, cache/, metrics.jsonl, tensorboard/, samples/step-XXXXX
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import math
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, load_checkpoint, resume_point, save_checkpoint
+from .checkpoint import ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
+from .latent_cache import LatentCache, build_cache
+from .loop import due, finish, interval, make_accelerator, no_sync, restore, step_optimizer, train_means
 from .metrics_log import MetricsLogger, progress_bar, save_samples
+from .mixup import prepare_mixup
 from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "unet.json"
 COMPONENT = "unet"
-CACHE_FORMAT = "soundsmith-latent-cache/1"
 
 
 @dataclass
@@ -140,141 +139,6 @@ def load_parts(cfg: UNetTrainConfig, where: str) -> tuple[Any, Any]:
     return codec, conditioner
 
 
-# ---------------------------------------------------------------------------------------------- cache
-
-
-@dataclass
-class LatentCache:
-    """Every clip of one split, encoded once. Latents are scaled (x scaling_factor) like the UNet sees them.
-
-    mean, std: `[C, total_frames, F']` float16, clip i at frames offsets[i]:offsets[i+1];
-    audio_emb: `[N, D]`; text_emb: `[M, D]` with text_owner `[M]` (the clip of each caption); captions: M texts.
-    """
-
-    mean: Tensor
-    std: Tensor
-    offsets: Tensor
-    audio_emb: Tensor
-    text_emb: Tensor
-    text_owner: Tensor
-    captions: list[str]
-
-    def __len__(self) -> int:
-        return self.offsets.numel() - 1
-
-    def frames(self, i: int) -> int:
-        return int(self.offsets[i + 1] - self.offsets[i])
-
-    def caption_rows(self, i: int) -> list[int]:
-        """Rows of `text_emb` / `captions` that belong to clip i."""
-        if not hasattr(self, "_rows"):
-            rows: dict[int, list[int]] = {}
-            for row, owner in enumerate(self.text_owner.tolist()):
-                rows.setdefault(owner, []).append(row)
-            self._rows = rows
-        return self._rows[i]
-
-
-def _fingerprint_data(root: Path) -> str:
-    h = hashlib.sha256()
-    for meta in sorted(root.glob("*.jsonl")) + sorted(root.glob("*.csv")):
-        st = meta.stat()
-        h.update(f"{meta.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]
-
-
-def build_cache(codec: Any, conditioner: Any, data: Path, split: str, folder: Path, *, captions_per_clip: int,
-                seed: int, dataset: Any = None, name: str | None = None, extra_key: dict | None = None
-                ) -> LatentCache:
-    """Encode (or reuse) the cache of `split`; a change of VAE, CLAP or data metadata rebuilds it.
-
-    `dataset` (items like AudioCaptionDataset's), `name` (file stem, default the split) and `extra_key`
-    (more fields that must match for reuse) let other clip sets share this encoder (train/mixup.py).
-    """
-    from safetensors.torch import load_file, save_file
-    from soundsmith.codecs.audio import write_json
-    from soundsmith.pipelines.base import weights_fingerprint
-
-    from .datasets import AudioCaptionDataset
-
-    key = {"format": CACHE_FORMAT, "split": split, "vae": weights_fingerprint(codec.vae),
-           "clap": conditioner.fingerprint(), "data": _fingerprint_data(Path(data)),
-           "captions_per_clip": captions_per_clip, "seed": seed, **(extra_key or {})}
-    tensors_path, meta_path = folder / f"{name or split}.safetensors", folder / f"{name or split}.json"
-    if tensors_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("key") == key:
-            t = load_file(str(tensors_path))
-            log.info("latent cache %s: reused (%d clips)", tensors_path, t["offsets"].numel() - 1)
-            return LatentCache(t["mean"], t["std"], t["offsets"], t["audio_emb"], t["text_emb"], t["text_owner"],
-                               meta["captions"])
-        log.info("latent cache %s is stale (parts or data changed); rebuilding", tensors_path)
-    if dataset is None:
-        dataset = AudioCaptionDataset(data, sample_rate=codec.sample_rate, crop_seconds=None, random_crop=False,
-                                      split=split)
-    rng = np.random.default_rng([seed, 17])
-    means, stds, audio_emb, captions, owners, offsets = [], [], [], [], [], [0]
-    bar = progress_bar(len(dataset), desc=f"cache {split}")
-    pending: list[dict] = []
-
-    @torch.no_grad()
-    def flush() -> None:  # encode clips of one length as one batch (a corpus of 5 s clips: 16 at a time)
-        wave = torch.stack([item["wave"] for item in pending])  # [b, C, T]
-        mel = codec.wave_to_mel(wave, codec.sample_rate)  # [b, F, S]
-        posterior = codec.vae.encode(mel)
-        scale = codec.scaling_factor
-        emb = (conditioner.model.embed_audio(wave, codec.sample_rate).float().cpu() if conditioner.has_audio_tower
-               else torch.zeros(len(pending), conditioner.dim))
-        for k, item in enumerate(pending):
-            means.append((posterior.mean[k] * scale).half())  # [C, S/4, F/4]
-            stds.append((posterior.std[k] * scale).half())
-            offsets.append(offsets[-1] + means[-1].shape[1])
-            audio_emb.append(emb[k])
-            for text in _captions(item, dataset, captions_per_clip, rng):
-                captions.append(text)
-                owners.append(item["index"])
-        bar.update(len(pending))
-        pending.clear()
-
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if pending and (item["wave"].shape != pending[0]["wave"].shape or len(pending) == 16):
-            flush()
-        pending.append(item)
-    if pending:
-        flush()
-    bar.close()
-    text_emb = torch.cat([conditioner.embed_text(captions[k:k + 256]).cpu() for k in range(0, len(captions), 256)])
-    cache = LatentCache(torch.cat(means, 1), torch.cat(stds, 1), torch.tensor(offsets), torch.stack(audio_emb),
-                        text_emb.float(), torch.tensor(owners), captions)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({"mean": cache.mean.contiguous(), "std": cache.std.contiguous(), "offsets": cache.offsets,
-               "audio_emb": cache.audio_emb, "text_emb": cache.text_emb, "text_owner": cache.text_owner},
-              str(tensors_path))
-    write_json(meta_path, {"key": key, "captions": captions})
-    log.info("latent cache %s: %d clips, %d latent frames", tensors_path, len(cache), cache.mean.shape[1])
-    return cache
-
-
-def _captions(item: dict, dataset: Any, k: int, rng: np.random.Generator) -> list[str]:
-    """The clip's stored caption plus up to k - 1 more drawn from its labels (our corpus), distinct."""
-    texts = [item["caption"]]
-    labels = item.get("labels") or {}
-    if labels.get("domain") and k > 1:
-        from .captions import caption
-
-        for _ in range(4 * k):
-            if len(texts) >= k:
-                break
-            try:
-                text = caption(labels, rng, style="train")
-            except (KeyError, ValueError, TypeError):
-                break  # labels of another corpus: keep the stored caption only
-            if text not in texts:
-                texts.append(text)
-    return texts
-
-
 # ------------------------------------------------------------------------------------------ batches
 
 
@@ -352,16 +216,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the latent-diffusion UNet; return the exported pipeline folder `OUT/export`.
 
-    Args:
-        config: JSON config file (default: `train/configs/unet.json`; on resume: the run's config.json).
-        data: corpus folder (train split for training, valid split for validation).
-        out: run folder.
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file.
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/unet.json`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from soundsmith.gen.unet import UNetConfig, build_unet, num_parameters
@@ -374,8 +230,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only) -------------------------------
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(cfg.mixed_precision)
     is_main, device = accelerator.is_main_process, accelerator.device
     set_seed(cfg.seed)
 
@@ -401,8 +256,6 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     valid_cache = _valid_cache(codec, conditioner, Path(data), cache_dir, cfg, is_main, accelerator) or train_cache
     mixup = None
     if cfg.mixup != "none":  # beat index (+ rendered mixtures for "audio"), built once by the main process
-        from .mixup import prepare_mixup
-
         if is_main:
             prepare_mixup(cfg, codec, conditioner, Path(data), "train", cache_dir, train_cache)
         accelerator.wait_for_everyone()
@@ -425,27 +278,18 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         objects["scaler"] = accelerator.scaler
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states, data position -----------------------
-    step, batches = 0, 0
     set_seed(cfg.seed, device_specific=True)
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects, accelerator)
     sampler = ResumableSampler(len(train_cache), cfg.batch_size, seed=cfg.seed,
                                num_replicas=accelerator.num_processes, rank=accelerator.process_index, start=batches)
     batch_iter = iter(sampler)
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="unet")
     ema_model = copy.deepcopy(unet).eval()
-    last_saved = step
     use_tokens = unet_cfg.cross_attention
 
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
-
     # 6. the loop ------------------------------------------------------------------------------------
-    running = 0.0
+    running = {"loss": 0.0}
     while step < stop_at:
         for micro in range(cfg.grad_accum):
             idx = [i for i, _ in next(batch_iter)]
@@ -453,29 +297,23 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # from the restored global RNG
             z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g, mixup)
             tokens = conditioner.token_states(texts) if use_tokens else None
-            sync = micro == cfg.grad_accum - 1
-            with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():
+            with no_sync(accelerator, model, sync=micro == cfg.grad_accum - 1), accelerator.autocast():
                 loss = diffusion_loss(model, scheduler, z0.to(device), mask, cond.to(device), tokens, cfg, g)
                 accelerator.backward(loss / cfg.grad_accum)
-            running += loss.item() / cfg.grad_accum
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
-        opt.step()
-        lr_schedule.step()
-        opt.zero_grad(set_to_none=True)
+            running["loss"] += loss.item() / cfg.grad_accum
+        grad_norm = step_optimizer(model, opt, lr_schedule, cfg.clip_grad_norm, accelerator)
         ema.update(unet)
         step += 1
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            mean_loss = accelerator.reduce(torch.tensor(running / n, device=device), "mean").item()
-            logger.log(step, {"train/loss": mean_loss, "train/grad_norm": float(grad_norm),
-                              "train/lr": lr_schedule.get_last_lr()[0],
+        if due(step, cfg.log_every, stop_at):
+            means = train_means(running, interval(step, cfg.log_every), accelerator)
+            logger.log(step, {**means, "train/grad_norm": float(grad_norm), "train/lr": lr_schedule.get_last_lr()[0],
                               "train/epoch": batches / sampler.batches_per_epoch})
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            running = 0.0
+            bar.set_postfix(loss=f"{means['train/loss']:.4f}")
+            running = {"loss": 0.0}
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             if is_main:  # validation draws only from its own generators, so resuming stays exact
                 ema.copy_to(ema_model)
                 logger.log(step, {"valid/loss": validation_loss(ema_model, scheduler, valid_cache, crop, cfg,
@@ -484,23 +322,17 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                noise_schedule, cfg, crop, logger, step)
             accelerator.wait_for_everyone()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 7. export the EMA UNet with its parts as a pipeline folder (fp16) ------------------------------
-    export = out / "export"
+    pipe = None
     if is_main:
         ema.copy_to(ema_model)
         pipe = _pipeline(ema_model, codec, conditioner, noise_schedule, cfg, crop)
-        pipe.save_pretrained(export, dtype="fp16")
-        log.info("exported %s", export)
-    logger.close()
-    accelerator.wait_for_everyone()
-    return export
+    return finish(out, pipe, is_main=is_main, logger=logger, accelerator=accelerator, dtype="fp16")
 
 
 def _valid_cache(codec: Any, conditioner: Any, data: Path, cache_dir: Path, cfg: UNetTrainConfig, is_main: bool,
@@ -534,7 +366,7 @@ def validation_loss(unet: Any, scheduler: Any, cache: LatentCache, crop: int, cf
 
 
 def _pipeline(unet: Any, codec: Any, conditioner: Any, noise_schedule: dict, cfg: UNetTrainConfig, crop: int) -> Any:
-    from soundsmith.pipelines.base import weights_fingerprint
+    from soundsmith.core.weights import weights_fingerprint
     from soundsmith.pipelines.ldm import LDMConfig, LDMPipeline
 
     frame_s = codec.samples_per_latent_frame / codec.sample_rate

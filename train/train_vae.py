@@ -19,26 +19,32 @@ import dataclasses
 import logging
 import math
 import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import (
-    EpochIndexed,
-    ResumableSampler,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
-    save_checkpoint,
-)
+from .checkpoint import EpochIndexed, ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
 from .ema import EMA
+from .loop import (
+    clip_batches,
+    due,
+    finish,
+    interval,
+    make_accelerator,
+    model_config,
+    no_sync,
+    restore,
+    start_clock,
+    step_optimizer,
+    step_times,
+    train_means,
+    validation_batch,
+)
 from .losses import kl_loss
 from .metrics_log import MetricsLogger, progress_bar, save_samples
 from .run_folder import RunFolder
@@ -93,35 +99,23 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) a mel VAE; return the export folder `OUT/export`.
 
-    Args:
-        config: JSON config file (default: `train/configs/vae.json`; on resume: the run's config.json).
-        data: corpus folder (train split for training, valid split for validation).
-        out: run folder.
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file.
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/vae.json`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from soundsmith.codecs.mel import MelSpectrogram
     from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
 
-    from .datasets import AudioCaptionDataset, collate
+    from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(VAETrainConfig, config, overrides)
     run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
-    try:
-        vae_cfg = MelVAEConfig.from_dict(cfg.model)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{config}: field 'model': {err}") from None
+    vae_cfg = model_config(MelVAEConfig, cfg.model, config)
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(cfg.mixed_precision)
     is_main, device = accelerator.is_main_process, accelerator.device
     set_seed(cfg.seed)  # identical initial weights in every process
 
@@ -129,7 +123,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     sr = vae_cfg.mel.sample_rate
     train_set = AudioCaptionDataset(data, sample_rate=sr, crop_seconds=cfg.crop_seconds, random_crop=True,
                                     seed=cfg.seed, split="train")
-    valid = _validation_batch(AudioCaptionDataset, data, sr, cfg.valid_seconds, cfg.num_valid_clips)
+    valid = validation_batch(data, sr, cfg.valid_seconds, cfg.num_valid_clips)[:, 0]  # [N, T] mono
 
     # 4. model, optimizer, LR schedule, EMA ----------------------------------------------------------
     vae = MelVAE(vae_cfg).train()
@@ -150,40 +144,26 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         objects["scaler"] = accelerator.scaler
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
-    step, batches = 0, 0
     set_seed(cfg.seed, device_specific=True)  # each process draws its own posterior noise
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects, accelerator)
     sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
                                rank=accelerator.process_index, start=batches)
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
-    )
-    batch_iter = iter(loader)
+    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
     run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="vae")
     ema_model = copy.deepcopy(vae).eval()  # holds the EMA weights for validation and export
     vocoder = _load_vocoder(cfg.vocoder, device) if is_main and cfg.vocoder else None
-    last_saved = step
-
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
 
     # 6. the loop ------------------------------------------------------------------------------------
     running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}
-    clock = (time.perf_counter(), time.process_time())  # wall and CPU time of the logging interval
+    clock = start_clock()  # wall and CPU time of the logging interval
     while step < stop_at:
         for micro in range(cfg.grad_accum):
             batch = next(batch_iter)
             batches += 1
             wave = batch["wave"][:, 0].to(device)  # [B, T] mono
-            sync = micro == cfg.grad_accum - 1
-            with accelerator.no_sync(model) if not sync else nullcontext(), accelerator.autocast():
+            with no_sync(accelerator, model, sync=micro == cfg.grad_accum - 1), accelerator.autocast():
                 mel = to_mel(wave)  # [B, F, S]
                 recon, posterior = model(mel, sample_posterior=True)
                 l1 = F.l1_loss(recon.float(), mel)
@@ -193,27 +173,20 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             running["loss"] += loss.item() / cfg.grad_accum
             running["l1"] += l1.item() / cfg.grad_accum
             running["kl"] += kl.item() / cfg.grad_accum
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
-        opt.step()
-        scheduler.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = step_optimizer(model, opt, scheduler, cfg.clip_grad_norm, accelerator)
         ema.update(vae)
         step += 1
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            means = {k: v / n for k, v in running.items()}
-            means = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in means.items()}
-            wall, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
-            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/grad_norm": float(grad_norm),
-                              "train/lr": scheduler.get_last_lr()[0], "train/epoch": batches / sampler.batches_per_epoch,
-                              "time/s_per_step": wall / n, "time/cpu_s_per_step": cpu / n})
-            bar.set_postfix(loss=f"{means['loss']:.4f}", l1=f"{means['l1']:.4f}")
-            running = dict.fromkeys(running, 0.0)
-            clock = (time.perf_counter(), time.process_time())
+        if due(step, cfg.log_every, stop_at):
+            n = interval(step, cfg.log_every)
+            means = train_means(running, n, accelerator)
+            logger.log(step, {**means, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
+                              "train/epoch": batches / sampler.batches_per_epoch, **step_times(clock, n)})
+            bar.set_postfix(loss=f"{means['train/loss']:.4f}", l1=f"{means['train/l1']:.4f}")
+            running, clock = dict.fromkeys(running, 0.0), start_clock()
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             if is_main:  # validation never draws from the global RNG, so resuming stays bit-exact
                 ema.copy_to(ema_model)
                 metrics = _validate(ema_model, to_mel, valid, device)
@@ -222,25 +195,19 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                vocoder, device, logger, step)
             accelerator.wait_for_everyone()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 7. scaling factor on training data, then export the EMA weights in fp16 ------------------------
-    export = out / "export"
     if is_main:
         ema.copy_to(ema_model)
         scale = measure_scaling_factor(ema_model, to_mel, train_set, cfg, device)
         ema_model.config = dataclasses.replace(ema_model.config, scaling_factor=scale)
-        ema_model.save_pretrained(export, dtype=torch.float16)
         logger.log(step, {"scaling_factor": scale})
-        log.info("latent scaling_factor %.4f; exported %s", scale, export)
-    logger.close()
-    accelerator.wait_for_everyone()
-    return export
+        log.info("latent scaling_factor %.4f", scale)
+    return finish(out, ema_model, is_main=is_main, logger=logger, accelerator=accelerator)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -263,18 +230,6 @@ def measure_scaling_factor(vae: Any, to_mel: Any, train_set: Any, cfg: VAETrainC
         total, total_sq, count = total + z.sum().item(), total_sq + (z * z).sum().item(), count + z.numel()
     std = math.sqrt(max(total_sq / count - (total / count) ** 2, 1e-12))
     return 1.0 / std
-
-
-def _validation_batch(dataset_cls: Any, data: str | os.PathLike, sr: int, seconds: float, num: int) -> Any:
-    """The first `num` clips of the valid split (center crops), as one batch `[N, T]` kept in memory."""
-    from .datasets import collate
-
-    try:
-        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=seconds, random_crop=False, split="valid")
-    except ValueError as err:
-        log.warning("no validation split (%s); validating on the first training clips", err)
-        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=seconds, random_crop=False, split="train")
-    return collate([valid_set[i] for i in range(min(num, len(valid_set)))])["wave"][:, 0]  # [N, T]
 
 
 @torch.no_grad()
@@ -329,35 +284,3 @@ def _load_vocoder(path: str, device: torch.device) -> Any:
 
     return Vocoder.from_pretrained(path).to(device).eval()
 
-
-def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, data: str | os.PathLike | None = None
-           ) -> Path:
-    """Export the EMA weights of the newest checkpoint of `run_dir` in fp16 (to `run_dir/export` by default).
-
-    With `data`, the scaling factor is measured again on its training split; otherwise the value in
-    the run's previous export (or 1.0) is kept.
-    """
-    from soundsmith.codecs.mel import MelSpectrogram
-    from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
-
-    from .datasets import AudioCaptionDataset
-
-    run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    cfg = load_config(VAETrainConfig, run_dir / "config.json")
-    vae = MelVAE(MelVAEConfig.from_dict(cfg.model))
-    ema = EMA(vae, cfg.ema_decay)
-    load_checkpoint(ckpt, {"ema": ema}, restore_rng=False)
-    ema.copy_to(vae)
-    out = Path(out) if out is not None else run_dir / "export"
-    scale = 1.0
-    if data is not None:
-        train_set = AudioCaptionDataset(data, sample_rate=vae.config.mel.sample_rate, crop_seconds=cfg.crop_seconds,
-                                        seed=cfg.seed, split="train")
-        scale = measure_scaling_factor(vae.eval(), MelSpectrogram(vae.config.mel), train_set, cfg, torch.device("cpu"))
-    elif (out / "config.json").is_file():
-        scale = MelVAE.from_pretrained(out).config.scaling_factor
-    vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
-    return vae.save_pretrained(out, dtype=torch.float16)

@@ -22,28 +22,34 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
-import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from soundsmith.codecs.run_lock import releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import (
-    EpochIndexed,
-    ResumableSampler,
-    latest_checkpoint,
-    load_checkpoint,
-    resume_point,
-    save_checkpoint,
-)
+from .checkpoint import ResumableSampler, resume_point, save_checkpoint
 from .config import bounded, check_ranges, config_to_dict, load_config
 from .discriminators import HifiGanDiscriminator
 from .ema import EMA
+from .loop import (
+    accumulate,
+    clip_batches,
+    due,
+    finish,
+    interval,
+    make_accelerator,
+    model_config,
+    no_sync,
+    restore,
+    start_clock,
+    step_optimizer,
+    step_times,
+    train_means,
+    validation_batch,
+)
 from .losses import (
     MultiResolutionSTFTLoss,
     feature_matching_loss,
@@ -117,35 +123,23 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) a HiFi-GAN vocoder; return the export folder `OUT/export`.
 
-    Args:
-        config: JSON config file (default: `train/configs/vocoder.json`; on resume: the run's config.json).
-        data: corpus folder (train split for training, valid split for validation).
-        out: run folder.
-        resume: continue from the newest checkpoint in `out`.
-        max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
-        overrides: "key=value" strings or a dict applied on top of the config file.
-        force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/vocoder.json`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from soundsmith.codecs.mel import MelSpectrogram
     from soundsmith.codecs.vocoder import Vocoder, VocoderConfig
 
-    from .datasets import AudioCaptionDataset, collate
+    from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
     cfg = load_config(VocoderTrainConfig, config, overrides)
     run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
-    try:
-        voc_cfg = VocoderConfig.from_dict(cfg.model)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{config}: field 'model': {err}") from None
+    voc_cfg = model_config(VocoderConfig, cfg.model, config)
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(cfg.mixed_precision)
     is_main, device = accelerator.is_main_process, accelerator.device
     set_seed(cfg.seed)  # identical initial weights in every process
 
@@ -156,7 +150,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                          f"({hop / sr:g} s each), got {cfg.crop_seconds}")
     train_set = AudioCaptionDataset(data, sample_rate=sr, crop_seconds=cfg.crop_seconds, random_crop=True,
                                     seed=cfg.seed, split="train")
-    valid = _validation_batch(AudioCaptionDataset, data, sr, cfg.valid_seconds, cfg.num_valid_clips)
+    valid = validation_batch(data, sr, cfg.valid_seconds, cfg.num_valid_clips)[:, 0]  # [N, T] mono
 
     # 4. models, optimizers, LR schedules, EMA -------------------------------------------------------
     vocoder = Vocoder(voc_cfg)
@@ -180,40 +174,19 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         objects["scaler"] = accelerator.scaler
 
     # 5. resume: weights, optimizers, schedules, EMA, RNG states and the data position ---------------
-    step, batches = 0, 0
     set_seed(cfg.seed, device_specific=True)
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, objects, accelerator=accelerator)
-        step, batches = meta["step"], meta["data_position"]["batches"]
-        log.info("resumed %s at step %d", ckpt, step)
+    step, batches = restore(ckpt, objects, accelerator)
     sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
                                rank=accelerator.process_index, start=batches)
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
-    )
-    batch_iter = iter(loader)
+    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
     run.open(accelerator)  # creates and locks OUT: after the data and models are checked
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="vocoder")
     ema_model = copy.deepcopy(vocoder).eval()  # holds the EMA weights for validation and export
-    last_saved = step
-
-    def checkpoint() -> None:
-        save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                        keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
-
-    def no_sync(*models: Any, sync: bool) -> ExitStack:
-        """Skip the gradient all-reduce on all but the last micro-step (a no-op with one process)."""
-        stack = ExitStack()
-        if not sync:
-            for m in models:
-                stack.enter_context(accelerator.no_sync(m))
-        return stack
 
     # 6. the loop ------------------------------------------------------------------------------------
     running: dict[str, float] = {}
-    clock = (time.perf_counter(), time.process_time())  # wall and CPU time of the logging interval
+    clock = start_clock()  # wall and CPU time of the logging interval
     while step < stop_at:
         use_gan = step >= cfg.disc_start_step
         n_micro = cfg.grad_accum
@@ -232,22 +205,19 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             for i, (y, mel) in enumerate(micro):
                 with torch.no_grad(), accelerator.autocast():
                     y_hat = vocoder(mel)  # [B, T]
-                with no_sync(dis, sync=i == n_micro - 1), accelerator.autocast():
+                with no_sync(accelerator, dis, sync=i == n_micro - 1), accelerator.autocast():
                     real, fake = dis(torch.cat([y, y_hat])).split([len(y), len(y)])
                     loss_d = lsgan_discriminator_loss(real.logits, fake.logits)
                     accelerator.backward(loss_d / n_micro)
-                _add(stats, "loss_d", loss_d.item() / n_micro)
-            stats["grad_norm_d"] = float(accelerator.clip_grad_norm_(dis.parameters(), cfg.clip_grad_norm or math.inf))
-            opt_d_acc.step()
-            sched_d.step()
-            opt_d_acc.zero_grad(set_to_none=True)
+                accumulate(stats, "loss_d", loss_d.item() / n_micro)
+            stats["grad_norm_d"] = float(step_optimizer(dis, opt_d_acc, sched_d, cfg.clip_grad_norm, accelerator))
 
         # 6c. generator step: reconstruction + feature matching + adversarial, against the updated D.
         # D is frozen and called unwrapped: the generator needs only its input gradients, so D's weight
         # gradients (a third of its backward) and their all-reduce would be wasted work.
         disc.requires_grad_(False)
         for i, (y, mel) in enumerate(micro):
-            with no_sync(gen, sync=i == n_micro - 1), accelerator.autocast():
+            with no_sync(accelerator, gen, sync=i == n_micro - 1), accelerator.autocast():
                 y_hat = gen(mel)  # [B, T]
                 mel_hat = to_mel(y_hat.float())
                 loss_mel = mel_l1(mel_hat, mel)
@@ -255,41 +225,35 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                 if cfg.stft_weight > 0:
                     loss_stft = stft_loss(y_hat.float(), y)
                     loss_g = loss_g + cfg.stft_weight * loss_stft
-                    _add(stats, "loss_stft", loss_stft.item() / n_micro)
+                    accumulate(stats, "loss_stft", loss_stft.item() / n_micro)
                 if use_gan:
                     real, fake = disc(torch.cat([y, y_hat])).split([len(y), len(y)])
                     loss_adv = lsgan_generator_loss(fake.logits)
                     loss_fm = feature_matching_loss(real.features, fake.features)
                     loss_g = loss_g + cfg.adv_weight * loss_adv + cfg.fm_weight * loss_fm
-                    _add(stats, "loss_adv", loss_adv.item() / n_micro)
-                    _add(stats, "loss_fm", loss_fm.item() / n_micro)
+                    accumulate(stats, "loss_adv", loss_adv.item() / n_micro)
+                    accumulate(stats, "loss_fm", loss_fm.item() / n_micro)
                 accelerator.backward(loss_g / n_micro)
-            _add(stats, "loss_g", loss_g.item() / n_micro)
-            _add(stats, "mel_l1", loss_mel.item() / n_micro)
+            accumulate(stats, "loss_g", loss_g.item() / n_micro)
+            accumulate(stats, "mel_l1", loss_mel.item() / n_micro)
         disc.requires_grad_(True)
-        stats["grad_norm_g"] = float(accelerator.clip_grad_norm_(gen.parameters(), cfg.clip_grad_norm or math.inf))
-        opt_g_acc.step()
-        sched_g.step()
-        opt_g_acc.zero_grad(set_to_none=True)
+        stats["grad_norm_g"] = float(step_optimizer(gen, opt_g_acc, sched_g, cfg.clip_grad_norm, accelerator))
         ema.update(vocoder)
         step += 1
         bar.update(1)
         for k, v in stats.items():
-            _add(running, k, v)
+            accumulate(running, k, v)
 
-        if step % cfg.log_every == 0 or step == stop_at:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            means = {k: accelerator.reduce(torch.tensor(v / n, device=device), "mean").item()
-                     for k, v in sorted(running.items())}
-            wall, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
-            logger.log(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": sched_g.get_last_lr()[0],
-                              "train/epoch": batches / sampler.batches_per_epoch,
-                              "time/s_per_step": wall / n, "time/cpu_s_per_step": cpu / n})
-            bar.set_postfix(mel_l1=f"{means.get('mel_l1', 0):.4f}", loss_d=f"{means.get('loss_d', 0):.3f}")
-            running = {}
-            clock = (time.perf_counter(), time.process_time())
+        if due(step, cfg.log_every, stop_at):
+            n = interval(step, cfg.log_every)
+            means = train_means(dict(sorted(running.items())), n, accelerator)
+            logger.log(step, {**means, "train/lr": sched_g.get_last_lr()[0],
+                              "train/epoch": batches / sampler.batches_per_epoch, **step_times(clock, n)})
+            bar.set_postfix(mel_l1=f"{means.get('train/mel_l1', 0):.4f}",
+                            loss_d=f"{means.get('train/loss_d', 0):.3f}")
+            running, clock = {}, start_clock()
 
-        if step % cfg.eval_every == 0 or step == stop_at:
+        if due(step, cfg.eval_every, stop_at):
             if is_main:  # validation never draws from the global RNG, so resuming stays bit-exact
                 ema.copy_to(ema_model)
                 metrics = _validate(ema_model, to_mel, stft_loss, valid, device)
@@ -298,42 +262,18 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                device, logger, step)
             accelerator.wait_for_everyone()
 
-        if step % cfg.save_every == 0 or step == stop_at:
-            checkpoint()
-            last_saved = step
+        if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
+            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
+                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
     bar.close()
-    if last_saved != step:
-        checkpoint()
 
     # 7. export the EMA generator in fp16 (weight norm folded) ---------------------------------------
-    export = out / "export"
     if is_main:
         ema.copy_to(ema_model)
-        ema_model.save_pretrained(export, dtype=torch.float16)
-        log.info("exported %s", export)
-    logger.close()
-    accelerator.wait_for_everyone()
-    return export
+    return finish(out, ema_model, is_main=is_main, logger=logger, accelerator=accelerator)
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _add(acc: dict[str, float], key: str, value: float) -> None:
-    acc[key] = acc.get(key, 0.0) + value
-
-
-# Copied from soundsmith.train.train_vae._validation_batch
-def _validation_batch(dataset_cls: Any, data: str | os.PathLike, sr: int, seconds: float, num: int) -> Any:
-    """The first `num` clips of the valid split (center crops), as one batch `[N, T]` kept in memory."""
-    from .datasets import collate
-
-    try:
-        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=seconds, random_crop=False, split="valid")
-    except ValueError as err:
-        log.warning("no validation split (%s); validating on the first training clips", err)
-        valid_set = dataset_cls(data, sample_rate=sr, crop_seconds=seconds, random_crop=False, split="train")
-    return collate([valid_set[i] for i in range(min(num, len(valid_set)))])["wave"][:, 0]  # [N, T]
 
 
 @torch.no_grad()
@@ -363,19 +303,3 @@ def _write_samples(folder: Path, vocoder: Any, to_mel: Any, valid: torch.Tensor,
                      hop_length=hop)
         logger.log_audio(step, f"samples/clip{i}", y_hat, sr)
 
-
-def export(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Export the EMA generator of the newest checkpoint of `run_dir` in fp16 (to `run_dir/export` by default)."""
-    from soundsmith.codecs.vocoder import Vocoder, VocoderConfig
-
-    run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    cfg = load_config(VocoderTrainConfig, run_dir / "config.json")
-    vocoder = Vocoder(VocoderConfig.from_dict(cfg.model))
-    vocoder.apply_weight_norm()
-    ema = EMA(vocoder, cfg.ema_decay)
-    load_checkpoint(ckpt, {"ema": ema}, restore_rng=False)
-    ema.copy_to(vocoder)
-    return vocoder.save_pretrained(Path(out) if out is not None else run_dir / "export", dtype=torch.float16)
