@@ -49,7 +49,8 @@ def prompt_set_tab() -> None:
         if sets:
             st.selectbox("Prompt set", list(sets), key="e_set")
         else:
-            st.caption("No prompt sets in benchmarks/prompts/; upload a prompt file.")
+            st.caption("No standard prompt sets here: they come with a soundsmith checkout (benchmarks/prompts/), "
+                       "not with an installed copy. Upload a prompt file.")
     else:
         st.file_uploader("Prompt file (.jsonl or .csv)", type=["jsonl", "csv"], key="e_prompt_file")
     reference = jobs.default_reference_dir()

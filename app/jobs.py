@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
+from soundsmith.core.paths import checkout_folder
 
 from .models import Capabilities, vocoder_name
 
@@ -452,7 +453,7 @@ def prompts_from_text(text: str) -> list[str]:
 
 def prompts_from_file(path: str | os.PathLike) -> list[str]:
     """Prompts of an uploaded .txt / .csv / .jsonl file (the CLI's `--prompts-file` reader)."""
-    from soundsmith.pipelines.base import read_prompts_file
+    from soundsmith.pipelines.prompts import read_prompts_file
 
     path = Path(path)
     if path.suffix.lower() not in (".txt", ".csv", ".jsonl"):
@@ -537,17 +538,18 @@ def zip_folder(folder: str | os.PathLike) -> bytes:
 
 
 def bundled_prompt_sets() -> dict[str, Path]:
-    """The standard prompt sets committed under benchmarks/prompts/ (name -> file)."""
-    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "prompts"
-    if not folder.is_dir():
+    """The standard prompt sets committed under benchmarks/prompts/ (name -> file); none in an installed copy,
+    which has no checkout beside it (the page then offers the upload)."""
+    folder = checkout_folder("benchmarks", "prompts")
+    if folder is None:
         return {}
     return {p.name: p for p in sorted(folder.iterdir()) if p.suffix in (".jsonl", ".csv")}
 
 
 def default_reference_dir() -> Path | None:
-    """The standard corpus, where the bundled prompt sets' reference clips live (None if it is not here)."""
-    folder = Path(__file__).resolve().parent.parent / "data" / "corpus"
-    return folder if folder.is_dir() else None
+    """The checkout's standard corpus, where the bundled prompt sets' reference clips live (None if it is not
+    here, as in an installed copy: the reference folder is then typed in)."""
+    return checkout_folder("data", "corpus")
 
 
 def score_uploaded_sets(generated: Sequence[Path], reference: Sequence[Path], workspace: Workspace, *,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from soundsmith.core.paths import shipped_models
 from soundsmith.pipelines import takes_vocoder
 
 MODEL_DIR_ENV = "SOUNDSMITH_MODEL_DIR"  # set by `soundsmith app --model-dir`
@@ -25,13 +26,12 @@ NOVELTY_INDEX_ENV = "SOUNDSMITH_NOVELTY_INDEX"  # set by `soundsmith app --novel
 OUTPUT_DIR_ENV = "SOUNDSMITH_APP_OUT"  # set by `soundsmith app --out`: the clips and the History
 ANY_FOLDER_ENV = "SOUNDSMITH_APP_ANY_FOLDER"  # "1" set by `soundsmith app --allow-any-folder`
 SHIPPED = ("default-ldm", "default-tokens")  # the shipped defaults of both backends, offered first
-KNOWN_FEATURES = ("diffusion", "sampling", "audio_to_audio", "inpaint", "continuation")
 
 
 def default_model_dir() -> Path:
-    """`$SOUNDSMITH_MODEL_DIR`, else the repository's models/ folder."""
+    """`$SOUNDSMITH_MODEL_DIR`, else the shipped models/ (the checkout's, or the installed package data)."""
     env = os.environ.get(MODEL_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    return Path(env) if env else shipped_models()
 
 
 def default_output_dir() -> Path:
@@ -172,26 +172,22 @@ class Capabilities:
 
 
 def capabilities_of(pipe: Any) -> Capabilities:
-    """Read a pipeline's abilities: its `capabilities` attribute when it has one (names from KNOWN_FEATURES),
-    else its `__call__` signature and config. A parameter that only exists to be refused (the token backend
-    takes `num_inference_steps` to say it has none) counts only when the config has a default for it."""
+    """Read a pipeline's abilities from its `__call__` signature and config. A parameter that only exists to be
+    refused (the token backend takes `num_inference_steps` to say it has none) counts only when the config has a
+    default for it."""
     params = inspect.signature(pipe.__call__).parameters
     config = getattr(pipe, "config", None)
-    declared = getattr(pipe, "capabilities", None)
-    if declared is not None:
-        features = set(declared)
-    else:
-        features = set()
-        if "num_inference_steps" in params and getattr(config, "num_inference_steps", None) is not None:
-            features.add("diffusion")
-        if "temperature" in params:
-            features.add("sampling")
-        if "strength" in params and "audio" in params:
-            features.add("audio_to_audio")
-        if "inpaint" in params and "audio" in params:
-            features.add("inpaint")
-        if "audio_prompt" in params:
-            features.add("continuation")
+    features = set()
+    if "num_inference_steps" in params and getattr(config, "num_inference_steps", None) is not None:
+        features.add("diffusion")
+    if "temperature" in params:
+        features.add("sampling")
+    if "strength" in params and "audio" in params:
+        features.add("audio_to_audio")
+    if "inpaint" in params and "audio" in params:
+        features.add("inpaint")
+    if "audio_prompt" in params:
+        features.add("continuation")
     module = inspect.getmodule(type(pipe))
     schedulers: tuple[str, ...] = ()
     if "diffusion" in features and "scheduler" in params:

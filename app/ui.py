@@ -175,11 +175,11 @@ def cached_novelty(source: str) -> Callable[[Any, int], tuple[float, str, str]]:
 
 def novelty_check() -> tuple[Callable[[Any, int], tuple[float, str, str]] | None, str]:
     """(the nearest-training-clip function, or None and why): the index of `--novelty-index`, else of the
-    repository's standard corpus when one has been built."""
+    checkout's standard corpus when one has been built (an installed copy has none: --novelty-index only)."""
     source = os.environ.get(NOVELTY_INDEX_ENV)
     if not source:
-        corpus = Path(__file__).resolve().parent.parent / "data" / "corpus"
-        if not (corpus / "metadata.jsonl").is_file():
+        corpus = jobs.default_reference_dir()
+        if corpus is None or not (corpus / "metadata.jsonl").is_file():
             return None, "no training index (start the app with --novelty-index DATA)"
         source = str(corpus)
     try:

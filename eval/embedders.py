@@ -36,11 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from soundsmith.codecs.audio import check_sample_rate, check_wave, resample, to_channels
+from soundsmith.core.paths import shipped_models
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLAP = Path(__file__).resolve().parent.parent / "models" / "clap"
+DEFAULT_CLAP = shipped_models("clap")
 
 
 # --------------------------------------------------------------------------------------------- windows

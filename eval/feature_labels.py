@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from soundsmith.core.paths import shipped_models
 
 from .labels import DOMAIN_FAMILIES, FAMILIES, MULTI_LABEL, TEMPO_RANGE, corpus_features, tempo_profile
 
@@ -59,7 +60,7 @@ SILENT_DB = 60.0  # frames this far below the loudest frame are left out of the 
 QUIET_DB = 30.0  # frames this far below the clip's 95th-percentile level count as pauses
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried per family, chosen on the valid split
 ABSENT_LOGIT = -30.0  # bias of a class never seen in training: it is never predicted
-DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "models" / "labels-features"
+DEFAULT_FOLDER = shipped_models("labels-features")
 
 
 # -------------------------------------------------------------------------------------------- features

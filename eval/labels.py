@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from soundsmith.core.paths import shipped_models
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ MULTI_LABEL = ("sfx_class", "instrument")
 DOMAIN_FAMILIES = {"sfx": ("sfx_class",), "music": ("instrument", "tempo"), "speech": ("language",)}
 FEATURE_VERSION = 2  # bump when LabelFeatures changes: cached features and trained heads become stale
 TEMPO_RANGE = (40.0, 240.0, 48)  # BPM low, high, number of log-spaced tempi in the tempo profile
-DEFAULT_CLAP = Path(__file__).resolve().parent.parent / "models" / "clap"
+DEFAULT_CLAP = shipped_models("clap")
 
 
 # -------------------------------------------------------------------------------------------- features
@@ -475,7 +476,7 @@ def _family_loss(logits: Tensor, idx: Tensor, y: Tensor, *, multi: bool) -> Tens
 
 def load_label_classifier(folder: str | os.PathLike | None = None) -> LabelClassifier:
     """The classifier in `folder` (default: the shipped models/labels)."""
-    folder = Path(folder) if folder is not None else DEFAULT_CLAP.parent / "labels"
+    folder = Path(folder) if folder is not None else shipped_models("labels")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"label classifier not found: {folder} (train one with `soundsmith eval train-labels "
                                 f"--data data/corpus --out {folder}`)")

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from soundsmith import __version__
+from soundsmith.core.paths import shipped_models
 
 log = logging.getLogger("soundsmith")
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL_DIR = shipped_models()  # the shipped models/: the checkout's, or the installed package data
 
 
 def vocoder_names() -> list[str]:
@@ -91,9 +92,10 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from soundsmith.core.runtime import set_threads
     from soundsmith.pipelines import load_pipeline
-    from soundsmith.pipelines.base import check_output_folder, read_prompts_file
+    from soundsmith.pipelines.base import check_output_folder
     from soundsmith.pipelines.batch import DEFAULT_OUTPUTS_PER_CALL as PER_CALL
     from soundsmith.pipelines.batch import BatchInterrupted, Manifest, generate_batch
+    from soundsmith.pipelines.prompts import read_prompts_file
 
     prompts = list(args.prompt) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -202,6 +204,16 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_data_import(args: argparse.Namespace) -> None:
+    from soundsmith.train.data_import import import_folder
+
+    # the bar only on a terminal, as `data stats`: in a log a failure stays the one line on stderr
+    report = import_folder(args.src, args.out, captions=args.captions, sample_rate=args.sample_rate,
+                           clip_seconds=args.clip_seconds, max_clips_per_file=args.max_clips_per_file,
+                           label_captions=args.label_captions, progress=sys.stderr.isatty())
+    print(report)
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from soundsmith.train.stats import PROBLEMS, corpus_check
 
@@ -223,11 +235,10 @@ def cmd_data_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    _require("soundsmith.train.components", "training")
     from soundsmith.train.components import COMPONENTS
 
     if args.component not in COMPONENTS:
-        known = ", ".join(sorted(COMPONENTS)) or "none installed yet"
+        known = ", ".join(sorted(COMPONENTS))
         raise UsageError(f"unknown component {args.component!r}; available: {known}")
     train = COMPONENTS[args.component]()
     # --set KEY=VALUE overrides any config field; --clap / --features are shorthands for the fields of
@@ -329,14 +340,6 @@ def cmd_eval_train_feature_labels(args: argparse.Namespace) -> None:
     print(f"saved: {args.out}")
 
 
-def _require(module: str, feature: str) -> None:
-    """Fail with one line if an optional part of soundsmith is not in this version."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise UsageError(f"{feature} is not part of soundsmith {__version__} yet")
-
-
 def cmd_app(args: argparse.Namespace) -> None:
     from soundsmith.app.launch import launch_app
 
@@ -372,11 +375,10 @@ def cmd_assemble_tokens(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    _require("soundsmith.pipelines.convert", "checkpoint conversion")
     from soundsmith.pipelines.convert import CONVERTERS
 
     if args.source_format not in CONVERTERS:
-        known = ", ".join(sorted(CONVERTERS)) or "none installed yet"
+        known = ", ".join(sorted(CONVERTERS))
         raise UsageError(f"unknown source format {args.source_format!r}; available: {known}")
     out = CONVERTERS[args.source_format]()(args.source, args.out, trust_pickle=args.trust_pickle)
     print(out)
@@ -435,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "--duration counts it")
     p.set_defaults(func=cmd_generate)
 
-    data = sub.add_parser("data", help="synthesize and inspect training corpora")
+    data = sub.add_parser("data", help="synthesize, import and inspect training corpora")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND",
                                parser_class=OneLineParser)
     p = dsub.add_parser("synth", help="synthesize the captioned corpus (music, sfx, speech)")
@@ -450,6 +452,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", default="music,sfx,speech", help="comma list of music,sfx,speech (default: all)")
     p.add_argument("--caption-style", default="train", help="caption template set: train, heldout or all (default: train)")
     p.set_defaults(func=cmd_data_synth)
+    p = dsub.add_parser("import", help="turn a folder of your own sounds into a corpus for `train --data`")
+    p.add_argument("src", help="folder of .wav/.flac/.ogg files (searched recursively)")
+    p.add_argument("--out", required=True, help="corpus folder to write (new, empty, or an earlier import: replaced)")
+    p.add_argument("--captions", default=None, metavar="FILE", help="CSV or JSONL with a file column and a caption "
+                   "column (default: SRC/metadata.jsonl or SRC/metadata.csv if present, else captions from the "
+                   "file and folder names: dogs/dog_bark_03.wav -> 'dog bark')")
+    p.add_argument("--label-captions", default=None, metavar="MODEL_DIR", help="append the top class of this label "
+                   "classifier (e.g. models/labels) to each name-derived caption")
+    p.add_argument("--sample-rate", type=_bounded(int, 8000, 48000), default=16000,
+                   help="corpus rate, 8000-48000 Hz (default: 16000)")
+    p.add_argument("--clip-seconds", type=_bounded(float, 0.5, 60.0), default=5.0,
+                   help="training window, 0.5-60 s: shorter files are looped, longer ones split (default: 5)")
+    p.add_argument("--max-clips-per-file", type=positive_int, default=12, metavar="N",
+                   help="clips taken from one long file at most (default: %(default)s)")
+    p.set_defaults(func=cmd_data_import)
     p = dsub.add_parser("stats", help="clips and hours per domain and label; check the files (exit status 1 when "
                         "a file is missing, unreadable, silent or clipped)")
     p.add_argument("data", help="corpus folder")
@@ -566,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = esub.add_parser("train-labels", help="train the label classifier (prompt adherence) on a labelled corpus")
     p.add_argument("--data", required=True, help="corpus folder (metadata.jsonl with labels, train/valid/test)")
-    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR / "labels"), help="output folder (default: %(default)s)")
+    # --out has no default: the shipped models/labels may be an installed package, which nothing writes to
+    p.add_argument("--out", required=True, help="output folder (the shipped one is models/labels in a checkout)")
     p.add_argument("--clap", default=str(DEFAULT_MODEL_DIR / "clap"), help="our CLAP folder (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $SOUNDSMITH_CACHE or "
                    "~/.cache/soundsmith/eval)")
@@ -577,8 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = esub.add_parser("train-feature-labels", help="train the second label classifier, on hand-crafted audio "
                         "features (no CLAP), on a labelled corpus")
     p.add_argument("--data", required=True, help="corpus folder (metadata.jsonl with labels, train/valid/test)")
-    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR / "labels-features"),
-                   help="output folder (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder (the shipped one is models/labels-features in a "
+                   "checkout; no default, as for train-labels)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $SOUNDSMITH_CACHE or "
                    "~/.cache/soundsmith/eval)")
     p.set_defaults(func=cmd_eval_train_feature_labels)

@@ -471,7 +471,7 @@ def test_loudness_control_is_passed_and_kept(app):
 
 
 def test_threads_setting_defaults_to_the_cores_and_is_applied(app, monkeypatch):
-    from soundsmith.pipelines import base
+    from soundsmith.core import runtime as base
 
     assert app.number_input(key="g_threads").value == base.default_threads()  # $OMP_NUM_THREADS here (app_env)
     used = []
