@@ -4,12 +4,19 @@ nanoGPT's `configurator.py` `exec`s files to overwrite globals and calls itself 
 keep its aim (flat keys, typed overrides, an unknown key is an error) with plain dataclasses:
 
     @dataclass
-    class VAETrainConfig:
-        lr: float = bounded(2e-4, 0.0, 1.0, low_open=True)   # range checked in __post_init__
-        def __post_init__(self): check_ranges(self)
+    class MelRVQTrainConfig(Config):
+        levels: int = bounded(8, 1, 64)   # range checked by Config.__post_init__
 
-    cfg = load_config(VAETrainConfig, "my.json", overrides=["lr=1e-3", "batch_size=8"])
+    cfg = load_config(MelRVQTrainConfig, "my.json", overrides=["levels=4", "mel_codec=models/x"])
     save_config(cfg, run_dir / "config.json")
+
+The fields every gradient-trained run has (seed, steps, optimizer, cadence) are declared once, in
+`train/loop.py`'s `RunConfig`; a component's config extends it and gives an inherited field another
+default with a keyword of its class statement, keeping the field's type and range:
+
+    @dataclass
+    class VAETrainConfig(RunConfig, warmup_steps=100):
+        kl_weight: float = bounded(1e-6, 0.0)
 
 Every mistake is one line naming the file and the key: an unknown key (with the closest known
 one), a value of the wrong type, or a value out of range.
@@ -31,6 +38,8 @@ from typing import Any, TypeVar
 from soundsmith.core.files import write_json
 
 C = TypeVar("C")
+
+CONFIGS = Path(__file__).resolve().parent / "configs"  # each component's default config: <component>.json
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -56,6 +65,50 @@ def check_ranges(cfg: Any) -> None:
                 lo = "(" if low_open else "["
                 hi = "inf" if high is None else _num(high)
                 raise ValueError(f"field '{f.name}' must be in {lo}{_num(low)}, {hi}], got {value!r}")
+
+
+@dataclasses.dataclass
+class Config:
+    """Base of the config dataclasses: checks every `bounded` field after `__init__` (a subclass with
+    checks of its own calls `super().__post_init__()` first), and takes keywords of a subclass's class
+    statement as other defaults for the fields it inherits (`override_defaults`)."""
+
+    def __init_subclass__(cls, **defaults: Any) -> None:
+        super().__init_subclass__()
+        override_defaults(cls, defaults)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def override_defaults(cls: type, defaults: Mapping[str, Any]) -> None:
+    """Give fields that `cls` inherits from its dataclass base other defaults; each keeps its type, its
+    range or choices and its place in the field order. Called by `Config.__init_subclass__`, which runs
+    before `@dataclass` turns the class body into fields.
+
+    Raises:
+        TypeError: a name that is not a field of the base, or one the class body declares again.
+    """
+    if not defaults:
+        return
+    base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+    inherited = {f.name: f for f in dataclasses.fields(base)} if base is not None else {}
+    hints = typing.get_type_hints(base) if base is not None else {}
+    annotations = cls.__dict__.get("__annotations__")
+    if annotations is None:  # a body without annotations of its own
+        annotations = {}
+        cls.__annotations__ = annotations
+    for name, value in defaults.items():
+        if name not in inherited:
+            raise TypeError(f"{cls.__name__}: {name!r} is not a field of {getattr(base, '__name__', 'a base')}")
+        if name in annotations:
+            raise TypeError(f"{cls.__name__}: {name!r} is given a default twice (class keyword and body)")
+        meta = inherited[name].metadata
+        annotations[name] = hints[name]
+        if isinstance(value, (dict, list)):
+            setattr(cls, name, dataclasses.field(default_factory=lambda v=value: type(v)(v), metadata=meta))
+        else:
+            setattr(cls, name, dataclasses.field(default=value, metadata=meta))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -36,6 +36,18 @@ class DiscriminatorOutput:
                 for i in range(len(sizes))]
 
 
+def _conv_stack(x: Tensor, convs: nn.ModuleList, conv_post: nn.Module, slope: float) -> tuple[Tensor, list[Tensor]]:
+    """A sub-discriminator's body: each conv then leaky ReLU, then `conv_post`. Returns the flattened
+    logits `[B, N]` and the feature maps after each layer (`conv_post`'s output last)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), slope)
+        features.append(x)
+    x = conv_post(x)
+    features.append(x)
+    return torch.flatten(x, 1, -1), features
+
+
 def _as_wave(wave: Tensor) -> Tensor:
     if wave.dim() == 2:
         return wave.unsqueeze(1)  # [B, 1, T]
@@ -69,13 +81,7 @@ class PeriodDiscriminator(nn.Module):
             x = F.pad(x, (0, self.period - t % self.period), mode="reflect")
             t = x.shape[-1]
         x = x.view(b, c, t // self.period, self.period)  # [B, 1, T/p, p]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return torch.flatten(x, 1, -1), features
+        return _conv_stack(x, self.convs, self.conv_post, LRELU_SLOPE)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -119,13 +125,7 @@ class ScaleDiscriminator(nn.Module):
         self.conv_post = norm(nn.Conv1d(c_in, 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return torch.flatten(x, 1, -1), features
+        return _conv_stack(x, self.convs, self.conv_post, LRELU_SLOPE)
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -190,13 +190,7 @@ class STFTDiscriminator(nn.Module):
         spec = torch.stft(x[:, 0], self.n_fft, self.hop_length, self.win_length, self.window, normalized=True,
                           return_complex=True)  # [B, n_freqs, S]
         z = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # [B, 2, S, n_freqs]
-        features = []
-        for conv in self.convs:
-            z = F.leaky_relu(conv(z), 0.2)
-            features.append(z)
-        z = self.conv_post(z)
-        features.append(z)
-        return torch.flatten(z, 1, -1), features
+        return _conv_stack(z, self.convs, self.conv_post, 0.2)  # EnCodec's slope
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):

@@ -22,7 +22,8 @@ these where it would otherwise spell the same lines out again:
     return finish(out, ema_model, is_main=is_main, logger=logger, accelerator=accelerator)
 
 None of them draws from a random generator, so a loop that uses them resumes as bit-exactly as
-before, and none writes into a checkpoint: checkpoint contents and names are the loops' own.
+before; `save_run_checkpoint` writes the objects a loop hands it and the run record (component,
+config) beside them, so checkpoint contents and names stay the loops' own.
 
 Every loop's `train` takes these arguments (its docstring adds its own, and its default config):
 
@@ -33,6 +34,10 @@ Every loop's `train` takes these arguments (its docstring adds its own, and its 
     max_steps: stop once this many optimizer steps are done (default: the config's max_steps).
     overrides: "key=value" strings or a dict applied on top of the config file.
     force_change: on resume, accept settings that change the run (logged in OUT/config_changes.jsonl).
+
+and every gradient-trained component's config extends `RunConfig`: seed, step budget, batch, AdamW +
+LR schedule, clipping, the log/eval/save cadence and the model's fields, declared once here (`adamw`
+and `lr_scheduler` read them). The fits (kmeans, mel-rvq, mel-adapter) extend `config.Config`.
 """
 
 from __future__ import annotations
@@ -41,18 +46,73 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .checkpoint import EpochIndexed, load_checkpoint
+from .checkpoint import EpochIndexed, load_checkpoint, save_checkpoint
+from .config import Config, bounded, config_to_dict
 from .metrics_log import MetricsLogger
+from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class RunConfig(Config):
+    """The fields every gradient-trained component's config has, with the same meaning. Steps are
+    optimizer steps. A component's config extends it; a keyword of its class statement gives one of
+    these fields another default (type and range stay these), a field in its body is its own:
+
+        @dataclass
+        class VAETrainConfig(RunConfig, warmup_steps=100):
+            kl_weight: float = bounded(1e-6, 0.0)
+
+    A field redeclared in the body (another range) keeps its place.
+    """
+
+    seed: int = bounded(0, 0, 2**63 - 1)
+    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
+    batch_size: int = bounded(8, 1)  # examples per process per micro-step
+    lr: float = bounded(3e-4, 0.0, 1.0, low_open=True)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = bounded(0.0, 0.0, 1.0)
+    schedule: str = bounded("cosine", choices=SCHEDULES)
+    warmup_steps: int = bounded(0, 0)
+    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)  # the schedule decays to lr * min_lr_ratio
+    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)  # a guard against spikes; None: off
+    log_every: int = bounded(10, 1)
+    eval_every: int = bounded(250, 1)
+    save_every: int = bounded(250, 1)
+    keep_last: int = bounded(3, 1)  # checkpoints kept
+    model: dict = field(default_factory=dict)  # the model config's fields (the component names the class)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+
+
+def adamw(params: Iterable[Any], cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW over `params` (tensors, or param groups that may set their own weight decay) with the
+    run's lr, betas and weight decay."""
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_scheduler(optimizer: Any, cfg: RunConfig, total_steps: int | None = None) -> Any:
+    """The run's LR schedule for `optimizer`: `cfg.schedule` after `cfg.warmup_steps` of warm-up, down to
+    `lr * cfg.min_lr_ratio` at `total_steps` (default `cfg.max_steps`, the config's budget and not
+    --max-steps: a run stopped early and continued follows the same curve)."""
+    return make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                          total_steps=cfg.max_steps if total_steps is None else total_steps, min_ratio=cfg.min_lr_ratio)
 
 
 # ------------------------------------------------------------------------------------------- set-up
@@ -194,6 +254,16 @@ def step_times(clock: tuple[float, float], n: int) -> dict[str, float]:
     starved one on a shared machine)."""
     wall, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
     return {"time/s_per_step": wall / n, "time/cpu_s_per_step": cpu / n}
+
+
+def save_run_checkpoint(out: Path, step: int, objects: Mapping[str, Any], component: str, cfg: Any, *,
+                        data_position: Mapping[str, Any] | None = None, accelerator: Any = None,
+                        **extra: Any) -> Path:
+    """`save_checkpoint` of `objects` at `step`, keeping the newest `cfg.keep_last`, with the run's record
+    beside them: `{"component": component, "config": <cfg as a dict>, **extra}` (a resume compares its
+    config with that one)."""
+    return save_checkpoint(out, step, objects, data_position=data_position, accelerator=accelerator,
+                           keep_last=cfg.keep_last, extra={"component": component, "config": config_to_dict(cfg), **extra})
 
 
 # --------------------------------------------------------------------------------------- the end

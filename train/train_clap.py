@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,45 +32,41 @@ import torch.nn.functional as F
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import ResumableSampler, resume_point
+from .config import CONFIGS, bounded, load_config
 from .ema import EMA
 from .loop import (
+    RunConfig,
+    adamw,
     clip_batches,
     due,
     finish,
     interval,
+    lr_scheduler,
     make_accelerator,
     restore,
+    save_run_checkpoint,
     step_optimizer,
     train_means,
     validation_split,
 )
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "clap.json"
 COMPONENT = "clap"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class ClapTrainConfig:
-    """Everything a CLAP run needs besides the data and run folders. Steps are optimizer steps."""
+class ClapTrainConfig(RunConfig, max_steps=700, lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01, warmup_steps=40,
+                      min_lr_ratio=0.05, clip_grad_norm=5.0, eval_every=175, save_every=175):
+    """Everything a CLAP run needs besides the data and run folders: `RunConfig`'s fields (`model`:
+    ClapConfig fields), then CLAP's own."""
 
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(700, 1)  # the LR schedule spans this; --max-steps may stop earlier
     batch_size: int = bounded(64, 2)  # clips per step: also the number of in-batch negatives + 1
     crop_seconds: float = bounded(2.5, 0.0, 60.0, low_open=True)  # random crop of each training clip
-    lr: float = bounded(1e-3, 0.0, 1.0, low_open=True)
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = bounded(0.01, 0.0, 1.0)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(40, 0)
-    min_lr_ratio: float = bounded(0.05, 0.0, 1.0)
-    clip_grad_norm: float | None = bounded(5.0, 0.0, low_open=True)  # None: no clipping
     # AdamW moves the log-scale by ~lr per step: at CLIP's 1x it barely leaves 1/0.07 in a short CPU run
     temperature_lr_scale: float = bounded(10.0, 0.0)
     label_aware: bool = True  # mask same-label-set pairs out of the negatives
@@ -82,17 +78,7 @@ class ClapTrainConfig:
     ema_decay: float = bounded(0.995, 0.0, 0.999999)
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
     num_workers: int = bounded(1, 0, 64)  # DataLoader worker processes (reading + cropping overlaps compute)
-    log_every: int = bounded(10, 1)
-    eval_every: int = bounded(175, 1)
-    save_every: int = bounded(175, 1)
-    keep_last: int = bounded(3, 1)
     num_valid_clips: int = bounded(192, 2)  # valid-split clips (whole) for R@k and zero-shot accuracy
-    model: dict = field(default_factory=dict)  # ClapConfig fields (conv_channels, frame_dim, ...)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
 
 
 def clap_loss(audio: Tensor, text: Tensor, scale: Tensor, same: Tensor | None = None) -> Tensor:
@@ -171,12 +157,11 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # no weight decay on norms and biases (CLIP's recipe); the temperature gets its own, faster LR
     decay = [p for n, p in clap.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in clap.named_parameters() if p.ndim < 2 and n != "logit_scale"]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0},
-                                   {"params": [clap.logit_scale], "weight_decay": 0.0,
-                                    "lr": cfg.lr * cfg.temperature_lr_scale}], lr=cfg.lr, betas=cfg.betas)
-    scheduler = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                               total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0},
+                       {"params": [clap.logit_scale], "weight_decay": 0.0, "lr": cfg.lr * cfg.temperature_lr_scale}],
+                      cfg)
+    scheduler = lr_scheduler(optimizer, cfg)
     ema = EMA(clap, cfg.ema_decay)
     model, opt = accelerator.prepare(clap, optimizer)  # the scheduler we step ourselves
     ema.to(device)
@@ -236,8 +221,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg, data_position=sampler.position(batches),
+                                accelerator=accelerator)
     bar.close()
 
     # 7. export the EMA weights in fp16 ---------------------------------------------------------------

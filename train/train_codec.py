@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +35,23 @@ import torch.nn.functional as F
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor, nn
 
-from .checkpoint import ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import ResumableSampler, resume_point
+from .config import CONFIGS, bounded, load_config
 from .discriminators import MultiScaleSTFTDiscriminator
 from .loop import (
+    RunConfig,
     accumulate,
+    adamw,
     clip_batches,
     due,
     finish,
     interval,
+    lr_scheduler,
     make_accelerator,
     model_config,
     no_sync,
     restore,
+    save_run_checkpoint,
     start_clock,
     step_optimizer,
     step_times,
@@ -62,30 +66,20 @@ from .losses import (
 )
 from .metrics_log import MetricsLogger, progress_bar, save_samples
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "codec.json"
 COMPONENT = "codec"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class CodecTrainConfig:
-    """Everything a codec run needs besides the data and run folders. Steps are optimizer steps."""
+class CodecTrainConfig(RunConfig, betas=(0.5, 0.9), clip_grad_norm=10.0):  # EnCodec's lr (3e-4) and betas
+    """Everything a codec run needs besides the data and run folders: `RunConfig`'s fields (a batch of
+    clips; lr and betas for G and D; `model`: NeuralCodecConfig fields), then the codec's own."""
 
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
-    batch_size: int = bounded(8, 1)  # clips per process per micro-step
     grad_accum: int = bounded(1, 1)  # micro-steps per optimizer step
     crop_seconds: float = bounded(1.0, 0.0, 60.0, low_open=True)  # EnCodec: 1 s; a whole number of code frames
-    lr: float = bounded(3e-4, 0.0, 1.0, low_open=True)  # EnCodec: 3e-4 for G and D
-    betas: tuple[float, float] = (0.5, 0.9)  # EnCodec
-    weight_decay: float = bounded(0.0, 0.0, 1.0)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(0, 0)
-    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
-    clip_grad_norm: float | None = bounded(10.0, 0.0, low_open=True)  # a guard against spikes; None: off
     l1_weight: float = bounded(0.1, 0.0)  # EnCodec lambda_t
     stft_weight: float = bounded(1.0, 0.0)  # multi-resolution STFT (spectral convergence + log-magnitude)
     mel_weight: float = bounded(5.0, 0.0)  # multi-scale log-mel L1 (EnCodec lambda_f over 2^5..2^11 windows)
@@ -108,19 +102,12 @@ class CodecTrainConfig:
     valid_levels: int = bounded(3, 1)  # also validate with this many levels (the token backend's coarse split)
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
     num_workers: int = bounded(1, 0, 64)
-    log_every: int = bounded(10, 1)
-    eval_every: int = bounded(250, 1)
-    save_every: int = bounded(250, 1)
-    keep_last: int = bounded(3, 1)
     num_valid_clips: int = bounded(16, 1)
     valid_seconds: float = bounded(2.0, 0.0, 60.0, low_open=True)
     num_samples: int = bounded(3, 0)  # validation clips written as WAV + PNG at each evaluation
-    model: dict = field(default_factory=dict)  # NeuralCodecConfig fields (num_filters, hidden_size, ...)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        super().__post_init__()
         if not self.mel_scales or any(s < 16 or s & (s - 1) for s in self.mel_scales):
             raise ValueError(f"field 'mel_scales' must hold powers of 2 >= 16, got {self.mel_scales}")
         if not self.disc_n_ffts or any(n < 16 or n & (n - 1) for n in self.disc_n_ffts):
@@ -193,10 +180,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                        max_filters=cfg.disc_max_filters).train()
     stft_loss = MultiResolutionSTFTLoss().to(device)
     mel_loss = MultiScaleMelLoss(sr, cfg.mel_scales).to(device)
-    opt_g = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched_g, sched_d = (make_scheduler(o, kind=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
-                                       min_ratio=cfg.min_lr_ratio) for o in (opt_g, opt_d))
+    opt_g, opt_d = adamw(codec.parameters(), cfg), adamw(disc.parameters(), cfg)
+    sched_g, sched_d = lr_scheduler(opt_g, cfg), lr_scheduler(opt_d, cfg)
     gen, dis, opt_g_acc, opt_d_acc = accelerator.prepare(codec, disc, opt_g, opt_d)
     objects = {"codec": codec, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d,
                "sched_g": sched_g, "sched_d": sched_d}
@@ -311,8 +296,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg, data_position=sampler.position(batches),
+                                accelerator=accelerator)
     bar.close()
 
     # 7. export in fp16 ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,50 +34,45 @@ import torch
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
-from .loop import due, finish, interval, restore, step_optimizer, train_means
+from .checkpoint import ResumableSampler, resume_point
+from .config import CONFIGS, bounded, load_config
+from .loop import (
+    RunConfig,
+    adamw,
+    due,
+    finish,
+    interval,
+    lr_scheduler,
+    restore,
+    save_run_checkpoint,
+    step_optimizer,
+    train_means,
+)
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cond-rvq.json"
 COMPONENT = "cond-rvq"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 CACHE_NAME = "clap-embeddings.safetensors"
 
 
 @dataclass
-class CondRVQTrainConfig:
-    """Everything a cond-rvq run needs besides the data and run folders. Steps are optimizer steps."""
+class CondRVQTrainConfig(RunConfig, max_steps=1500, lr=2e-3, warmup_steps=50, log_every=50):
+    """Everything a cond-rvq run needs besides the data and run folders: `RunConfig`'s fields (`model`:
+    ConditioningQuantizerConfig fields), then the quantizer's own."""
 
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(1500, 1)
     batch_size: int = bounded(256, 2)  # cached embeddings per step
-    lr: float = bounded(2e-3, 0.0, 1.0, low_open=True)
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = bounded(0.0, 0.0, 1.0)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(50, 0)
-    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
-    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)
     commit_weight: float = bounded(0.1, 0.0)  # pulls the projected embedding towards its codewords
     clap: str = "models/clap"  # CLAP folder (ours or a transformers ClapModel); `--clap` sets it
     crops_per_clip: int = bounded(4, 0)  # seeded random crops embedded per train clip, besides the whole clip
     crop_seconds: float = bounded(2.5, 0.0, 60.0, low_open=True)
     max_train_clips: int = bounded(0, 0)  # 0: every train clip; N: the first N (quick runs)
     num_valid_clips: int = bounded(288, 1)  # valid-split clips (audio and caption) for validation
-    log_every: int = bounded(50, 1)
-    eval_every: int = bounded(250, 1)
-    save_every: int = bounded(250, 1)
-    keep_last: int = bounded(3, 1)
-    model: dict = field(default_factory=dict)  # ConditioningQuantizerConfig fields (n_levels, codebook_size, ...)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        super().__post_init__()
         for key in ("clap_fingerprint", "clap"):
             if key in self.model:
                 raise ValueError(f"field 'model': {key!r} is set from the CLAP used, not by the config")
@@ -130,9 +125,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     if ckpt is None:
         model.init_from_data_(train_emb)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                               total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    optimizer = adamw(model.parameters(), cfg)
+    scheduler = lr_scheduler(optimizer, cfg)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
 
     # 4. resume: weights, codebooks, optimizer, schedule, RNG states, data position ------------------
@@ -176,8 +170,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             model.train()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), keep_last=cfg.keep_last,
-                            extra={"component": COMPONENT, "config": config_to_dict(cfg), "clap_fingerprint": clap_fp})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg, data_position=sampler.position(batches),
+                                clap_fingerprint=clap_fp)
     bar.close()
 
     # 6. export in fp16 ------------------------------------------------------------------------------

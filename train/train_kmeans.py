@@ -34,18 +34,18 @@ import torch
 from soundsmith.core.run_lock import check_output_dir_arg, releases_folder_locks
 from torch import Tensor
 
-from .config import bounded, check_ranges, load_config
+from .config import CONFIGS, Config, bounded, load_config
 from .metrics_log import MetricsLogger
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "kmeans.json"
 COMPONENT = "kmeans"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class KMeansTrainConfig:
+class KMeansTrainConfig(Config):
     """Everything a k-means run needs besides the data and run folders."""
 
     seed: int = bounded(0, 0, 2**31 - 1)
@@ -62,7 +62,7 @@ class KMeansTrainConfig:
     num_valid_clips: int = bounded(288, 1)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
+        super().__post_init__()
         from soundsmith.gen.semantic import parse_features
 
         parse_features(self.features)  # one-line error for a malformed spec

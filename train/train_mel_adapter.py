@@ -29,7 +29,7 @@ import torch
 from soundsmith.core.run_lock import check_output_dir_arg, releases_folder_locks
 from torch import Tensor
 
-from .config import bounded, check_ranges, load_config
+from .config import Config, bounded, load_config
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
 
@@ -37,14 +37,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MelAdapterTrainConfig:
+class MelAdapterTrainConfig(Config):
     seed: int = bounded(0, 0, 2**31 - 1)
     num_clips: int = bounded(400, 1)  # train clips the fit sees (frames: ~430 per 5 s clip)
     num_valid_clips: int = bounded(100, 1)
     ridge: float = bounded(1e-2, 0.0)  # L2 penalty per frame (scaled by the frame count)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
 
 
 @releases_folder_locks

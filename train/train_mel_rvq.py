@@ -35,19 +35,20 @@ import torch
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import load_checkpoint, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import load_checkpoint, resume_point
+from .config import CONFIGS, Config, bounded, load_config
+from .loop import save_run_checkpoint
 from .metrics_log import MetricsLogger
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "mel-rvq"
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mel-rvq.json"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class MelRVQTrainConfig:
+class MelRVQTrainConfig(Config):
     """Everything a mel-RVQ run needs besides the data and run folders."""
 
     seed: int = bounded(0, 0, 2**31 - 1)
@@ -68,9 +69,6 @@ class MelRVQTrainConfig:
     save_every: int = bounded(50, 1)
     keep_last: int = bounded(3, 1)
     num_mel_clips: int = bounded(32, 0)  # valid clips for the final mel L1 per level count (0: skip)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
 
 
 @releases_folder_locks
@@ -130,8 +128,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         t0 = time.perf_counter()
         fit_kmeans_(rvq, train_z, iters=cfg.kmeans_iters, max_vectors=cfg.kmeans_vectors, seed=cfg.seed)
         logger.log(0, {"train/kmeans_seconds": time.perf_counter() - t0, **validate(rvq, valid_z)})
-        save_checkpoint(out, 0, objects, keep_last=cfg.keep_last, extra={"component": COMPONENT,
-                                                                          "config": config_to_dict(cfg)})
+        save_run_checkpoint(out, 0, objects, COMPONENT, cfg)
 
     # 4. EMA refinement with dead-code restarts --------------------------------------------------------
     rvq.train()
@@ -153,8 +150,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             logger.log(step, validate(rvq, valid_z))
             rvq.train()
         if step % cfg.save_every == 0 or step == stop_at:
-            save_checkpoint(out, step, objects, keep_last=cfg.keep_last, extra={"component": COMPONENT,
-                                                                                 "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg)
     rvq.eval()
 
     # 5. mel L1 per level count on valid clips; export ---------------------------------------------------

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +38,29 @@ import numpy as np
 import torch
 from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import ResumableSampler, resume_point
+from .config import CONFIGS, bounded, load_config
 from .ema import EMA
 from .loop import (
+    RunConfig,
     accumulate,
+    adamw,
     due,
     finish,
     interval,
+    lr_scheduler,
     make_accelerator,
     no_sync,
     restore,
+    save_run_checkpoint,
     step_optimizer,
     train_means,
 )
 from .metrics_log import MetricsLogger, progress_bar
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 STAGE_KINDS = {"semantic": ("cond", "semantic"), "coarse": ("cond", "semantic", "codes"), "fine": ("codes",)}
 # TokenLMConfig fields the parts decide (set from them; a config may not contradict them)
 DERIVED = ("stage", "cond_levels", "cond_codebook_size", "semantic_vocab", "acoustic_codebook_size",
@@ -66,20 +68,12 @@ DERIVED = ("stage", "cond_levels", "cond_codebook_size", "semantic_vocab", "acou
 
 
 @dataclass
-class TokenLMTrainConfig:
-    """Everything an LM run needs besides the data and run folders. Steps are optimizer steps."""
+class TokenLMTrainConfig(RunConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=100):
+    """Everything an LM run needs besides the data and run folders: `RunConfig`'s fields (a batch of
+    crops; betas as nanoGPT / MusicGen; weight decay on matrices only, as nanoGPT; `model`: TokenLMConfig
+    fields), then the LM's own."""
 
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
-    batch_size: int = bounded(16, 1)  # crops per process per micro-step
     grad_accum: int = bounded(1, 1)
-    lr: float = bounded(1e-3, 0.0, 1.0, low_open=True)
-    betas: tuple[float, float] = (0.9, 0.95)  # nanoGPT / MusicGen
-    weight_decay: float = bounded(0.1, 0.0, 1.0)  # on matrices only (nanoGPT)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(100, 0)
-    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
-    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)
     ema_decay: float = bounded(0.999, 0.0, 0.999999)  # MusicGen: EMA of the weights; exported
     window_s: float = bounded(5.0, 0.0, 600.0, low_open=True)  # training crop = the LM's generation window
     short_crop_prob: float = bounded(0.1, 0.0, 1.0)  # share of batches cropped shorter (down to a quarter window)
@@ -93,17 +87,7 @@ class TokenLMTrainConfig:
     cache_dir: str = ""  # token cache root; "" = OUT/../token-cache (shared by runs side by side)
     cache_batch: int = bounded(16, 1)  # clips per tokenizer call while building the cache
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
-    log_every: int = bounded(10, 1)
-    eval_every: int = bounded(250, 1)
-    save_every: int = bounded(250, 1)
-    keep_last: int = bounded(3, 1)
     num_valid_batches: int = bounded(4, 1)  # batches of valid crops (fixed) per evaluation
-    model: dict = field(default_factory=dict)  # TokenLMConfig fields (d_model, n_layers, n_coarse, ...)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
 
 
 # ------------------------------------------------------------------------------------------- batches
@@ -236,10 +220,9 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
                  model.num_parameters() * 2 / 1e6)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
-    scheduler = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
-                               min_ratio=cfg.min_lr_ratio)
+    optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                      cfg)
+    scheduler = lr_scheduler(optimizer, cfg)
     ema = EMA(model, cfg.ema_decay)
     wrapped, opt = accelerator.prepare(model, optimizer)
     ema.to(device)
@@ -303,8 +286,8 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                            keep_last=cfg.keep_last, extra={"component": component, "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, component, cfg, data_position=sampler.position(batches),
+                                accelerator=accelerator)
     bar.close()
 
     # 7. export the EMA weights in fp16 ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,42 +37,46 @@ import torch
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import ResumableSampler, resume_point
+from .config import CONFIGS, bounded, config_to_dict, load_config
 from .ema import EMA
 from .latent_cache import LatentCache, build_cache
-from .loop import due, finish, interval, make_accelerator, no_sync, restore, step_optimizer, train_means
+from .loop import (
+    RunConfig,
+    adamw,
+    due,
+    finish,
+    interval,
+    lr_scheduler,
+    make_accelerator,
+    no_sync,
+    restore,
+    save_run_checkpoint,
+    step_optimizer,
+    train_means,
+)
 from .metrics_log import MetricsLogger, progress_bar, save_samples
 from .mixup import prepare_mixup
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "unet.json"
 COMPONENT = "unet"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class UNetTrainConfig:
-    """Everything a UNet run needs besides the data and run folders. Steps are optimizer steps."""
+class UNetTrainConfig(RunConfig, max_steps=20000, batch_size=16, lr=2e-4, betas=(0.9, 0.999), weight_decay=0.01,
+                      warmup_steps=500, log_every=20, eval_every=500, save_every=500):
+    """Everything a UNet run needs besides the data and run folders: `RunConfig`'s fields (a batch of
+    latent windows; `model`: UNetConfig fields), then the UNet's own."""
 
     codec: str | None = None  # a MelLatentCodec folder (vae/ + its vocoder spec); or give vae (and vocoder)
     vae: str | None = None  # a MelVAE export (soundsmith train vae)
     vocoder: str | None = None  # with vae: a vocoder registry name (default griffin-lim) or a HiFi-GAN folder
     clap: str | None = None  # our CLAP folder (soundsmith train clap) or a transformers ClapModel folder
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(20000, 1)  # the LR schedule spans this; --max-steps may stop earlier
-    batch_size: int = bounded(16, 1)  # latent windows per process per micro-step
     grad_accum: int = bounded(1, 1)
     crop_seconds: float = bounded(5.0, 0.04, 600.0)  # training window; the pipeline windows longer audio by it
-    lr: float = bounded(2e-4, 0.0, 1.0, low_open=True)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = bounded(0.01, 0.0, 1.0)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(500, 0)
-    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
-    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)
     ema_decay: float = bounded(0.999, 0.0, 0.999999)
     prediction_type: str = bounded("v_prediction", choices=("epsilon", "v_prediction"))
     snr_gamma: float | None = bounded(5.0, 0.0, low_open=True)  # min-SNR weighting; None: plain MSE
@@ -89,10 +93,6 @@ class UNetTrainConfig:
     mixup_alpha: float = bounded(5.0, 0.0, 100.0, low_open=True)  # lambda ~ Beta(alpha, alpha)
     mixup_pairs_per_clip: int = bounded(2, 1, 64)  # "audio": mixtures rendered per music clip
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
-    log_every: int = bounded(20, 1)
-    eval_every: int = bounded(500, 1)
-    save_every: int = bounded(500, 1)
-    keep_last: int = bounded(3, 1)
     num_valid_batches: int = bounded(4, 1)  # validation loss over this many fixed batches
     sample_prompts: tuple[str, ...] = ("rain falling on a roof", "a dog barking", "piano music", "a woman speaking")
     sample_steps: int = bounded(16, 1, 1000)
@@ -101,12 +101,9 @@ class UNetTrainConfig:
     scheduler: str = "dpmsolver++"
     num_inference_steps: int = bounded(16, 1, 1000)
     guidance_scale: float = bounded(3.0, 0.0, 100.0)
-    model: dict = field(default_factory=dict)  # UNetConfig fields (block_out_channels, attention_levels, ...)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        super().__post_init__()
         if self.condition == "audio" and self.model.get("cross_attention"):
             raise ValueError("field 'model': cross_attention needs text conditioning (condition 'text' or 'mix')")
 
@@ -118,7 +115,7 @@ def load_parts(cfg: UNetTrainConfig, where: str) -> tuple[Any, Any]:
     """(MelLatentCodec, ClapConditioner) named by the config; one-line errors name the field."""
     from soundsmith.codecs.mel_codec import MelLatentCodec
     from soundsmith.codecs.vocoders import DEFAULT_VOCODER, VOCODERS
-    from soundsmith.pipelines.ldm import ClapConditioner
+    from soundsmith.gen.conditioners import ClapConditioner
 
     if cfg.codec is not None:
         codec = MelLatentCodec.from_pretrained(cfg.codec)
@@ -220,8 +217,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     """
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
+    from soundsmith.gen.schedulers import default_noise_schedule
     from soundsmith.gen.unet import UNetConfig, build_unet, num_parameters
-    from soundsmith.pipelines.ldm import default_noise_schedule
 
     # 1. config, run folder, resume point ---------------------------------------------------------
     out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
@@ -266,9 +263,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     log.info("UNet: %.2f M parameters (%.1f MB in fp16)", num_parameters(unet) / 1e6, num_parameters(unet) * 2 / 1e6)
     noise_schedule = default_noise_schedule(cfg.prediction_type)
     scheduler = DDPMScheduler.from_config(noise_schedule)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    lr_schedule = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                                 total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    optimizer = adamw(unet.parameters(), cfg)
+    lr_schedule = lr_scheduler(optimizer, cfg)
     ema = EMA(unet, cfg.ema_decay)
     model, opt = accelerator.prepare(unet, optimizer)
     ema.to(device)
@@ -323,8 +319,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg, data_position=sampler.position(batches),
+                                accelerator=accelerator)
     bar.close()
 
     # 7. export the EMA UNet with its parts as a pipeline folder (fp16) ------------------------------

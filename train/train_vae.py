@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,22 @@ import torch
 import torch.nn.functional as F
 from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import EpochIndexed, ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import EpochIndexed, ResumableSampler, resume_point
+from .config import CONFIGS, bounded, load_config
 from .ema import EMA
 from .loop import (
+    RunConfig,
+    adamw,
     clip_batches,
     due,
     finish,
     interval,
+    lr_scheduler,
     make_accelerator,
     model_config,
     no_sync,
     restore,
+    save_run_checkpoint,
     start_clock,
     step_optimizer,
     step_times,
@@ -48,49 +52,29 @@ from .loop import (
 from .losses import kl_loss
 from .metrics_log import MetricsLogger, progress_bar, save_samples
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "vae.json"
 COMPONENT = "vae"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class VAETrainConfig:
-    """Everything a VAE run needs besides the data and run folders. Steps are optimizer steps."""
+class VAETrainConfig(RunConfig, warmup_steps=100):
+    """Everything a VAE run needs besides the data and run folders: `RunConfig`'s fields (a batch of
+    clips; `model`: MelVAEConfig fields), then the VAE's own."""
 
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
-    batch_size: int = bounded(8, 1)  # clips per process per micro-step
     grad_accum: int = bounded(1, 1)  # micro-steps per optimizer step
     crop_seconds: float = bounded(1.04, 0.0, 60.0, low_open=True)  # 104 mel frames: a multiple of 4 (0.04 s)
-    lr: float = bounded(3e-4, 0.0, 1.0, low_open=True)
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = bounded(0.0, 0.0, 1.0)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(100, 0)
-    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)  # the schedule decays to lr * min_lr_ratio
-    clip_grad_norm: float | None = bounded(1.0, 0.0, low_open=True)  # None: no clipping
     kl_weight: float = bounded(1e-6, 0.0)  # relative to the L1 summed over an example's mel, as in LDM/AudioLDM
     ema_decay: float = bounded(0.999, 0.0, 0.999999)
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
     num_workers: int = bounded(1, 0, 64)  # DataLoader worker processes
-    log_every: int = bounded(10, 1)
-    eval_every: int = bounded(250, 1)
-    save_every: int = bounded(250, 1)
-    keep_last: int = bounded(3, 1)  # checkpoints kept
     num_valid_clips: int = bounded(16, 1)  # validation clips (center crops of the valid split)
     valid_seconds: float = bounded(2.56, 0.0, 60.0, low_open=True)
     num_samples: int = bounded(3, 0)  # validation clips written as PNG (+ WAV) at each evaluation
     vocoder: str | None = None  # a trained vocoder folder for the sample WAVs; None: a Griffin-Lim preview
     scale_batches: int = bounded(32, 1)  # training batches for measuring scaling_factor at the end
-    model: dict = field(default_factory=dict)  # MelVAEConfig fields (block_out_channels, latent_channels, ...)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
 
 
 @releases_folder_locks
@@ -133,9 +117,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         raise ValueError(f"{config}: field 'crop_seconds' gives {frames} mel frames, not a multiple of "
                          f"{vae_cfg.downsample_factor}; use a multiple of "
                          f"{vae_cfg.downsample_factor * vae_cfg.mel.hop_length / sr:g} s")
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                               total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
+    optimizer = adamw(vae.parameters(), cfg)
+    scheduler = lr_scheduler(optimizer, cfg)
     ema = EMA(vae, cfg.ema_decay)
     model, opt = accelerator.prepare(vae, optimizer)  # DDP + mixed precision; the scheduler we step ourselves
     ema.to(device)
@@ -196,8 +179,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg, data_position=sampler.position(batches),
+                                accelerator=accelerator)
     bar.close()
 
     # 7. scaling factor on training data, then export the EMA weights in fp16 ------------------------

@@ -23,27 +23,31 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import ResumableSampler, resume_point, save_checkpoint
-from .config import bounded, check_ranges, config_to_dict, load_config
+from .checkpoint import ResumableSampler, resume_point
+from .config import CONFIGS, bounded, load_config
 from .discriminators import HifiGanDiscriminator
 from .ema import EMA
 from .loop import (
+    RunConfig,
     accumulate,
+    adamw,
     clip_batches,
     due,
     finish,
     interval,
+    lr_scheduler,
     make_accelerator,
     model_config,
     no_sync,
     restore,
+    save_run_checkpoint,
     start_clock,
     step_optimizer,
     step_times,
@@ -59,30 +63,20 @@ from .losses import (
 )
 from .metrics_log import MetricsLogger, progress_bar, save_samples
 from .run_folder import RunFolder
-from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "vocoder.json"
 COMPONENT = "vocoder"
+DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class VocoderTrainConfig:
-    """Everything a vocoder run needs besides the data and run folders. Steps are optimizer steps."""
+class VocoderTrainConfig(RunConfig, lr=2e-4, betas=(0.8, 0.99), clip_grad_norm=100.0):  # HiFi-GAN's lr, betas
+    """Everything a vocoder run needs besides the data and run folders: `RunConfig`'s fields (a batch of
+    clips; lr and betas for G and D; `model`: VocoderConfig fields), then the vocoder's own."""
 
-    seed: int = bounded(0, 0, 2**63 - 1)
-    max_steps: int = bounded(2000, 1)  # the LR schedule spans this; --max-steps may stop earlier
-    batch_size: int = bounded(8, 1)  # clips per process per micro-step
     grad_accum: int = bounded(1, 1)  # micro-steps per optimizer step
     crop_seconds: float = bounded(0.5, 0.0, 60.0, low_open=True)  # HiFi-GAN: 8192 samples at 22 kHz = 0.37 s
-    lr: float = bounded(2e-4, 0.0, 1.0, low_open=True)  # HiFi-GAN: 2e-4 for G and D
-    betas: tuple[float, float] = (0.8, 0.99)  # HiFi-GAN
-    weight_decay: float = bounded(0.0, 0.0, 1.0)
-    schedule: str = bounded("cosine", choices=SCHEDULES)
-    warmup_steps: int = bounded(0, 0)
-    min_lr_ratio: float = bounded(0.1, 0.0, 1.0)
-    clip_grad_norm: float | None = bounded(100.0, 0.0, low_open=True)  # a guard against spikes; None: off
     mel_weight: float = bounded(45.0, 0.0)  # HiFi-GAN
     fm_weight: float = bounded(2.0, 0.0)  # HiFi-GAN
     adv_weight: float = bounded(1.0, 0.0)
@@ -95,19 +89,12 @@ class VocoderTrainConfig:
     ema_decay: float = bounded(0.999, 0.0, 0.999999)
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
     num_workers: int = bounded(1, 0, 64)
-    log_every: int = bounded(10, 1)
-    eval_every: int = bounded(250, 1)
-    save_every: int = bounded(250, 1)
-    keep_last: int = bounded(3, 1)
     num_valid_clips: int = bounded(16, 1)
     valid_seconds: float = bounded(2.0, 0.0, 60.0, low_open=True)
     num_samples: int = bounded(3, 0)  # validation clips written as WAV + PNG at each evaluation
-    model: dict = field(default_factory=dict)  # VocoderConfig fields (upsample_initial_channel, ...)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        super().__post_init__()
         if not self.mpd_periods and not self.msd_scales:
             raise ValueError("fields 'mpd_periods' and 'msd_scales' leave no discriminator")
         if any(p < 1 for p in self.mpd_periods) or any(c < 1 for c in (*self.mpd_channels, *self.msd_channels)):
@@ -159,12 +146,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     disc = HifiGanDiscriminator(cfg.mpd_periods, cfg.mpd_channels, cfg.msd_scales, cfg.msd_channels).train()
     to_mel = MelSpectrogram(voc_cfg.mel).to(device)
     stft_loss = MultiResolutionSTFTLoss().to(device)
-    opt_g = torch.optim.AdamW(vocoder.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched_g = make_scheduler(opt_g, kind=cfg.schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
-                             min_ratio=cfg.min_lr_ratio)
-    sched_d = make_scheduler(opt_d, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,  # D's starts with D
-                             total_steps=max(1, cfg.max_steps - cfg.disc_start_step), min_ratio=cfg.min_lr_ratio)
+    opt_g, opt_d = adamw(vocoder.parameters(), cfg), adamw(disc.parameters(), cfg)
+    sched_g = lr_scheduler(opt_g, cfg)
+    sched_d = lr_scheduler(opt_d, cfg, total_steps=max(1, cfg.max_steps - cfg.disc_start_step))  # D's starts with D
     ema = EMA(vocoder, cfg.ema_decay)
     gen, dis, opt_g_acc, opt_d_acc = accelerator.prepare(vocoder, disc, opt_g, opt_d)
     ema.to(device)
@@ -263,8 +247,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
-            save_checkpoint(out, step, objects, data_position=sampler.position(batches), accelerator=accelerator,
-                            keep_last=cfg.keep_last, extra={"component": COMPONENT, "config": config_to_dict(cfg)})
+            save_run_checkpoint(out, step, objects, COMPONENT, cfg, data_position=sampler.position(batches),
+                                accelerator=accelerator)
     bar.close()
 
     # 7. export the EMA generator in fp16 (weight norm folded) ---------------------------------------
