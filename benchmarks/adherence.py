@@ -108,8 +108,8 @@ def classifier_ranks(clf: Any, rows: list[dict], waves: torch.Tensor, sample_rat
 
 def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
     """Rank of each clip's class caption among its domain's class captions by our CLAP."""
-    from soundsmith.pipelines.ldm import ClapConditioner
     from soundsmith.core.captions import class_caption
+    from soundsmith.gen.conditioners import ClapConditioner
 
     if args.clap is None:
         from soundsmith.pipelines import load_pipeline

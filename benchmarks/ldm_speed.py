@@ -102,8 +102,10 @@ def default_pipeline(vocoder: dict | None = None):
     from soundsmith.codecs.mel_vae import MelVAE
     from soundsmith.codecs.vocoder import Vocoder
     from soundsmith.gen.clap import SoundsmithClap
+    from soundsmith.gen.conditioners import ClapConditioner
+    from soundsmith.gen.schedulers import default_noise_schedule
     from soundsmith.gen.unet import build_unet, default_unet_config
-    from soundsmith.pipelines.ldm import ClapConditioner, LDMConfig, LDMPipeline, default_noise_schedule
+    from soundsmith.pipelines.ldm import LDMConfig, LDMPipeline
 
     torch.manual_seed(0)
     pipe = LDMPipeline(build_unet(default_unet_config()), MelLatentCodec(MelVAE(), Vocoder()),
@@ -156,7 +158,7 @@ def run_case(case: str, folder: Path, seconds: float, repeats: int) -> dict:
                                       watermark=False, loudness_lufs=None).audios
         else:
             from diffusers import AudioLDMPipeline
-            from soundsmith.pipelines.ldm import make_scheduler
+            from soundsmith.gen.schedulers import make_scheduler
 
             tokenizer = byte_tokenizer()  # unused: diffusers gets our CLAP's embeddings as prompt_embeds
             dummy = _dummy_text_encoder(ours.conditioner.dim)

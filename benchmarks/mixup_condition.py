@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from soundsmith.codecs.audio import read_audio
-    from soundsmith.pipelines.ldm import ClapConditioner
+    from soundsmith.gen.conditioners import ClapConditioner
     from soundsmith.train.mixup import audio_mixup, beats_from_labels, combine_captions, tempo_partners
 
     conditioner = ClapConditioner.from_pretrained(Path(args.clap))

@@ -120,9 +120,9 @@ def default_pipeline(fine_pattern: str = "delay", model: Path | None = None, voc
     from soundsmith.core.weights import weights_fingerprint
     from soundsmith.gen.clap import SoundsmithClap, load_clap
     from soundsmith.gen.cond_tokens import ConditioningQuantizer
+    from soundsmith.gen.conditioners import ClapConditioner
     from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
     from soundsmith.gen.token_lm import TokenLMConfig, build_lm
-    from soundsmith.pipelines.ldm import ClapConditioner
     from soundsmith.pipelines.tokens import TokenPipeline
 
     shipped = model or ROOT / "models" / "default-tokens"

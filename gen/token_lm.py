@@ -26,7 +26,6 @@ LayerNorm rather than RMSNorm because torch's CPU LayerNorm is one fused kernel 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -669,18 +668,6 @@ STAGE_CLASSES: dict[str, type[TokenLM]] = {"semantic": SemanticLM, "coarse": Coa
 def build_lm(config: TokenLMConfig) -> TokenLM:
     """A randomly initialised LM of the config's stage."""
     return STAGE_CLASSES[config.stage](config)
-
-
-def load_lm(folder: str | os.PathLike) -> TokenLM:
-    """The LM saved in `folder`, whatever its stage."""
-    return TokenLM.from_pretrained(folder)
-
-
-def read_lm_config(folder: str | os.PathLike) -> TokenLMConfig:
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in LM folder {folder}")
-    return TokenLMConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
 # ------------------------------------------------------------------------------------------- sampling

@@ -1,4 +1,4 @@
-"""Prompt -> waveform. `load_pipeline(path)` reads a model folder's `config.json` and builds the
+"""Prompt -> waveform. `load_pipeline(path)` reads a model folder's `config.json` once and builds the
 backend it names; each backend registers a zero-argument factory for its pipeline class below."""
 
 from __future__ import annotations
@@ -29,12 +29,6 @@ def _musicgen() -> type:
     return MusicgenPipeline
 
 
-def _backends() -> dict[str, Callable[[], type]]:
-    # backend name (config.json "backend") -> factory returning the pipeline class; heavy imports
-    # stay inside the factories. Filled by the backends as they land.
-    return {"ldm": _ldm, "tokens": _tokens, "musicgen": _musicgen}
-
-
 # diffusers pipeline folders (model_index.json "_class_name", no config.json) -> the backend that loads them
 DIFFUSERS_FOLDERS: dict[str, str] = {"AudioLDMPipeline": "ldm", "MusicLDMPipeline": "ldm"}
 
@@ -43,7 +37,8 @@ DIFFUSERS_FOLDERS: dict[str, str] = {"AudioLDMPipeline": "ldm", "MusicLDMPipelin
 TRANSFORMERS_FOLDERS: dict[str, str] = {"musicgen": "musicgen"}
 
 
-PIPELINE_BACKENDS: dict[str, Callable[[], type]] = _backends()
+# backend name (config.json "backend") -> factory returning the pipeline class; heavy imports stay inside
+PIPELINE_BACKENDS: dict[str, Callable[[], type]] = {"ldm": _ldm, "tokens": _tokens, "musicgen": _musicgen}
 
 
 # what a part's folder is, by its config.json "_class_name" or "model_type": such a folder given where a
@@ -72,14 +67,15 @@ def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwar
     index_file = path / "model_index.json"
     if not config_file.is_file() and index_file.is_file():
         try:
-            kind = json.loads(index_file.read_text(encoding="utf-8")).get("_class_name")
+            index = json.loads(index_file.read_text(encoding="utf-8"))
+            kind = index.get("_class_name")
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
             raise ValueError(f"{index_file}: not a readable diffusers model_index.json") from None
         if kind not in DIFFUSERS_FOLDERS:
             raise ValueError(f"{index_file}: diffusers pipeline {kind!r} is not supported; supported: "
                              + ", ".join(DIFFUSERS_FOLDERS))
         _check_backend(backend, DIFFUSERS_FOLDERS[kind], index_file)
-        return _from_pretrained(DIFFUSERS_FOLDERS[kind], path, kwargs)
+        return _from_pretrained(DIFFUSERS_FOLDERS[kind], path, kwargs, index)
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a soundsmith model folder: it has no config.json")
     try:
@@ -94,10 +90,10 @@ def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwar
     if found is None and isinstance(config, dict):
         _refuse_part_folder(path, config)
     if found not in PIPELINE_BACKENDS:
-        known = ", ".join(sorted(PIPELINE_BACKENDS)) or "none installed yet"
-        raise ValueError(f"{config_file}: field 'backend' is {found!r}; known backends: {known}")
+        raise ValueError(f"{config_file}: field 'backend' is {found!r}; known backends: "
+                         f"{', '.join(sorted(PIPELINE_BACKENDS))}")
     _check_backend(backend, found, config_file)
-    return _from_pretrained(found, path, kwargs)
+    return _from_pretrained(found, path, kwargs, config)
 
 
 def takes_vocoder(pipeline_class: type) -> bool:
@@ -105,8 +101,9 @@ def takes_vocoder(pipeline_class: type) -> bool:
     return "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
 
 
-def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any]) -> Any:
-    """The backend's `from_pretrained`; a vocoder asked of a model that decodes some other way is refused in one
+def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any], folder_config: dict[str, Any]) -> Any:
+    """The backend's `from_pretrained`, given the folder's config as read here (`folder_config`: config.json, or a
+    diffusers folder's model_index.json); a vocoder asked of a model that decodes some other way is refused in one
     line (MusicGen's EnCodec turns tokens straight into a waveform)."""
     pipeline_class = PIPELINE_BACKENDS[backend]()
     takes = takes_vocoder(pipeline_class)
@@ -115,7 +112,7 @@ def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any]) -> Any:
                          f"got {kwargs['vocoder']!r}")
     if not takes:
         kwargs = {k: v for k, v in kwargs.items() if k != "vocoder"}
-    return pipeline_class.from_pretrained(path, **kwargs)
+    return pipeline_class.from_pretrained(path, folder_config=folder_config, **kwargs)
 
 
 def _refuse_part_folder(path: Path, config: dict[str, Any]) -> None:

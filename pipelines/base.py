@@ -6,16 +6,21 @@ diffusers does); everything here is the part that must behave the same for every
 - device: `"auto"` picks cuda, then mps, then cpu. dtype: fp32 (default), fp16 or bf16; the parts
   named in `upcast_components` (the VAE and the vocoder, where half precision gives NaN/silence,
   AudioLDM PR #42) stay in float32.
-- prompts: a string or a list; each output carries its prompt (`num_waveforms_per_prompt` repeats it).
+- prompts: a string or a list; each output carries its prompt (`num_waveforms_per_prompt` repeats it,
+  `per_output`). Input clips: `read_clip` (a file or an array -> mono at the model's rate).
 - randomness: one seed (or `torch.Generator`) per output. A seed `s` gives the outputs seeds s, s+1, ...
   The starting noise of output i is drawn from its own CPU generator, so the same seed, model, device
   and batch size give bit-identical audio and another batch composition changes only the batched
   arithmetic (within 1e-5). No seed: random seeds are drawn and reported, so every output can be redone.
 - classifier-free guidance: `cfg_batch` / `cfg_combine` ([uncond, cond] in one batch, as diffusers).
+- re-ranking: `rank_by_clap` scores each output with its prompt and orders a prompt's candidates.
 - progress: a tqdm bar plus `callback(step, total)`; a callback returning False raises
   `GenerationCancelled`.
 - watermark: `finish` marks every output last (pipelines/watermark.py), unless the call says
-  `watermark=False`; `watermark_record` gives the sidecar fields.
+  `watermark=False`; `watermark_record` gives the sidecar fields, `run_record` all the closing ones. The
+  payload comes from `fingerprint`, the hash of the parts' `part_fingerprint`s: each part is hashed once,
+  for loading's checks and the payload alike.
+- folders: `check_load_args` and `write_config` (config.json: backend, class, version, settings).
 - output: `AudioOutput(audios [B, C, T], sample_rate, prompts, seeds, clap_scores, parameters)` with
   `save(folder)`: WAV/FLAC written atomically, named from a prompt slug and the seed, with a JSON
   sidecar holding every parameter.
@@ -39,16 +44,17 @@ import numpy as np
 import torch
 from soundsmith.codecs.audio import LOUDNESS_PEAK_DB
 from soundsmith.core.checks import MAX_SEED, check_float, check_int, check_seed_range, check_text
-from soundsmith.core.runtime import (
-    resolve_device,
-    resolve_dtype,
-)
+from soundsmith.core.files import write_json
+from soundsmith.core.runtime import DTYPE_NAMES, resolve_device, resolve_dtype
+from soundsmith.core.version import __version__
 from soundsmith.core.weights import weights_fingerprint
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
 SAVE_FORMATS = ("wav", "flac")
+# what `Pipeline.write_config` adds to a folder's config.json beside the pipeline's settings
+CONFIG_METADATA = ("backend", "_class_name", "soundsmith_version")
 
 
 class GenerationCancelled(RuntimeError):
@@ -279,6 +285,8 @@ class Pipeline(ABC):
                 continue  # already there (and diffusers' .to() logs a warning on every cast)
             if hasattr(part, "to"):
                 part.to(device=dev, dtype=want)
+            if want not in (torch.float32, torch.float16):  # bf16 weights round to other fp16 values
+                self.__dict__.get("_part_fingerprints", {}).pop(name, None)
         self._device, self._dtype = dev, dt
         return self
 
@@ -314,6 +322,43 @@ class Pipeline(ABC):
             check_text("negative_prompt", n)
         check_int("num_waveforms_per_prompt", num_waveforms_per_prompt, 1, 64)
         return prompts, negatives
+
+    @staticmethod
+    def per_output(prompts: list[str], negatives: list[str | None], num_waveforms_per_prompt: int
+                   ) -> tuple[list[str], list[str | None], list[int]]:
+        """(prompt, negative prompt, index of its prompt) of every output, a prompt's outputs side by side."""
+        source = [i for i in range(len(prompts)) for _ in range(num_waveforms_per_prompt)]
+        return [prompts[i] for i in source], [negatives[i] for i in source], source
+
+    @staticmethod
+    def clip_batch(wave: Any) -> Tensor:
+        """A `[C, T]` or `[B, C, T]` numpy array or tensor (checked by the caller) -> float32 CPU `[B, C, T]`."""
+        wave = wave if isinstance(wave, Tensor) else torch.from_numpy(np.ascontiguousarray(wave, np.float32))
+        wave = wave.float().cpu()
+        return wave[None] if wave.dim() == 2 else wave
+
+    def read_clip(self, audio: Any, sample_rate: int, num_prompts: int, name: str) -> tuple[Tensor, str | None]:
+        """An input clip -> mono `[B, 1, T]` at `self.sample_rate` (B = 1 or `num_prompts`) and its file name.
+
+        `audio`: an audio file path, or a `[C, T]` / `[B, C, T]` numpy array or tensor (its type checked by the
+        caller) at `sample_rate`. One-line errors name the argument `name`."""
+        from soundsmith.codecs.audio import check_wave, read_audio, resample
+
+        if isinstance(audio, (str, os.PathLike)):
+            wave, _ = read_audio(audio, sample_rate=self.sample_rate, channels=1)
+            wave, path = torch.from_numpy(wave)[None], str(audio)
+        else:
+            check_wave(audio, name)
+            wave, path = resample(self.clip_batch(audio).mean(1, keepdim=True), sample_rate, self.sample_rate), None
+        if wave.shape[0] not in (1, num_prompts):
+            raise ValueError(f"{name} holds {wave.shape[0]} clips for {num_prompts} prompts; give one clip or one per "
+                             "prompt")
+        return wave, path
+
+    def chunks(self, n_out: int, batch_size: int | None) -> list[list[int]]:
+        """The outputs' indices in model batches of `batch_size` (default `max_batch_size`)."""
+        chunk = batch_size or self.max_batch_size
+        return [list(range(s, min(s + chunk, n_out))) for s in range(0, n_out, chunk)]
 
     # --------------------------------------------------------------------------------- randomness
 
@@ -376,6 +421,24 @@ class Pipeline(ABC):
 
     # -------------------------------------------------------------------------------------- finish
 
+    def rank_by_clap(self, conditioner: Any, audios: Tensor, prompts: list[str], seeds: list[int | None],
+                     num_waveforms_per_prompt: int, rerank: bool
+                     ) -> tuple[Tensor, list[int | None], list[float] | None]:
+        """The CLAP score of each output `[B, C, T]` with its prompt (`prompts`: one per output) and, with
+        `rerank`, each prompt's candidates ordered best first. No scores without an audio tower."""
+        n = num_waveforms_per_prompt
+        if not conditioner.has_audio_tower:
+            if n > 1 and rerank:
+                log.info("this CLAP has no audio tower (text-only, AudioLDM); candidates are not re-ranked")
+            return audios, seeds, None
+        scores = conditioner.score(prompts, audios, self.sample_rate).tolist()
+        if rerank and n > 1:
+            order = []
+            for p in range(len(prompts) // n):
+                order += sorted(range(p * n, (p + 1) * n), key=lambda i: -scores[i])
+            audios, seeds, scores = audios[order], [seeds[i] for i in order], [scores[i] for i in order]
+        return audios, seeds, scores
+
     @property
     def fingerprint(self) -> str:
         """A hash (hex) of the backend and its parts' weights (as `weights_fingerprint` sees them, so an fp16
@@ -383,12 +446,28 @@ class Pipeline(ABC):
         weights behind the same folder is refused."""
         if getattr(self, "_fingerprint", None) is None:
             h = hashlib.sha256(self.backend.encode())
-            for name, part in sorted(self.components().items()):
-                module = part if isinstance(part, nn.Module) else getattr(part, "model", None)
-                if isinstance(module, nn.Module):
-                    h.update(f"{name}:{weights_fingerprint(module)}".encode())
+            for name in sorted(self.components()):
+                found = self.part_fingerprint(name)
+                if found is not None:
+                    h.update(f"{name}:{found}".encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def part_fingerprint(self, name: str) -> str | None:
+        """`weights_fingerprint` of part `name` (of its `.model` for a wrapper such as a conditioner, whose own
+        `fingerprint()` is that hash); None for a part without weights. Computed once per part: loading checks
+        the parts with these hashes and `fingerprint` (the watermark payload) hashes the same ones."""
+        memo = self.__dict__.setdefault("_part_fingerprints", {})
+        if name not in memo:
+            part = getattr(self, name)
+            if isinstance(part, nn.Module):
+                memo[name] = weights_fingerprint(part)
+            elif isinstance(getattr(part, "model", None), nn.Module):
+                memo[name] = part.fingerprint() if callable(getattr(part, "fingerprint", None)) else \
+                    weights_fingerprint(part.model)
+            else:
+                memo[name] = None
+        return memo[name]
 
     @property
     def watermark_payload(self) -> int:
@@ -455,6 +534,12 @@ class Pipeline(ABC):
         return {"watermarked": watermarked, "watermark_scheme": SCHEME if watermarked else None,
                 "watermark_payload": self.watermark_payload if watermarked else None}
 
+    def run_record(self, watermark: bool, level: dict[str, Any], watermarked: bool) -> dict[str, Any]:
+        """The sidecar fields every call's parameters end with: device, dtype, loudness (`normalize_loudness`'s
+        fields), watermark and the soundsmith version."""
+        return {"device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **level,
+                **self.watermark_record(watermarked), "soundsmith_version": __version__}
+
     # --------------------------------------------------------------------------------------- folders
 
     @classmethod
@@ -466,5 +551,31 @@ class Pipeline(ABC):
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> Path:
         """Write the pipeline folder (config.json naming the backend + one sub-folder per part)."""
 
+    @staticmethod
+    def check_load_args(path: str | os.PathLike, device: str | torch.device, dtype: str | torch.dtype) -> Path:
+        """The model folder of `from_pretrained`, checked to exist, and its device and dtype checked: a bad
+        argument fails before anything is loaded."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        resolve_device(device), resolve_dtype(dtype)
+        return folder
 
-# --------------------------------------------------------------------------------------------- checks
+    @classmethod
+    def check_backend(cls, raw: dict[str, Any], where: str | os.PathLike) -> None:
+        """A folder's config.json must name this backend."""
+        if raw.get("backend") != cls.backend:
+            raise ValueError(f"{where}: backend is {raw.get('backend')!r}, not {cls.backend!r}")
+
+    @staticmethod
+    def part_folders(folder: Path, components: dict[str, str], where: str) -> dict[str, Path]:
+        """Part name -> folder, for config.json's `components` (paths relative to `folder`): parts live in the
+        folder or beside it (the shipped ../clap), nowhere else (core/paths.py)."""
+        from soundsmith.core.paths import model_link
+
+        return {name: model_link(rel, folder, where=where, what=f"part {name!r}") for name, rel in components.items()}
+
+    def write_config(self, folder: Path, config: Any) -> Path:
+        """The folder's config.json: the backend, the class and the soundsmith version, then `config`'s fields."""
+        return write_json(folder / "config.json", {"backend": self.backend, "_class_name": type(self).__name__,
+                                                   "soundsmith_version": __version__, **config.to_dict()})

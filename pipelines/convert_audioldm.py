@@ -395,10 +395,10 @@ def unet_from_checkpoint(state: Mapping[str, Any], source: str | os.PathLike, *,
 def clap_from_checkpoint(state: Mapping[str, Any], source: str | os.PathLike, tokenizer: Any) -> Any:
     """The CLAP under `cond_stage_model.model.` -> `ClapConditioner` (null condition: the embedding of "")."""
     from soundsmith.gen.clap import TransformersClap
+    from soundsmith.gen.conditioners import ClapConditioner
     from transformers import ClapFeatureExtractor, ClapModel, ClapTextConfig, ClapTextModelWithProjection
 
     from .convert_laion_clap import OPTIONAL_TARGETS, infer_clap_config, rename_laion_keys
-    from .ldm import ClapConditioner
 
     sub = {k[len(CLAP_PREFIX):]: v for k, v in state.items() if k.startswith(CLAP_PREFIX)}
     if "text_branch.embeddings.word_embeddings.weight" not in sub:

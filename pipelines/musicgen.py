@@ -40,8 +40,7 @@ import numpy as np
 import torch
 from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
 from soundsmith.core.checks import check_float, check_int
-from soundsmith.core.runtime import DTYPE_NAMES, resolve_device, resolve_dtype
-from soundsmith.core.version import __version__
+from soundsmith.core.runtime import resolve_device, resolve_dtype
 from torch import Tensor
 
 from .base import AudioOutput, Pipeline, Progress
@@ -202,14 +201,12 @@ class MusicgenPipeline(Pipeline):
         settings = {"guidance": guidance, "do_sample": sample, "top_k": int(k or 0), "top_p": p, "temperature": temp}
 
         # 4. sample the codes chunk by chunk, then decode them ---------------------------------------------
-        chunk = batch_size or self.max_batch_size
-        starts = list(range(0, n_out, chunk))
+        chunks = self.chunks(n_out, batch_size)
         windows = self._plan_windows(total_frames, 0 if prompt_codes is None else prompt_codes.shape[-1])
         steps_per_chunk = sum(frames + self.num_codebooks - 1 - given for given, frames in windows)
         waves = []
-        with Progress(len(starts) * steps_per_chunk, callback, enabled=self.progress_bar, desc="musicgen") as progress:
-            for s in starts:
-                idx = list(range(s, min(s + chunk, n_out)))
+        with Progress(len(chunks) * steps_per_chunk, callback, enabled=self.progress_bar, desc="musicgen") as progress:
+            for idx in chunks:
                 rows = [source[i] for i in idx]
                 cond = (states[rows], mask[rows])
                 null = None if uncond is None else (uncond[0][rows], uncond[1][rows])
@@ -226,9 +223,7 @@ class MusicgenPipeline(Pipeline):
             "duration_s": duration, "guidance_scale": guidance, "do_sample": sample, "top_k": settings["top_k"],
             "top_p": p, "temperature": temp, "negative_prompt": negative_prompt,
             "num_waveforms_per_prompt": num_waveforms_per_prompt, "audio_prompt": clip_name,
-            "frames": total_frames, "windows": len(windows), "device": str(self.device),
-            "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **level, **self.watermark_record(watermarked),
-            "soundsmith_version": __version__,
+            "frames": total_frames, "windows": len(windows), **self.run_record(watermark, level, watermarked),
         }
         out_prompts = [prompts[i] for i in source]
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, None, parameters)
@@ -425,8 +420,10 @@ class MusicgenPipeline(Pipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32") -> MusicgenPipeline:
-        """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`."""
+                        dtype: str | torch.dtype = "fp32", folder_config: dict[str, Any] | None = None
+                        ) -> MusicgenPipeline:
+        """Load a transformers MusicGen folder (model + processor files), then move it to `device` / `dtype`.
+        `folder_config`: its config.json as `load_pipeline` read it (transformers reads it once more)."""
         from safetensors import SafetensorError
         from soundsmith.core.files import read_config
         from soundsmith.core.weights import weights_error
@@ -434,7 +431,7 @@ class MusicgenPipeline(Pipeline):
 
         folder = Path(path)
         resolve_device(device), resolve_dtype(dtype)  # a bad argument fails before loading anything
-        config = read_config(folder)
+        config = read_config(folder) if folder_config is None else folder_config
         if config.get("model_type") != "musicgen":
             raise ValueError(f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, not 'musicgen'")
         if not any((folder / f).is_file() for f in ("tokenizer.json", "spiece.model")):

@@ -35,16 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS
+from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS, check_sample_rate
 from soundsmith.core.checks import check_float, check_int
-from soundsmith.core.runtime import DTYPE_NAMES, resolve_device, resolve_dtype
-from soundsmith.core.version import __version__
+from soundsmith.core.runtime import resolve_dtype
 from soundsmith.core.weights import config_from_dict, weights_fingerprint
+from soundsmith.gen.conditioners import ClapConditioner
 from torch import Tensor
 
-from .base import AudioOutput, Pipeline, Progress
+from .base import CONFIG_METADATA, AudioOutput, Pipeline, Progress
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,7 @@ class TokenConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> TokenConfig:
-        return config_from_dict(cls, data, where, ignore=("backend", "_class_name", "soundsmith_version"),
-                                wrap_errors=True)
+        return config_from_dict(cls, data, where, ignore=CONFIG_METADATA, wrap_errors=True)
 
 
 def resolve_sampling(config: TokenConfig, temperature: Any, top_k: Any, top_p: Any) -> dict[str, Any]:
@@ -136,7 +134,8 @@ class TokenPipeline(Pipeline):
     """Text-to-audio by token language models. Build with `from_pretrained`, or from parts:
 
     Args:
-        conditioner: `ClapConditioner` (pipelines/ldm.py): text embeddings, and CLAP scores for re-ranking.
+        conditioner: a `ClapConditioner` (soundsmith.gen.conditioners): text embeddings, and CLAP scores for
+            re-ranking.
         cond_rvq: `ConditioningQuantizer`: CLAP embedding -> conditioning tokens `[B, Q]`.
         kmeans: `SemanticTokenizer`: audio -> semantic tokens (for audio prompts).
         semantic_lm, coarse_lm, fine_lm: the three `TokenLM` stages (`fine_lm` None: decode coarse levels only).
@@ -208,12 +207,15 @@ class TokenPipeline(Pipeline):
             raise ValueError(f"{where}: the LMs make {levels} codec levels, the codec has {self.codec.max_levels}")
 
     def fingerprints(self) -> dict[str, str]:
-        """The weights fingerprint of every part (what config.json records and loading checks)."""
-        found = {"clap": self.conditioner.fingerprint(), "cond_rvq": self.cond_rvq.fingerprint(),
-                 "kmeans": self.kmeans.fingerprint(), "codec": codec_fingerprint(self.codec),
-                 "semantic_lm": weights_fingerprint(self.semantic_lm), "coarse_lm": weights_fingerprint(self.coarse_lm)}
+        """The weights fingerprint of every part (what config.json records and loading checks); the parts the
+        watermark payload hashes too are hashed once (`part_fingerprint`)."""
+        codec = getattr(self.codec, "fingerprint", None)  # as `codec_fingerprint`, its weights' hash memoized
+        found = {"clap": self.part_fingerprint("conditioner"), "cond_rvq": self.cond_rvq.fingerprint(),
+                 "kmeans": self.kmeans.fingerprint(),
+                 "codec": codec() if callable(codec) else self.part_fingerprint("codec"),
+                 "semantic_lm": self.part_fingerprint("semantic_lm"), "coarse_lm": self.part_fingerprint("coarse_lm")}
         if self.fine_lm is not None:
-            found["fine_lm"] = weights_fingerprint(self.fine_lm)
+            found["fine_lm"] = self.part_fingerprint("fine_lm")
         return found
 
     def check_fingerprints(self, where: str, recorded: Mapping[str, str] | None = None) -> None:
@@ -233,6 +235,37 @@ class TokenPipeline(Pipeline):
                                  f"{expected}: the folder's parts were changed after it was saved")
 
     # ------------------------------------------------------------------------------------- call
+
+    def check_inputs(self, prompt: str | list[str], negative_prompt: str | list[str] | None,
+                     num_waveforms_per_prompt: int, duration_s: float | None, guidance_scale: float | None,
+                     loudness_lufs: float | None, temperature: Any, top_k: Any, top_p: Any, batch_size: int | None,
+                     num_inference_steps: int | None, scheduler: str | None
+                     ) -> tuple[list[str], list[str | None], float, float, dict[str, Any]]:
+        """Check the call's arguments before any work (an audio prompt is checked as it is read).
+
+        Returns (prompts, one negative prompt or None per prompt, guidance scale, duration, per-stage sampling).
+        """
+        cfg = self.config
+        for name, value in (("num_inference_steps", num_inference_steps), ("scheduler", scheduler)):
+            if value is not None:
+                raise ValueError(f"{name} does not apply to the token backend (it samples tokens, not diffusion "
+                                 "steps); leave it unset")
+        prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
+        if loudness_lufs is not None:
+            check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
+        guidance = check_float("guidance_scale", cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                               0.0, MAX_GUIDANCE)
+        duration = cfg.duration_s if duration_s is None else check_float(
+            "duration_s", duration_s, 0.0, cfg.max_duration_s, low_open=True)
+        sampling = resolve_sampling(cfg, temperature, top_k, top_p)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, 1, 4096)
+        # the shortest clip: one codec frame, and no shorter than the CLAP that ranks the outputs takes
+        shortest = max(self.codec.hop_length / self.sample_rate, self.conditioner.min_audio_s)
+        if duration < shortest:
+            raise ValueError(f"duration_s must be a finite number in [{shortest:g}, {cfg.max_duration_s:g}], got "
+                             f"{duration:g} (the shortest clip this model makes)")
+        return prompts, negatives, guidance, duration, sampling
 
     @torch.no_grad()
     def __call__(
@@ -287,27 +320,10 @@ class TokenPipeline(Pipeline):
             rerank: order each prompt's candidates by CLAP score (default True).
             num_inference_steps, scheduler: diffusion settings; the token backend has none (an error if given).
         """
-        cfg = self.config
-        # 1. check inputs --------------------------------------------------------------------------
-        for name, value in (("num_inference_steps", num_inference_steps), ("scheduler", scheduler)):
-            if value is not None:
-                raise ValueError(f"{name} does not apply to the token backend (it samples tokens, not diffusion "
-                                 "steps); leave it unset")
-        prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
-        if loudness_lufs is not None:
-            check_float("loudness_lufs", loudness_lufs, -70.0, 0.0)
-        guidance = check_float("guidance_scale", cfg.guidance_scale if guidance_scale is None else guidance_scale,
-                               0.0, MAX_GUIDANCE)
-        duration = cfg.duration_s if duration_s is None else check_float(
-            "duration_s", duration_s, 0.0, cfg.max_duration_s, low_open=True)
-        sampling = resolve_sampling(cfg, temperature, top_k, top_p)
-        if batch_size is not None:
-            check_int("batch_size", batch_size, 1, 4096)
-        # the shortest clip: one codec frame, and no shorter than the CLAP that ranks the outputs takes
-        shortest = max(self.codec.hop_length / self.sample_rate, self.conditioner.min_audio_s)
-        if duration < shortest:
-            raise ValueError(f"duration_s must be a finite number in [{shortest:g}, {cfg.max_duration_s:g}], got "
-                             f"{duration:g} (the shortest clip this model makes)")
+        # 1. check inputs; read the audio prompt --------------------------------------------------
+        prompts, negatives, guidance, duration, sampling = self.check_inputs(
+            prompt, negative_prompt, num_waveforms_per_prompt, duration_s, guidance_scale, loudness_lufs,
+            temperature, top_k, top_p, batch_size, num_inference_steps, scheduler)
         self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         clip = self._read_prompt_audio(audio_prompt, len(prompts), duration)  # [P or 1, 1, T'] or None
         n_out = len(prompts) * num_waveforms_per_prompt
@@ -317,9 +333,7 @@ class TokenPipeline(Pipeline):
         n_semantic = -(-frames // r)
 
         # 2. one prompt, negative prompt, seed / generator per output ------------------------------
-        out_prompts = [p for p in prompts for _ in range(num_waveforms_per_prompt)]
-        out_negatives = [n for n in negatives for _ in range(num_waveforms_per_prompt)]
-        source = [i for i in range(len(prompts)) for _ in range(num_waveforms_per_prompt)]
+        out_prompts, out_negatives, source = self.per_output(prompts, negatives, num_waveforms_per_prompt)
         generators, seeds = self.make_generators(n_out, seed, generator)
 
         # 3. condition: CLAP text embeddings -> conditioning tokens [B, Q] ---------------------------
@@ -335,14 +349,12 @@ class TokenPipeline(Pipeline):
         prompt_tokens = self._tokenize_prompt(clip) if clip is not None else None
 
         # 5. sample semantic -> coarse -> fine tokens, chunk by chunk; decode ------------------------
-        chunk = batch_size or self.max_batch_size
-        starts = list(range(0, n_out, chunk))
+        chunks = self.chunks(n_out, batch_size)
         have = 0 if prompt_tokens is None else prompt_tokens[1].shape[-1]
-        total = len(starts) * self._num_steps(n_semantic, frames, have, guidance)
+        total = len(chunks) * self._num_steps(n_semantic, frames, have, guidance)
         waves = []
         with Progress(total, callback, enabled=self.progress_bar, desc="tokens") as progress:
-            for s in starts:
-                idx = list(range(s, min(s + chunk, n_out)))
+            for idx in chunks:
                 codes = self._sample(cond[idx], None if uncond is None else uncond[idx], guidance, sampling,
                                      [generators[i] for i in idx], n_semantic, frames,
                                      None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
@@ -351,16 +363,8 @@ class TokenPipeline(Pipeline):
         audios = torch.cat(waves)  # [B, C, T]
 
         # 6. CLAP scores; candidates of each prompt ordered best first -----------------------------
-        scores = None
-        if self.conditioner.has_audio_tower:
-            scores = self.conditioner.score(out_prompts, audios, self.sample_rate).tolist()
-            if rerank and num_waveforms_per_prompt > 1:
-                order = []
-                for p in range(len(prompts)):
-                    group = list(range(p * num_waveforms_per_prompt, (p + 1) * num_waveforms_per_prompt))
-                    order += sorted(group, key=lambda i: -scores[i])
-                audios, seeds = audios[order], [seeds[i] for i in order]
-                scores = [scores[i] for i in order]
+        audios, seeds, scores = self.rank_by_clap(self.conditioner, audios, out_prompts, seeds,
+                                                  num_waveforms_per_prompt, rerank)
 
         # 7. finish: float32 CPU audio, watermark last ---------------------------------------------
         audios, level = self.normalize_loudness(audios, loudness_lufs)
@@ -376,8 +380,7 @@ class TokenPipeline(Pipeline):
             "audio_prompt_s": None if clip is None else have / self.codec.frame_rate,
             "semantic_tokens": n_semantic, "codec_frames": frames,
             "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
-            "device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark,
-            **level, **self.watermark_record(watermarked), "soundsmith_version": __version__,
+            **self.run_record(watermark, level, watermarked),
         }
         return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
                            {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
@@ -439,29 +442,15 @@ class TokenPipeline(Pipeline):
         tokens (so the semantic and codec prompts cover the same span); None without a prompt."""
         if audio is None:
             return None
-        from soundsmith.codecs.audio import check_wave, read_audio, resample
-
-        if isinstance(audio, (str, os.PathLike)):
-            wave, _ = read_audio(audio, sample_rate=self.sample_rate, channels=1)
-            wave = torch.from_numpy(wave)[None]  # [1, 1, T]
-        else:
+        sr = None
+        if not isinstance(audio, (str, os.PathLike)):
             if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
                 raise ValueError("audio_prompt must be a file path or a (wave, sample_rate) pair")
-            wave, sr = audio
-            if not hasattr(wave, "ndim"):
-                raise ValueError(f"audio_prompt wave must be a numpy array or torch tensor, got {type(wave).__name__}")
-            check_wave(wave, "audio_prompt")
-            wave = wave if isinstance(wave, Tensor) else torch.from_numpy(np.ascontiguousarray(wave, np.float32))
-            wave = wave.float().cpu()
-            if wave.dim() == 2:
-                wave = wave[None]
-            from soundsmith.codecs.audio import check_sample_rate
-
-            wave = resample(wave.mean(1, keepdim=True), check_sample_rate(sr, "audio_prompt sample rate"),
-                            self.sample_rate)  # [B, 1, T]
-        if wave.shape[0] not in (1, num_prompts):
-            raise ValueError(f"audio_prompt holds {wave.shape[0]} clips for {num_prompts} prompts; give one clip or "
-                             "one per prompt")
+            audio, sr = audio
+            if not hasattr(audio, "ndim"):
+                raise ValueError(f"audio_prompt wave must be a numpy array or torch tensor, got {type(audio).__name__}")
+            sr = check_sample_rate(sr, "audio_prompt sample rate")
+        wave, _ = self.read_clip(audio, sr, num_prompts, "audio_prompt")  # [P or 1, 1, T]
         seconds = wave.shape[-1] / self.sample_rate
         if seconds < self.config.min_prompt_s:
             raise ValueError(f"audio_prompt is too short: {seconds:.3f} s; need at least {self.config.min_prompt_s:g} s")
@@ -496,7 +485,6 @@ class TokenPipeline(Pipeline):
                 referenced by a relative path instead of copied. The part must be the one in this pipeline
                 (its fingerprint is recorded and checked on load).
         """
-        from soundsmith.core.files import write_json
         from soundsmith.core.paths import SHIPPED_MODELS, is_inside, models_tree, normalized
 
         folder = Path(path)
@@ -532,32 +520,27 @@ class TokenPipeline(Pipeline):
                 write(folder / part)
                 components[part] = part
         config = dataclasses.replace(self.config, components=components, fingerprints=self.fingerprints())
-        write_json(folder / "config.json", {"backend": BACKEND, "_class_name": type(self).__name__,
-                                            "soundsmith_version": __version__, **config.to_dict()})
+        self.write_config(folder, config)
         return folder
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32", vocoder: str | dict | None = None) -> TokenPipeline:
+                        dtype: str | torch.dtype = "fp32", vocoder: str | dict | None = None,
+                        folder_config: dict[str, Any] | None = None) -> TokenPipeline:
         """Load a token model folder, check that its parts belong together, move it to `device` / `dtype`.
 
         `vocoder` (a registry name or spec, `soundsmith.codecs.vocoders`) replaces the recorded one of a
-        mel-domain codec; a waveform codec (EnCodec architecture) has none to replace."""
+        mel-domain codec; a waveform codec (EnCodec architecture) has none to replace. `folder_config`: the
+        folder's config.json as `load_pipeline` read it, not read again."""
         from soundsmith.core.files import read_config
-        from soundsmith.core.paths import model_link, models_tree
+        from soundsmith.core.paths import models_tree
 
-        folder = Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model folder not found: {folder}")
-        resolve_device(device), resolve_dtype(dtype)  # fail on a bad argument before loading anything
+        folder = cls.check_load_args(path, device, dtype)
         config_path = folder / "config.json"
-        raw = read_config(folder)
-        if raw.get("backend") != BACKEND:
-            raise ValueError(f"{config_path}: backend is {raw.get('backend')!r}, not {BACKEND!r}")
+        raw = read_config(folder) if folder_config is None else folder_config
+        cls.check_backend(raw, config_path)
         config = TokenConfig.from_dict(raw, str(config_path))
-        # parts live in the folder or beside it (the shipped ../clap); nowhere else
-        parts = {name: model_link(rel, folder, where=str(config_path), what=f"part {name!r}")
-                 for name, rel in config.components.items()}
+        parts = cls.part_folders(folder, config.components, str(config_path))  # e.g. the shipped ../clap
         pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder),
                               recorded=config.fingerprints, vocoder=vocoder, tree=models_tree(folder))
         return pipe.to(device, dtype)
@@ -582,8 +565,6 @@ class TokenPipeline(Pipeline):
         from soundsmith.core.paths import normalized
         from soundsmith.gen.cond_tokens import ConditioningQuantizer
         from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
-
-        from .ldm import ClapConditioner
 
         unknown = sorted(set(parts) - set(PARTS))
         missing = sorted(set(PARTS) - set(parts) - {"fine_lm"})

@@ -7,8 +7,10 @@ from soundsmith.codecs.mel_codec import MelLatentCodec
 from soundsmith.codecs.mel_vae import MelVAE, MelVAEConfig
 from soundsmith.codecs.vocoder import Vocoder, VocoderConfig
 from soundsmith.gen.clap import ClapConfig, SoundsmithClap
+from soundsmith.gen.conditioners import ClapConditioner
+from soundsmith.gen.schedulers import default_noise_schedule
 from soundsmith.gen.unet import build_unet, tiny_unet_config
-from soundsmith.pipelines.ldm import ClapConditioner, LDMConfig, LDMPipeline, default_noise_schedule
+from soundsmith.pipelines.ldm import LDMConfig, LDMPipeline
 
 TINY_CLAP = ClapConfig(embed_dim=32, stem_channels=4, conv_channels=(8, 8), frame_dim=16, temporal_dilations=(2,),
                        projection_hidden=32, window_s=2.0)

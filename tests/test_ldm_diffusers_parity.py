@@ -103,7 +103,7 @@ def reference_audioldm(folder, scheduler_name=None):
         pipe = AudioLDMPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     if scheduler_name is not None:
-        from soundsmith.pipelines.ldm import make_scheduler
+        from soundsmith.gen.schedulers import make_scheduler
 
         pipe.scheduler = make_scheduler(scheduler_name, pipe.scheduler.config)
     return pipe
@@ -132,7 +132,7 @@ def test_layout_is_diffusers(audioldm_folder):
 @pytest.mark.parametrize("scheduler", [None, "dpmsolver++", "euler", "heun", "unipc"])
 def test_audioldm_same_waveform(audioldm_pair, scheduler):
     """Same prompt, seed, scheduler, steps -> same waveform; 0.97 s exercises the length rounding + crop."""
-    from soundsmith.pipelines.ldm import make_scheduler
+    from soundsmith.gen.schedulers import make_scheduler
 
     ref_pipe, pipe = audioldm_pair
     folder_scheduler = ref_pipe.scheduler

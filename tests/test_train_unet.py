@@ -56,8 +56,8 @@ def test_batches_conditions_and_loss(parts, tmp_path):
     assert cond.abs().sum() == 0 and texts == [None, None]  # dropped: the pipeline's zero condition
 
     from diffusers import DDPMScheduler
+    from soundsmith.gen.schedulers import default_noise_schedule
     from soundsmith.gen.unet import UNetConfig, build_unet
-    from soundsmith.pipelines.ldm import default_noise_schedule
 
     unet = build_unet(UNetConfig(latent_channels=4, condition_dim=32, **{**TINY_UNET, "attention_levels": (False, True)}))
     for prediction in ("epsilon", "v_prediction"):

@@ -15,9 +15,9 @@ from soundsmith.codecs.vocoders import build_vocoder
 from soundsmith.core.weights import weights_fingerprint
 from soundsmith.gen.clap import ClapConfig, SoundsmithClap
 from soundsmith.gen.cond_tokens import ConditioningQuantizer, ConditioningQuantizerConfig
+from soundsmith.gen.conditioners import ClapConditioner
 from soundsmith.gen.semantic import ClapFrameFeatures, SemanticTokenizer
 from soundsmith.gen.token_lm import TokenLMConfig, build_lm
-from soundsmith.pipelines.ldm import ClapConditioner
 from soundsmith.pipelines.tokens import TokenConfig, TokenPipeline
 
 SR = 16000
