@@ -100,6 +100,12 @@ class ClapFrameFeatures:
 
         return weights_fingerprint(self.clap)
 
+    @torch.no_grad()
+    def pool(self, frames: Tensor) -> Tensor:
+        """Frame features `[B, S, D']` -> CLAP's L2-normalised clip embedding `[B, D]` (its audio head)."""
+        weight = self.clap.audio_projection[0].weight
+        return self.clap.pool_frames(frames.to(weight.device, weight.dtype)).float()
+
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "frame_rate": self.frame_rate, "dim": self.dim}
 
@@ -372,6 +378,19 @@ class SemanticTokenizer:
             raise ValueError("this SemanticTokenizer has no feature model; load it with from_pretrained(folder) or "
                              "pass features=")
         return self.tokenize_features(self.features.frame_features(wave, sample_rate))
+
+    @property
+    def can_embed(self) -> bool:
+        """Whether `audio_embedding` works: the features come with an audio head that pools them (our CLAP)."""
+        return self.features is not None and hasattr(self.features, "pool")
+
+    def audio_embedding(self, tokens: Tensor) -> Tensor:
+        """Token ids `[B, N]` -> the embedding the feature model's audio head gives their centroids `[B, D]`:
+        where a token sequence sits in the joint text-audio space before any audio is made."""
+        if not self.can_embed:
+            kind = None if self.features is None else self.features.kind
+            raise ValueError(f"audio_embedding needs features with an audio head (our CLAP's), got {kind!r}")
+        return self.features.pool(self.centroid_features(tokens.to(self.centroids.device)))
 
     def centroid_features(self, tokens: Tensor) -> Tensor:
         """Token ids `[...]` -> their centroids in feature space `[..., D]` (un-standardised)."""

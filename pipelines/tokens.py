@@ -37,11 +37,12 @@ from typing import Any
 
 import torch
 from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS, check_sample_rate
-from soundsmith.core.checks import check_float, check_int
+from soundsmith.core.checks import MAX_SEED, check_float, check_int
 from soundsmith.core.runtime import resolve_dtype
 from soundsmith.core.weights import config_from_dict, weights_fingerprint
 from soundsmith.gen.conditioners import ClapConditioner
 from torch import Tensor
+from torch.nn import functional as F
 
 from .base import CONFIG_METADATA, AudioOutput, Pipeline, Progress
 
@@ -51,6 +52,7 @@ BACKEND = "tokens"
 STAGES = ("semantic", "coarse", "fine")
 PARTS = ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm", "codec")
 MAX_GUIDANCE = 100.0
+MAX_SEMANTIC_CANDIDATES = 64
 SILENCE = 1e-4  # peak below which an audio prompt counts as silent
 
 
@@ -71,6 +73,8 @@ class TokenConfig:
     context_fraction: float = 0.5  # share of a window kept as the next window's prompt (MusicLM: 15 s of 30)
     fine_context_fraction: float = 0.25  # the fine stage needs little context (AudioLM: none, 3 s chunks)
     min_prompt_s: float = 0.5  # shortest audio prompt accepted
+    # semantic plans sampled per output; the one nearest the prompt in CLAP space is kept (1: off)
+    semantic_candidates: int = 1
     components: dict[str, str] = field(default_factory=lambda: {p: p for p in PARTS})
     fingerprints: dict[str, str] = field(default_factory=dict)  # of every part, written by save_pretrained
     source: str = "soundsmith"
@@ -82,6 +86,7 @@ class TokenConfig:
         check_float("context_fraction", self.context_fraction, 0.0, 0.9)
         check_float("fine_context_fraction", self.fine_context_fraction, 0.0, 0.9)
         check_float("min_prompt_s", self.min_prompt_s, 0.0, 3600.0, low_open=True)
+        check_int("semantic_candidates", self.semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
         for name in ("temperature", "top_k", "top_p"):
             unknown = sorted(set(getattr(self, name)) - set(STAGES))
             if unknown:
@@ -239,11 +244,12 @@ class TokenPipeline(Pipeline):
     def check_inputs(self, prompt: str | list[str], negative_prompt: str | list[str] | None,
                      num_waveforms_per_prompt: int, duration_s: float | None, guidance_scale: float | None,
                      loudness_lufs: float | None, temperature: Any, top_k: Any, top_p: Any, batch_size: int | None,
-                     num_inference_steps: int | None, scheduler: str | None
-                     ) -> tuple[list[str], list[str | None], float, float, dict[str, Any]]:
+                     num_inference_steps: int | None, scheduler: str | None, semantic_candidates: int | None
+                     ) -> tuple[list[str], list[str | None], float, float, dict[str, Any], int]:
         """Check the call's arguments before any work (an audio prompt is checked as it is read).
 
-        Returns (prompts, one negative prompt or None per prompt, guidance scale, duration, per-stage sampling).
+        Returns (prompts, one negative prompt or None per prompt, guidance scale, duration, per-stage sampling,
+        semantic candidates).
         """
         cfg = self.config
         for name, value in (("num_inference_steps", num_inference_steps), ("scheduler", scheduler)):
@@ -260,12 +266,17 @@ class TokenPipeline(Pipeline):
         sampling = resolve_sampling(cfg, temperature, top_k, top_p)
         if batch_size is not None:
             check_int("batch_size", batch_size, 1, 4096)
+        candidates = cfg.semantic_candidates if semantic_candidates is None else check_int(
+            "semantic_candidates", semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
+        if candidates > 1 and not self.kmeans.can_embed:
+            raise ValueError(f"semantic_candidates {candidates} needs semantic tokens in our CLAP's frame-feature space "
+                             f"to rank them; this model's k-means is on {self.kmeans.features.kind!r} features: use 1")
         # the shortest clip: one codec frame, and no shorter than the CLAP that ranks the outputs takes
         shortest = max(self.codec.hop_length / self.sample_rate, self.conditioner.min_audio_s)
         if duration < shortest:
             raise ValueError(f"duration_s must be a finite number in [{shortest:g}, {cfg.max_duration_s:g}], got "
                              f"{duration:g} (the shortest clip this model makes)")
-        return prompts, negatives, guidance, duration, sampling
+        return prompts, negatives, guidance, duration, sampling, candidates
 
     @torch.no_grad()
     def __call__(
@@ -289,6 +300,7 @@ class TokenPipeline(Pipeline):
         rerank: bool = True,
         num_inference_steps: int | None = None,
         scheduler: str | None = None,
+        semantic_candidates: int | None = None,
     ) -> AudioOutput:
         """Generate audio for `prompt`.
 
@@ -319,11 +331,15 @@ class TokenPipeline(Pipeline):
             batch_size: outputs per model batch (default: all, up to 64).
             rerank: order each prompt's candidates by CLAP score (default True).
             num_inference_steps, scheduler: diffusion settings; the token backend has none (an error if given).
+            semantic_candidates: semantic plans sampled per output, in [1, 64] (default: config's). Each plan's
+                tokens are k-means centroids in our CLAP's frame-feature space, so CLAP's audio head embeds a
+                plan before any sound exists; the plan nearest the prompt's text embedding is kept. It costs
+                one batched semantic stage (the cheap one); 1 turns it off.
         """
         # 1. check inputs; read the audio prompt --------------------------------------------------
-        prompts, negatives, guidance, duration, sampling = self.check_inputs(
+        prompts, negatives, guidance, duration, sampling, candidates = self.check_inputs(
             prompt, negative_prompt, num_waveforms_per_prompt, duration_s, guidance_scale, loudness_lufs,
-            temperature, top_k, top_p, batch_size, num_inference_steps, scheduler)
+            temperature, top_k, top_p, batch_size, num_inference_steps, scheduler, semantic_candidates)
         self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         clip = self._read_prompt_audio(audio_prompt, len(prompts), duration)  # [P or 1, 1, T'] or None
         n_out = len(prompts) * num_waveforms_per_prompt
@@ -337,7 +353,9 @@ class TokenPipeline(Pipeline):
         generators, seeds = self.make_generators(n_out, seed, generator)
 
         # 3. condition: CLAP text embeddings -> conditioning tokens [B, Q] ---------------------------
-        cond = self._cond_tokens(prompts)[source]  # [B, Q]
+        text = self.conditioner.embed_text(prompts).float()  # [P, D]
+        cond = self._tokenize_cond(text)[source]  # [B, Q]
+        text = text[source]  # [B, D]: what the semantic plans are ranked against
         uncond = None  # the guidance prefix: the null tokens, or a negative prompt's tokens
         distinct = list(dict.fromkeys(n for n in out_negatives if n is not None))
         if distinct:
@@ -358,7 +376,7 @@ class TokenPipeline(Pipeline):
                 codes = self._sample(cond[idx], None if uncond is None else uncond[idx], guidance, sampling,
                                      [generators[i] for i in idx], n_semantic, frames,
                                      None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
-                                     progress.step)
+                                     progress.step, text[idx], candidates)
                 waves.append(self.codec.decode(codes.to(self.device), num_samples=num_samples))  # [b, C, T]
         audios = torch.cat(waves)  # [B, C, T]
 
@@ -378,7 +396,7 @@ class TokenPipeline(Pipeline):
             "audio_prompt": audio_prompt if isinstance(audio_prompt, (str, os.PathLike)) else
             (None if clip is None else "array"),
             "audio_prompt_s": None if clip is None else have / self.codec.frame_rate,
-            "semantic_tokens": n_semantic, "codec_frames": frames,
+            "semantic_tokens": n_semantic, "semantic_candidates": candidates, "codec_frames": frames,
             "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
             **self.run_record(watermark, level, watermarked),
         }
@@ -389,8 +407,10 @@ class TokenPipeline(Pipeline):
 
     def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
                 generators: list[torch.Generator], n_semantic: int, frames: int,
-                prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any]) -> Tensor:
-        """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`."""
+                prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor,
+                candidates: int) -> Tensor:
+        """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`; `text` `[b, D]` ranks
+        `candidates` semantic plans per output."""
         device, k = self.device, self.coarse_lm.config.n_coarse
         cond = cond.to(device)
         uncond = None if uncond is None else uncond.to(device)
@@ -400,10 +420,8 @@ class TokenPipeline(Pipeline):
             coarse_prompt = codes[:, :k]
             if self.fine_lm is not None:
                 fine_prompt = codes[:, k:k + self.fine_lm.config.n_fine]
-        semantic = self.semantic_lm.generate(
-            cond, n_semantic, prompt=sem_prompt, uncond=uncond, guidance_scale=guidance,
-            sampling=sampling["semantic"], generators=generators, context_fraction=self.config.context_fraction,
-            on_step=on_step)  # [b, N]
+        semantic = self._semantic_plan(cond, uncond, sem_prompt, guidance, sampling["semantic"], generators,
+                                       n_semantic, on_step, text, candidates)  # [b, N]
         coarse = self.coarse_lm.generate(
             cond, semantic, frames, prompt=coarse_prompt, uncond=uncond, guidance_scale=guidance,
             sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
@@ -413,6 +431,29 @@ class TokenPipeline(Pipeline):
         fine = self.fine_lm.generate(coarse, prompt=fine_prompt, sampling=sampling["fine"], generators=generators,
                                      context_fraction=self.config.fine_context_fraction, on_step=on_step)  # [b, Kf, S]
         return torch.cat([coarse, fine], dim=1)  # [b, Kc + Kf, S]
+
+    def _semantic_plan(self, cond: Tensor, uncond: Tensor | None, prompt: Tensor | None, guidance: float,
+                       sampling: Any, generators: list[torch.Generator], n_semantic: int, on_step: Callable[[], Any],
+                       text: Tensor, candidates: int) -> Tensor:
+        """Semantic tokens `[b, N]`: the best of `candidates` plans per output by CLAP similarity to `text`.
+
+        All plans of a chunk are one batch (the step count, and so the progress bar, does not change). Plan 0
+        of an output draws from the output's own generator, so `candidates=1` is the plain sampler and an
+        output's plans do not depend on the other outputs in the batch.
+        """
+        k = candidates
+        repeat = (lambda t: t) if k == 1 else (lambda t: None if t is None else t.repeat_interleave(k, 0))
+        plan_generators = [g if j == 0 else _derived_generator(g, j) for g in generators for j in range(k)]
+        plans = self.semantic_lm.generate(
+            repeat(cond), n_semantic, prompt=repeat(prompt), uncond=repeat(uncond), guidance_scale=guidance,
+            sampling=sampling, generators=plan_generators, context_fraction=self.config.context_fraction,
+            on_step=on_step)  # [b * k, N]
+        if k == 1:
+            return plans
+        audio = self.kmeans.audio_embedding(plans).to(text.device)  # [b * k, D], L2-normalised
+        similarity = (audio.view(len(generators), k, -1) * F.normalize(text, dim=-1)[:, None]).sum(-1)  # [b, k]
+        best = similarity.argmax(1)  # [b]
+        return plans.view(len(generators), k, -1)[torch.arange(len(generators)), best.to(plans.device)]
 
     def _num_steps(self, n_semantic: int, frames: int, have_frames: int, guidance: float) -> int:
         """Sampled steps of one chunk (for the progress bar): tokens of the semantic stage, codes of the
@@ -432,8 +473,11 @@ class TokenPipeline(Pipeline):
 
     def _cond_tokens(self, texts: list[str]) -> Tensor:
         """Distinct texts -> conditioning tokens `[len(texts), Q]` (CPU)."""
-        emb = self.conditioner.embed_text(texts).to(next(self.cond_rvq.parameters()).device)
-        return self.cond_rvq.tokenize(emb.float()).cpu()
+        return self._tokenize_cond(self.conditioner.embed_text(texts).float())
+
+    def _tokenize_cond(self, text: Tensor) -> Tensor:
+        """CLAP text embeddings `[P, D]` -> conditioning tokens `[P, Q]` (CPU)."""
+        return self.cond_rvq.tokenize(text.to(next(self.cond_rvq.parameters()).device)).cpu()
 
     # ----------------------------------------------------------------------------- audio prompts
 
@@ -625,3 +669,10 @@ def _pick(prompt: tuple[Tensor, Tensor], rows: list[int]) -> tuple[Tensor, Tenso
         return semantic.expand(len(rows), -1), codes.expand(len(rows), -1, -1)
     return semantic[rows], codes[rows]
 
+
+def _derived_generator(generator: torch.Generator, index: int) -> torch.Generator:
+    """The generator of an output's semantic plan `index` >= 1: seeded from the output's own seed, so a plan is
+    the same whatever else is in the batch."""
+    derived = torch.Generator(device=generator.device)
+    derived.manual_seed((generator.initial_seed() * 1_000_003 + index) % MAX_SEED)
+    return derived

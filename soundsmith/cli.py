@@ -129,12 +129,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if value is not None:
             kwargs[key] = value
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "audio_prompt": args.audio_prompt}
+                "audio_prompt": args.audio_prompt, "semantic_candidates": args.semantic_candidates}
     given = {key: value for key, value in sampling.items() if value is not None}
     if given and pipe.backend == "ldm":
         flag = "--" + next(iter(given)).replace("_", "-")
         raise UsageError(f"{flag} applies to token models (--backend tokens, MusicGen folders), not to the "
                          f"latent-diffusion model {model}")
+    if args.semantic_candidates is not None and pipe.backend != "tokens":
+        raise UsageError(f"--semantic-candidates applies to soundsmith token models (--backend tokens), not to "
+                         f"the {pipe.backend} model {model}")
     kwargs.update(given)
     if manifest is not None and manifest.done:
         print(f"soundsmith: resuming: {len(manifest.done)} of {len(prompts) * args.num} clips are already in {out}",
@@ -165,7 +168,8 @@ def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[
             "scheduler": args.scheduler, "negative": args.negative, "watermark": not args.no_watermark,
             "loudness": None if args.no_loudness else args.loudness, "vocoder": args.vocoder, "dtype": args.dtype,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "audio_prompt_sha256": audio_prompt, "format": args.format}
+            "semantic_candidates": args.semantic_candidates, "audio_prompt_sha256": audio_prompt,
+            "format": args.format}
 
 
 def _resume_command(args: argparse.Namespace, seed: int) -> str:
@@ -435,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: the model's)")
     tok.add_argument("--audio-prompt", default=None, help="audio file to continue: the output starts with it and "
                      "--duration counts it")
+    tok.add_argument("--semantic-candidates", type=_bounded(int, 1, 64), default=None, metavar="N",
+                     help="semantic plans sampled per clip, the one nearest the prompt in CLAP space kept; 1 turns "
+                     "it off (default: the model's; soundsmith token models only)")
     p.set_defaults(func=cmd_generate)
 
     data = sub.add_parser("data", help="synthesize, import and inspect training corpora")

@@ -168,6 +168,10 @@ CASES = [
     ("empty-prompt", ["generate", " ", "--model", "{W}/models/ldm"], 2, r"prompt is empty"),
     ("top-k-for-ldm", ["generate", "rain", "--model", "{W}/models/ldm", "--top-k", "5"], 2,
      r"--top-k applies to token models"),
+    ("semantic-candidates-for-ldm", ["generate", "rain", "--model", "{W}/models/ldm", "--semantic-candidates", "4"],
+     2, r"--semantic-candidates applies to token models"),
+    ("semantic-candidates-zero", ["generate", "rain", "--model", "{W}/models/ldm", "--semantic-candidates", "0"],
+     2, r"--semantic-candidates: must be in \[1, 64\], got 0"),
     ("out-under-a-file", ["generate", "rain", "--model", "{W}/models/ldm", "--out", "{W}/file.txt/out"], 2,
      r"cannot be created"),
     # generate: containment of the links a model's config names

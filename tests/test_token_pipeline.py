@@ -100,6 +100,33 @@ def test_continuation_keeps_the_prompt_tokens(pipe, tmp_path):
     assert from_file.audios.shape == (2, 1, int(0.8 * SR)) and from_file.parameters["audio_prompt"] == str(path)
 
 
+def test_semantic_candidates_keep_the_plan_nearest_the_prompt(pipe):
+    """Best-of-k semantic plans: k=1 is the plain sampler; the kept plan is the one whose pooled centroid
+    embedding is nearest the prompt's CLAP text embedding; an output's plans do not depend on its batch."""
+    plain = pipe("rain on a roof", duration_s=0.4, seed=5, watermark=False)
+    one = pipe("rain on a roof", duration_s=0.4, seed=5, watermark=False, semantic_candidates=1)
+    assert torch.equal(plain.audios, one.audios) and one.parameters["semantic_candidates"] == 1
+
+    g = torch.Generator().manual_seed(7)
+    cond = pipe._cond_tokens(["rain on a roof"])  # [1, Q]
+    text = pipe.conditioner.embed_text(["rain on a roof"]).float()
+    sampling = resolve_sampling(pipe.config, None, None, None)["semantic"]
+    kept = pipe._semantic_plan(cond, None, None, 3.0, sampling, [g], 6, lambda: None, text, 4)  # [1, 6]
+    plans = []
+    for j in range(4):  # each plan again, alone, from the generator it was drawn with
+        gj = torch.Generator().manual_seed(7) if j == 0 else torch.Generator().manual_seed(
+            (7 * 1_000_003 + j) % (2**63 - 1))
+        plans.append(pipe._semantic_plan(cond, None, None, 3.0, sampling, [gj], 6, lambda: None, text, 1))
+    plans = torch.cat(plans)  # [4, 6]
+    similarity = pipe.kmeans.audio_embedding(plans) @ torch.nn.functional.normalize(text, dim=-1)[0]
+    assert torch.equal(kept[0], plans[int(similarity.argmax())])
+
+    alone = pipe("a dog barks", duration_s=0.4, seed=9, watermark=False, semantic_candidates=3)
+    batched = pipe(["a dog barks", "wind"], duration_s=0.4, seed=[9, 10], watermark=False, semantic_candidates=3)
+    assert alone.parameters["semantic_candidates"] == 3
+    assert torch.allclose(alone.audios[0], batched.audios[0], atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 
@@ -122,6 +149,8 @@ def test_continuation_keeps_the_prompt_tokens(pipe, tmp_path):
     ({"audio_prompt": (np.ones((1, SR), np.float32) * 0.1, SR), "duration_s": 0.5}, "must be longer than the audio"),
     ({"audio_prompt": "missing.wav"}, "missing.wav"),
     ({"audio_prompt": 3}, r"audio_prompt must be a file path or a \(wave, sample_rate\) pair"),
+    ({"semantic_candidates": 0}, r"semantic_candidates must be an integer in \[1, 64\]"),
+    ({"semantic_candidates": 65}, r"semantic_candidates must be an integer in \[1, 64\]"),
 ])
 def test_bad_input(pipe, kwargs, message):
     prompt = kwargs.pop("prompt", "rain")
