@@ -152,6 +152,8 @@ class TokenPipeline(Pipeline):
     backend = BACKEND
     component_names = ("conditioner", "cond_rvq", "semantic_lm", "coarse_lm", "fine_lm", "codec")
     upcast_components = ("cond_rvq", "codec")  # tiny; the codec (mel VAE + vocoder, or SEANet + LSTM) wants float32
+    # LoRA adapters adapt the three LMs (pipelines/adapters.py)
+    adapter_components = {"semantic_lm": "semantic_lm", "coarse_lm": "coarse_lm", "fine_lm": "fine_lm"}
 
     def __init__(self, conditioner: Any, cond_rvq: Any, kmeans: Any, semantic_lm: Any, coarse_lm: Any,
                  fine_lm: Any | None, codec: Any, config: TokenConfig | None = None, *, name_or_path: str = ""):
@@ -407,8 +409,8 @@ class TokenPipeline(Pipeline):
 
     def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
                 generators: list[torch.Generator], n_semantic: int, frames: int,
-                prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor,
-                candidates: int) -> Tensor:
+                prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor | None = None,
+                candidates: int = 1) -> Tensor:
         """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`; `text` `[b, D]` ranks
         `candidates` semantic plans per output."""
         device, k = self.device, self.coarse_lm.config.n_coarse
@@ -434,7 +436,7 @@ class TokenPipeline(Pipeline):
 
     def _semantic_plan(self, cond: Tensor, uncond: Tensor | None, prompt: Tensor | None, guidance: float,
                        sampling: Any, generators: list[torch.Generator], n_semantic: int, on_step: Callable[[], Any],
-                       text: Tensor, candidates: int) -> Tensor:
+                       text: Tensor | None, candidates: int) -> Tensor:
         """Semantic tokens `[b, N]`: the best of `candidates` plans per output by CLAP similarity to `text`.
 
         All plans of a chunk are one batch (the step count, and so the progress bar, does not change). Plan 0
@@ -531,6 +533,7 @@ class TokenPipeline(Pipeline):
         """
         from soundsmith.core.paths import SHIPPED_MODELS, is_inside, models_tree, normalized
 
+        self.check_no_adapters()
         folder = Path(path)
         dt = torch.float32 if dtype is None else resolve_dtype(dtype)
         link = dict(link or {})
@@ -570,16 +573,23 @@ class TokenPipeline(Pipeline):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "fp32", vocoder: str | dict | None = None,
-                        folder_config: dict[str, Any] | None = None) -> TokenPipeline:
+                        folder_config: dict[str, Any] | None = None, adapters: Any = None,
+                        adapter_scales: Any = None) -> TokenPipeline:
         """Load a token model folder, check that its parts belong together, move it to `device` / `dtype`.
 
         `vocoder` (a registry name or spec, `soundsmith.codecs.vocoders`) replaces the recorded one of a
         mel-domain codec; a waveform codec (EnCodec architecture) has none to replace. `folder_config`: the
-        folder's config.json as `load_pipeline` read it, not read again."""
+        folder's config.json as `load_pipeline` read it, not read again. `adapters`: LoRA adapter folders of the
+        LMs (one or a list; each names its LM), applied at `adapter_scales` (one for all or one per adapter, in
+        [0, 2]; default 1); an adapter trained on another LM is refused (pipelines/adapters.py)."""
         from soundsmith.core.files import read_config
         from soundsmith.core.paths import models_tree
 
+        from .adapters import apply_adapters, resolve_adapters
+
         folder = cls.check_load_args(path, device, dtype)
+        chosen = resolve_adapters(adapters, adapter_scales, components=cls.adapter_components, backend=cls.backend,
+                                  where=folder)  # before anything loads
         config_path = folder / "config.json"
         raw = read_config(folder) if folder_config is None else folder_config
         cls.check_backend(raw, config_path)
@@ -587,6 +597,7 @@ class TokenPipeline(Pipeline):
         parts = cls.part_folders(folder, config.components, str(config_path))  # e.g. the shipped ../clap
         pipe = cls.from_parts(parts, config=config, where=str(config_path), name_or_path=str(folder),
                               recorded=config.fingerprints, vocoder=vocoder, tree=models_tree(folder))
+        apply_adapters(pipe, chosen)  # in float32 on the CPU, checked against the fingerprints as loaded
         return pipe.to(device, dtype)
 
     @classmethod
