@@ -17,13 +17,14 @@ FIELDS = {"g_prompt": "prompt", "g_negative": "negative_prompt", "g_duration": "
           "g_steps": "num_inference_steps", "g_guidance": "guidance_scale", "g_scheduler": "scheduler",
           "g_temperature": "temperature", "g_top_k": "top_k", "g_top_p": "top_p", "g_seed": "seed",
           "g_variations": "num_waveforms", "g_mode": "mode", "g_strength": "strength",
-          "g_inpaint_start": "inpaint_start_s", "g_inpaint_end": "inpaint_end_s", "g_loudness": "loudness_lufs"}
+          "g_inpaint_start": "inpaint_start_s", "g_inpaint_end": "inpaint_end_s", "g_loudness": "loudness_lufs",
+          "g_adapters": "adapters", "g_adapter_scale": "adapter_scale"}
 STATIC_DEFAULTS = {"g_prompt": "", "g_negative": "", "g_random_seed": True, "g_seed": 0, "g_variations": 1,
                    "g_override_sampling": False, "g_temperature": 1.0, "g_top_k": 250, "g_top_p": 1.0,
                    "g_strength": 0.5, "g_inpaint_start": 0.0, "g_inpaint_end": 1.0, "g_mode": "text",
-                   "g_normalise": True, "g_loudness": DEFAULT_LOUDNESS_LUFS}
+                   "g_normalise": True, "g_loudness": DEFAULT_LOUDNESS_LUFS, "g_adapter_scale": 1.0}
 # "g_vocoder" is not saved here: it shows the session's vocoder for the model (ui.vocoder_choice), set each run
-SAVED = [*STATIC_DEFAULTS, "g_duration", "g_steps", "g_guidance", "g_scheduler", "g_threads"]
+SAVED = [*STATIC_DEFAULTS, "g_duration", "g_steps", "g_guidance", "g_scheduler", "g_threads", "g_adapters"]
 MODEL_DEFAULT = ""  # the Vocoder control's value for "the vocoder the model folder names"
 MIN_DURATION = 0.1
 MAX_VARIATIONS = 8
@@ -33,12 +34,14 @@ EXAMPLES = ("rain on a tin roof", "a dog barking in the distance", "a calm piano
 
 def model_defaults(caps: Capabilities) -> dict[str, Any]:
     return {"g_duration": min(caps.default_duration_s, caps.max_duration_s), "g_steps": caps.default_steps or 16,
-            "g_guidance": caps.default_guidance, "g_scheduler": caps.default_scheduler}
+            "g_guidance": caps.default_guidance, "g_scheduler": caps.default_scheduler,
+            "g_adapters": [folder for folder, _ in caps.adapters]}
 
 
-def prepare_state(path: str, caps: Capabilities) -> None:
+def prepare_state(path: str, caps: Capabilities, adapters: dict[str, Path] | None = None) -> None:
     """Before any widget is drawn: restore this page's values (Streamlit drops a widget's state while another
-    page is shown), reset the model-dependent ones when the model changed, then apply "reuse these settings"."""
+    page is shown), reset the model-dependent ones when the model changed, then apply "reuse these settings".
+    `adapters`: the adapter folders offered for this model (a chosen one no longer offered is dropped)."""
     ss = st.session_state
     saved = ss.setdefault("g_saved", {})
     for key in SAVED:
@@ -60,6 +63,11 @@ def prepare_state(path: str, caps: Capabilities) -> None:
         ss["g_scheduler"] = caps.default_scheduler
     if caps.vocoders:  # the picker shows the vocoder loaded (a choice that failed to build falls back here)
         ss["g_vocoder"] = ui.vocoder_choice(path) or MODEL_DEFAULT
+    if caps.adaptable:  # the picker shows the adapters loaded (a choice that failed to load falls back here)
+        offered = {str(folder) for folder in (adapters or {}).values()}
+        ss["g_adapters"] = [folder for folder, _ in caps.adapters if folder in offered]
+        if caps.adapters:
+            ss["g_adapter_scale"] = caps.adapters[0][1]
 
 
 def take_vocoder_choice(path: str | None) -> bool:
@@ -74,6 +82,24 @@ def take_vocoder_choice(path: str | None) -> bool:
         return ui.use_vocoder(path, pending["vocoder"])
     if ss.get("g_model") == path and "g_vocoder" in ss:  # the picker's value, for this model
         return ui.use_vocoder(path, ss["g_vocoder"] or None)
+    return True
+
+
+def take_adapter_choice(path: str | None) -> bool:
+    """Before the model is loaded: the adapters picked in the form just submitted, or those of a clip whose
+    settings are reused, become the session's adapters for `path` (ui.use_adapters loads that copy). False when
+    they cannot be applied: a one-line error is shown and the previous adapters stay."""
+    ss = st.session_state
+    pending = ss.get("pending_settings")
+    if not path:
+        return True
+    if pending:  # a clip's settings: its adapters (none for a clip made without), those that fit this model
+        scale = float(pending.get("adapter_scale") or 1.0)
+        folders = ui.fitting_adapters(path, [str(folder) for folder in pending.get("adapters") or []])
+        return ui.use_adapters(path, tuple((folder, scale) for folder in folders))
+    if ss.get("g_model") == path and "g_adapters" in ss:  # the picker's value, for this model
+        scale = float(ss.get("g_adapter_scale", 1.0))
+        return ui.use_adapters(path, tuple((str(folder), scale) for folder in ss["g_adapters"]))
     return True
 
 
@@ -153,8 +179,9 @@ def forget_removed_clip() -> None:
             st.session_state.pop(key, None)
 
 
-def controls(caps: Capabilities) -> bool:
-    """The form; returns True when Generate was pressed."""
+def controls(caps: Capabilities, adapters: tuple[dict[str, Path], int] = ({}, 0)) -> bool:
+    """The form; returns True when Generate was pressed. `adapters`: (label -> folder of the adapter folders that
+    fit the model, how many others were found)."""
     with st.form("generate_form", border=False):
         st.text_area("Prompt", key="g_prompt", height=80, placeholder=f"e.g. {EXAMPLES[0]}",
                      help="Describe the sound: source, setting, mood. Examples: " + "; ".join(EXAMPLES))
@@ -179,6 +206,8 @@ def controls(caps: Capabilities) -> bool:
                 st.caption(f"The {caps.backend} model has no diffusion steps or scheduler.")
             if caps.vocoders:
                 vocoder_picker(caps)
+            if caps.adaptable:
+                adapter_picker(*adapters)
             l1, l2 = st.columns(2)
             l1.checkbox("Normalise loudness", key="g_normalise",
                         help="Level every clip to the target (ITU-R BS.1770), peaks capped at -1 dBFS; off keeps "
@@ -218,6 +247,29 @@ def vocoder_picker(caps: Capabilities) -> None:
                       "each vocoder used stays loaded, so switching back is instant.")
 
 
+def adapter_picker(offered: dict[str, Path], others: int) -> None:
+    """The Adapters control: LoRA adapter folders (soundsmith_adapter.json) found in the model dir and its
+    adapters/ folder that were trained on this model, and one scale for all of them."""
+    from soundsmith.app.models import ADAPTERS_FOLDER, default_model_dir
+    from soundsmith.pipelines.adapters import MAX_SCALE
+
+    labels = {str(folder): label for label, folder in offered.items()}
+    where = f"{default_model_dir()} and {default_model_dir() / ADAPTERS_FOLDER}"
+    not_shown = f"; {others} adapter folder(s) there belong to other models" if others else ""
+    if not offered:
+        st.caption(f"Adapters: none for this model in {where}{not_shown}. `soundsmith train unet --init MODEL "
+                   "--lora-rank 8` makes one.")
+        return
+    a1, a2 = st.columns([3, 1])
+    a1.multiselect("Adapters (LoRA)", list(labels), key="g_adapters", format_func=lambda folder: labels.get(folder, folder),
+                   help=f"Fine-tuned LoRA adapters of this model, found in {where}. The model is loaded with them "
+                        "when you press Generate; each combination used stays loaded.")
+    a2.slider("Adapter scale", 0.0, MAX_SCALE, step=0.05, key="g_adapter_scale",
+              help="Strength of every chosen adapter: 1 as trained, 0 the model without it")
+    if not_shown:
+        st.caption(f"Adapters: {others} folder(s) in {where} belong to other models and are not offered.")
+
+
 def collect(caps: Capabilities) -> jobs.GenerationSettings:
     ss = st.session_state
     sampling = caps.sampling and ss["g_override_sampling"]
@@ -232,7 +284,9 @@ def collect(caps: Capabilities) -> jobs.GenerationSettings:
         audio_s=ss.get("g_audio_s") if mode != "text" else None, strength=ss["g_strength"],
         inpaint_start_s=ss["g_inpaint_start"], inpaint_end_s=ss["g_inpaint_end"],
         vocoder=(ss["g_vocoder"] or None) if caps.vocoders else None,
-        loudness_lufs=float(ss["g_loudness"]) if ss["g_normalise"] else None)
+        loudness_lufs=float(ss["g_loudness"]) if ss["g_normalise"] else None,
+        adapters=[str(f) for f in ss.get("g_adapters") or []] if caps.adaptable else None,
+        adapter_scale=float(ss.get("g_adapter_scale", 1.0)))
 
 
 def run(path: str, pipe: Any, caps: Capabilities, settings: jobs.GenerationSettings) -> None:
@@ -304,18 +358,20 @@ def render() -> None:
     st.session_state.pop("go_generate", None)
     ui.show_notice("g_interrupt")
     vocoder_ok = take_vocoder_choice(st.session_state.get("model_path"))
+    adapters_ok = take_adapter_choice(st.session_state.get("model_path"))
     chosen = ui.current_model()
     if chosen is None:
         return
     path, pipe, caps = chosen
-    prepare_state(path, caps)
+    adapters = ui.adapter_options(pipe) if caps.adaptable else ({}, 0)
+    prepare_state(path, caps, adapters[0])
     note = st.session_state.pop("g_reuse_note", None)
     if note:
         st.info(note)
     audio_input(caps)
-    pressed = controls(caps)
+    pressed = controls(caps, adapters)
     st.session_state["g_saved"] = {k: st.session_state[k] for k in SAVED if k in st.session_state}
-    if pressed and vocoder_ok:  # a vocoder that failed to build: its error shows, nothing is generated
+    if pressed and vocoder_ok and adapters_ok:  # a vocoder or adapters that failed to load: its error shows
         run(path, pipe, caps, collect(caps))
     show_latest()
 

@@ -107,7 +107,9 @@ class GenerationSettings:
     None means "the model's default". `seed` None draws a random seed in the app (so it fits a number field
     and can be reused). `mode` is a key of MODES; `audio` the uploaded clip in the session folder.
     `vocoder` is not a call argument: the page loads the model with it (models.load_model), and `check` makes
-    sure the loaded copy is that one. `loudness_lufs` None turns the normalisation off (the decoder's level).
+    sure the loaded copy is that one. `adapters` (LoRA adapter folders, all at `adapter_scale`) likewise: loaded
+    with the model, checked by `check`; None (the batch page) takes whatever the loaded copy carries.
+    `loudness_lufs` None turns the normalisation off (the decoder's level).
     """
 
     prompt: str = ""
@@ -129,6 +131,12 @@ class GenerationSettings:
     inpaint_end_s: float | None = None
     vocoder: str | None = None  # a registry name (codecs/vocoders.py); None: the one the model folder names
     loudness_lufs: float | None = DEFAULT_LOUDNESS_LUFS  # output level; None: not normalised
+    adapters: list[str] | None = None  # LoRA adapter folders the model is loaded with; None: not chosen here
+    adapter_scale: float = 1.0  # the scale of every adapter in `adapters`
+
+    def adapter_pairs(self) -> tuple[tuple[str, float], ...]:
+        """(folder, scale) of each chosen adapter, as `models.load_model` takes them and `Capabilities` reports."""
+        return tuple((str(Path(folder)), float(self.adapter_scale)) for folder in self.adapters or [])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,6 +161,13 @@ class GenerationSettings:
         if self.vocoder is not None and self.vocoder != caps.vocoder:
             raise ValueError(f"vocoder {self.vocoder!r} is not the one loaded ({caps.vocoder}): choose it in "
                              "the Vocoder control so the model is loaded with it")
+        if self.adapters and not caps.adaptable:
+            raise ValueError(f"the {caps.backend} model takes no LoRA adapters, got {', '.join(self.adapters)}")
+        if self.adapters is not None and self.adapter_pairs() != tuple(caps.adapters):
+            chosen = ", ".join(f"{Path(f).name} x{s:g}" for f, s in self.adapter_pairs()) or "none"
+            loaded = ", ".join(f"{Path(f).name} x{s:g}" for f, s in caps.adapters) or "none"
+            raise ValueError(f"adapters {chosen} are not the ones loaded ({loaded}): choose them in the Adapters "
+                             "control so the model is loaded with them")
 
     def resolved_seed(self) -> int:
         return int(self.seed) if self.seed is not None else secrets.randbelow(2**31)

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from soundsmith.core.paths import shipped_models
-from soundsmith.pipelines import takes_vocoder
+from soundsmith.pipelines import takes_adapters, takes_vocoder
 
 MODEL_DIR_ENV = "SOUNDSMITH_MODEL_DIR"  # set by `soundsmith app --model-dir`
 NOVELTY_INDEX_ENV = "SOUNDSMITH_NOVELTY_INDEX"  # set by `soundsmith app --novelty-index`
 OUTPUT_DIR_ENV = "SOUNDSMITH_APP_OUT"  # set by `soundsmith app --out`: the clips and the History
 ANY_FOLDER_ENV = "SOUNDSMITH_APP_ANY_FOLDER"  # "1" set by `soundsmith app --allow-any-folder`
 SHIPPED = ("default-ldm", "default-tokens")  # the shipped defaults of both backends, offered first
+# LoRA adapter folders are offered from the model dir itself (<model dir>/<name>/) and from this sub-folder of it
+# (<model dir>/adapters/<name>/), one level deep: `soundsmith train ... --lora-rank R` exports one to copy there
+ADAPTERS_FOLDER = "adapters"
 
 
 def default_model_dir() -> Path:
@@ -112,14 +115,20 @@ def check_model_folder(text: str) -> Path:
     return folder
 
 
-def load_model(path: str, stamp: float = 0.0, vocoder: str | None = None) -> Any:
+def load_model(path: str, stamp: float = 0.0, vocoder: str | None = None,
+               adapters: tuple[tuple[str, float], ...] = ()) -> Any:
     """Load a pipeline folder on the best device; `stamp` (config.json's mtime) only keys the app's cache so a
     re-saved model is loaded again. `vocoder`: a registry name (codecs/vocoders.py) that replaces the folder's
-    own, for backends whose loader takes one (`takes_vocoder`); None keeps the folder's. Errors are the
-    pipelines' one-line ValueError / FileNotFoundError (and ModuleNotFoundError for a vocoder's missing package)."""
+    own, for backends whose loader takes one (`takes_vocoder`); None keeps the folder's. `adapters`: (LoRA adapter
+    folder, scale) pairs applied at load (pipelines/adapters.py). Errors are the pipelines' one-line ValueError /
+    FileNotFoundError (and ModuleNotFoundError for a vocoder's missing package)."""
     from soundsmith.pipelines import load_pipeline
 
-    pipe = load_pipeline(path, device="auto", vocoder=vocoder)  # a model that takes none refuses it before loading
+    extra: dict[str, Any] = {}
+    if adapters:
+        extra = {"adapters": [folder for folder, _ in adapters], "adapter_scales": [scale for _, scale in adapters]}
+    # a model that takes no vocoder (or no adapters) refuses one before loading
+    pipe = load_pipeline(path, device="auto", vocoder=vocoder, **extra)
     pipe.progress_bar = False  # the app shows its own bar
     return pipe
 
@@ -137,6 +146,44 @@ def vocoder_name(pipe: Any) -> str | None:
     to audio some other way (MusicGen's EnCodec)."""
     name = getattr(getattr(getattr(pipe, "codec", None), "vocoder", None), "name", None)
     return name if isinstance(name, str) and name else None
+
+
+def find_adapters(model_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Label -> folder of the LoRA adapter folders (a soundsmith_adapter.json inside) in `model_dir` and in its
+    `adapters/` sub-folder, one level deep, by name. Reads nothing but the folders' names and files."""
+    from soundsmith.gen.adapters import is_adapter_folder
+
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    found: dict[str, Path] = {}
+    for base, prefix in ((root, ""), (root / ADAPTERS_FOLDER, f"{ADAPTERS_FOLDER}/")):
+        if not base.is_dir():
+            continue
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+            if is_adapter_folder(folder):
+                found[f"{prefix}{folder.name}"] = folder
+    return found
+
+
+def adapters_for(pipe: Any, found: dict[str, Path]) -> tuple[dict[str, Path], int]:
+    """(label -> folder of the adapters in `found` that fit the loaded pipeline: a component it has, trained on the
+    weights it has; how many others there are: adapters of other models). Unreadable folders count as others."""
+    from soundsmith.gen.adapters import read_adapter
+
+    components = getattr(pipe, "adapter_components", None) or {}
+    fits, others = {}, 0
+    for label, folder in found.items():
+        try:
+            info = read_adapter(folder)
+            attr = components.get(info.component)
+            ok = attr is not None and getattr(pipe, attr, None) is not None and \
+                pipe.part_fingerprint(attr) == info.base_fingerprint
+        except (OSError, ValueError):
+            ok = False
+        if ok:
+            fits[label] = folder
+        else:
+            others += 1
+    return fits, others
 
 
 def config_stamp(path: str | os.PathLike) -> float:
@@ -169,6 +216,8 @@ class Capabilities:
     sample_rate: int
     vocoders: tuple[str, ...] = ()  # registry names its loader can swap in (codecs/vocoders.py); () if none
     vocoder: str | None = None  # the vocoder this loaded copy decodes with (None: not a mel model)
+    adaptable: bool = False  # its loader applies LoRA adapters (pipelines/adapters.py)
+    adapters: tuple[tuple[str, float], ...] = ()  # (folder, scale) of the adapters this loaded copy carries
 
 
 def capabilities_of(pipe: Any) -> Capabilities:
@@ -217,6 +266,8 @@ def capabilities_of(pipe: Any) -> Capabilities:
         default_steps=getattr(config, "num_inference_steps", None) if "diffusion" in features else None,
         default_guidance=float(guidance), default_duration_s=min(duration, max_duration), max_duration_s=max_duration,
         sample_rate=int(getattr(pipe, "sample_rate", 16000)), vocoders=vocoders, vocoder=vocoder_name(pipe),
+        adaptable=takes_adapters(type(pipe)) and bool(getattr(pipe, "adapter_components", None)),
+        adapters=tuple((str(a["folder"]), float(a["scale"])) for a in getattr(pipe, "adapters", None) or []),
     )
 
 

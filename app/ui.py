@@ -18,12 +18,14 @@ from .models import (
     NOVELTY_INDEX_ENV,
     Capabilities,
     ModelGate,
+    adapters_for,
     capabilities_of,
     check_inside,
     check_model_folder,
     config_stamp,
     default_model_dir,
     default_output_dir,
+    find_adapters,
     find_models,
     folder_takes_vocoder,
     load_model,
@@ -117,10 +119,12 @@ def show_error(err: BaseException, what: str = "") -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
-def cached_model(path: str, stamp: float, vocoder: str | None = None) -> Any:
-    """One loaded pipeline per model folder, config.json version and vocoder (None: the folder's own) per
-    process, shared by all sessions: switching back to a vocoder used before loads nothing."""
-    return load_model(path, stamp, vocoder)
+def cached_model(path: str, stamp: float, vocoder: str | None = None,
+                 adapters: tuple[tuple[str, float], ...] = ()) -> Any:
+    """One loaded pipeline per model folder, config.json version, vocoder (None: the folder's own) and LoRA
+    adapters ((folder, scale) pairs) per process, shared by all sessions: switching back to a vocoder or adapters
+    used before loads nothing."""
+    return load_model(path, stamp, vocoder, adapters)
 
 
 def default_vocoder(path: str) -> str | None:
@@ -146,7 +150,7 @@ def use_vocoder(path: str, vocoder: str | None) -> bool:
     if vocoder == previous or not folder_takes_vocoder(path):
         return True
     try:
-        cached_model(path, config_stamp(path), vocoder)
+        cached_model(path, config_stamp(path), vocoder, adapter_choice(path))
     except Exception as err:  # noqa: BLE001 - reported as one line, the previous vocoder stays usable
         keeping = previous or "the model's own"
         what = f"vocoder {vocoder} is not available (still using {keeping}): "
@@ -161,6 +165,50 @@ def use_vocoder(path: str, vocoder: str | None) -> bool:
     else:
         choices[path] = vocoder
     return True
+
+
+def adapter_choice(path: str) -> tuple[tuple[str, float], ...]:
+    """The LoRA adapters ((folder, scale) pairs) this session loads `path` with; () for none."""
+    return tuple(st.session_state.get("adapter_choices", {}).get(path, ()))
+
+
+def use_adapters(path: str, adapters: tuple[tuple[str, float], ...]) -> bool:
+    """Make `adapters` this session's adapters for `path`, loading that copy now (cached). One that cannot be
+    applied (another model's, a folder gone) is a one-line st.error and False; the previous choice stays in use."""
+    previous = adapter_choice(path)
+    adapters = tuple((str(folder), float(scale)) for folder, scale in adapters)
+    if adapters == previous:
+        return True
+    try:
+        cached_model(path, config_stamp(path), vocoder_choice(path), adapters)
+    except Exception as err:  # noqa: BLE001 - reported as one line, the previous adapters stay usable
+        keeping = ", ".join(Path(folder).name for folder, _ in previous) or "none"
+        show_error(err, f"adapters not loaded (still using {keeping}): ")
+        return False
+    choices = st.session_state.setdefault("adapter_choices", {})
+    if adapters:
+        choices[path] = adapters
+    else:
+        choices.pop(path, None)
+    return True
+
+
+def fitting_adapters(path: str, folders: list[str]) -> list[str]:
+    """Those of `folders` that fit the model in `path` (a clip's settings reused on another model keep none of
+    another model's adapters); the session's current copy of the model is asked (cached: nothing loads again)."""
+    if not folders:
+        return []
+    try:
+        pipe = cached_model(path, config_stamp(path), vocoder_choice(path), adapter_choice(path))
+    except Exception:  # noqa: BLE001 - the model's own loading error is shown where the page loads it
+        return []
+    fits, _ = adapters_for(pipe, {folder: Path(folder) for folder in folders})
+    return [folder for folder in folders if folder in fits]
+
+
+def adapter_options(pipe: Any) -> tuple[dict[str, Path], int]:
+    """The adapter folders in the model dir (and its adapters/ folder) that fit `pipe`, and how many do not."""
+    return adapters_for(pipe, find_adapters(default_model_dir()))
 
 
 @st.cache_resource(show_spinner="Loading the training index…", max_entries=2)
@@ -232,14 +280,16 @@ def current_model() -> tuple[str, Any, Capabilities] | None:
         st.error(st.session_state.get("model_error") or "No model chosen: pick one in the sidebar.")
         return None
     try:
-        pipe = cached_model(path, config_stamp(path), vocoder_choice(path))
+        pipe = cached_model(path, config_stamp(path), vocoder_choice(path), adapter_choice(path))
         caps = capabilities_of(pipe)
     except Exception as err:  # noqa: BLE001 - any loading failure is reported, the app keeps working
         show_error(err, f"cannot load {Path(path).name}: ")
         return None
     with st.sidebar:
         vocoder = f" · vocoder {caps.vocoder}" if caps.vocoder else ""
-        st.caption(f"{caps.backend} backend{vocoder} · {caps.sample_rate} Hz · {getattr(pipe, 'device', 'cpu')}")
+        adapters = "".join(f" · adapter {Path(folder).name} x{scale:g}" for folder, scale in caps.adapters)
+        st.caption(f"{caps.backend} backend{vocoder}{adapters} · {caps.sample_rate} Hz · "
+                   f"{getattr(pipe, 'device', 'cpu')}")
         if str(getattr(pipe, "device", "cpu")) == "cpu":
             st.caption("Running on the CPU: longer clips and many steps take a while.")
     return path, pipe, caps
@@ -334,6 +384,10 @@ def take_card(entry: jobs.HistoryEntry, take: jobs.Take, *, prefix: str) -> None
         st.caption(f"watermark: {take.watermark}  \n{near}")
         vocoder = entry.vocoder or "none (the model decodes to audio itself)"
         st.caption(f"vocoder: {vocoder} · loudness: {take.loudness}")
+        adapters = entry.parameters.get("adapters") or []
+        if adapters:
+            st.caption("adapters: " + ", ".join(f"{Path(str(a.get('folder'))).name} ({a.get('component')}, scale "
+                                                f"{a.get('scale'):g})" for a in adapters))
         st.audio(str(take.wav), format="audio/wav")
         if take.png.is_file():  # files deleted from the output root by hand: show what is left
             st.image(str(take.png), width="stretch")

@@ -232,13 +232,19 @@ class MelRVQCodec(nn.Module):
 
         The mel codec is referenced, not copied: config.json records its folder's path relative to `folder`
         (`mel_codec` given here, else the folder it was loaded from) and its VAE's fingerprint. A codec built in
-        memory, with no such folder, writes its mel codec into `folder/mel-codec/`.
+        memory, with no such folder, or loaded from a folder that loading `folder` would not follow (outside the
+        tree of the token model `folder` is a part of, and outside the shipped models/: core/paths.py), writes its
+        mel codec into `folder/mel-codec/`.
         """
         from soundsmith.core.files import write_json
+        from soundsmith.core.paths import SHIPPED_MODELS, is_inside, models_tree
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         source = mel_codec if mel_codec is not None else self._mel_codec_folder
+        if mel_codec is None and source is not None and not any(
+                is_inside(source, root) for root in (models_tree(folder.parent), SHIPPED_MODELS)):
+            source = None  # e.g. a loaded token model saved into another tree: its link would not load
         if source is None:
             source = self.mel_codec.save_pretrained(folder / "mel-codec", dtype=dtype)
         where = os.path.relpath(Path(source).resolve(), folder.resolve())

@@ -181,8 +181,15 @@ def weights_fingerprint(module: nn.Module) -> str:
     whose parts do not match them is refused (a UNet learned one VAE latent and one CLAP space; a new VAE
     or CLAP means a new UNet).
     """
+    return state_fingerprint(module.state_dict())
+
+
+def state_fingerprint(state: Mapping[str, Tensor]) -> str:
+    """`weights_fingerprint` of a state dict (name -> tensor): the hash of its floating-point tensors by
+    name, rounded to fp16. A model carrying adapter layers passes its base weights under their plain names
+    (soundsmith.gen.adapters.base_fingerprint)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         if not tensor.is_floating_point():
             continue
         h.update(name.encode())

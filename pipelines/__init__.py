@@ -57,7 +57,10 @@ PART_FOLDERS: dict[str, str] = {
 def load_pipeline(path: str | os.PathLike, *, backend: str | None = None, **kwargs: Any) -> Any:
     """Load the pipeline saved in folder `path`, picking the backend from its `config.json` ("backend", or
     for a transformers MusicGen folder "model_type") or, for a diffusers AudioLDM / MusicLDM folder, its
-    `model_index.json`. `backend`, if given, must agree."""
+    `model_index.json`. `backend`, if given, must agree. Other keyword arguments go to the backend's
+    `from_pretrained`: `device`, `dtype`, `vocoder`, and `adapters` (a LoRA adapter folder or a list of them,
+    each applied to the component its soundsmith_adapter.json names) with `adapter_scales` (one for all or one
+    per adapter, in [0, 2]; default 1), as diffusers' `load_lora_weights` / `set_adapters` (pipelines/adapters.py)."""
     path = Path(path)
     config_file = path / "config.json"
     if path.is_file():
@@ -101,6 +104,11 @@ def takes_vocoder(pipeline_class: type) -> bool:
     return "vocoder" in inspect.signature(pipeline_class.from_pretrained).parameters
 
 
+def takes_adapters(pipeline_class: type) -> bool:
+    """Whether a pipeline's loader applies LoRA adapters (`from_pretrained(..., adapters=[...])`)."""
+    return "adapters" in inspect.signature(pipeline_class.from_pretrained).parameters
+
+
 def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any], folder_config: dict[str, Any]) -> Any:
     """The backend's `from_pretrained`, given the folder's config as read here (`folder_config`: config.json, or a
     diffusers folder's model_index.json); a vocoder asked of a model that decodes some other way is refused in one
@@ -112,6 +120,14 @@ def _from_pretrained(backend: str, path: Path, kwargs: dict[str, Any], folder_co
                          f"got {kwargs['vocoder']!r}")
     if not takes:
         kwargs = {k: v for k, v in kwargs.items() if k != "vocoder"}
+    if not takes_adapters(pipeline_class):
+        if kwargs.get("adapters"):
+            raise ValueError(f"the {backend} model in {path} takes no LoRA adapters (they adapt the UNet of a "
+                             f"latent-diffusion model and the LMs of a soundsmith token model), got "
+                             f"{kwargs['adapters']!r}")
+        if kwargs.get("adapter_scales") is not None:
+            raise ValueError(f"the {backend} model in {path} takes no LoRA adapters: adapter_scales without adapters")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("adapters", "adapter_scales")}
     return pipeline_class.from_pretrained(path, folder_config=folder_config, **kwargs)
 
 

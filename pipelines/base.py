@@ -21,6 +21,9 @@ diffusers does); everything here is the part that must behave the same for every
   payload comes from `fingerprint`, the hash of the parts' `part_fingerprint`s: each part is hashed once,
   for loading's checks and the payload alike.
 - folders: `check_load_args` and `write_config` (config.json: backend, class, version, settings).
+- LoRA adapters: `adapter_components` names what a backend's adapters adapt; `adapters` lists the loaded ones
+  (pipelines/adapters.py), which every output's parameters carry and `fingerprint` covers; `save_pretrained`
+  refuses a pipeline that carries them (`check_no_adapters`: merge them first).
 - output: `AudioOutput(audios [B, C, T], sample_rate, prompts, seeds, clap_scores, parameters)` with
   `save(folder)`: WAV/FLAC written atomically, named from a prompt slug and the seed, with a JSON
   sidecar holding every parameter.
@@ -250,11 +253,14 @@ class Pipeline(ABC):
     component_names: ClassVar[tuple[str, ...]] = ()
     upcast_components: ClassVar[tuple[str, ...]] = ()  # stay float32 under fp16/bf16
     max_batch_size: ClassVar[int] = 64  # outputs per model batch when the caller gives no batch_size
+    # LoRA adapter component (soundsmith_adapter.json "component") -> the attribute it adapts (pipelines/adapters.py)
+    adapter_components: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         self._device = torch.device("cpu")
         self._dtype = torch.float32
         self.progress_bar = True  # tqdm bar during sampling; the app and tests switch it off
+        self.adapters: list[dict[str, Any]] = []  # the loaded LoRA adapters (pipelines/adapters.py), in load order
 
     # --------------------------------------------------------------------------- device and dtype
 
@@ -442,25 +448,33 @@ class Pipeline(ABC):
     @property
     def fingerprint(self) -> str:
         """A hash (hex) of the backend and its parts' weights (as `weights_fingerprint` sees them, so an fp16
-        export keeps it), computed once. A batch manifest records it (pipelines/batch.py): a resume with other
-        weights behind the same folder is refused."""
+        export keeps it) and of the loaded LoRA adapters and their scales, computed once. A batch manifest records
+        it (pipelines/batch.py): a resume with other weights behind the same folder, or other adapters, is
+        refused."""
         if getattr(self, "_fingerprint", None) is None:
             h = hashlib.sha256(self.backend.encode())
             for name in sorted(self.components()):
                 found = self.part_fingerprint(name)
                 if found is not None:
                     h.update(f"{name}:{found}".encode())
+            for adapter in getattr(self, "adapters", []):  # none: the hash is the plain model's, as before
+                h.update(f"adapter:{adapter['component']}:{adapter['fingerprint']}:{adapter['scale']!r}".encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
     def part_fingerprint(self, name: str) -> str | None:
         """`weights_fingerprint` of part `name` (of its `.model` for a wrapper such as a conditioner, whose own
         `fingerprint()` is that hash); None for a part without weights. Computed once per part: loading checks
-        the parts with these hashes and `fingerprint` (the watermark payload) hashes the same ones."""
+        the parts with these hashes and `fingerprint` (the watermark payload) hashes the same ones. A part carrying
+        LoRA adapters is hashed without them (its base weights, what an adapter records)."""
         memo = self.__dict__.setdefault("_part_fingerprints", {})
         if name not in memo:
             part = getattr(self, name)
-            if isinstance(part, nn.Module):
+            if isinstance(part, nn.Module) and getattr(part, "peft_config", None):
+                from soundsmith.gen.adapters import base_fingerprint
+
+                memo[name] = base_fingerprint(part)
+            elif isinstance(part, nn.Module):
                 memo[name] = weights_fingerprint(part)
             elif isinstance(getattr(part, "model", None), nn.Module):
                 memo[name] = part.fingerprint() if callable(getattr(part, "fingerprint", None)) else \
@@ -535,9 +549,11 @@ class Pipeline(ABC):
                 "watermark_payload": self.watermark_payload if watermarked else None}
 
     def run_record(self, watermark: bool, level: dict[str, Any], watermarked: bool) -> dict[str, Any]:
-        """The sidecar fields every call's parameters end with: device, dtype, loudness (`normalize_loudness`'s
-        fields), watermark and the soundsmith version."""
-        return {"device": str(self.device), "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **level,
+        """The sidecar fields every call's parameters end with: the loaded LoRA adapters (folder, component, scale,
+        base and own fingerprints; [] for none), device, dtype, loudness (`normalize_loudness`'s fields),
+        watermark and the soundsmith version."""
+        return {"adapters": [dict(a) for a in getattr(self, "adapters", [])], "device": str(self.device),
+                "dtype": DTYPE_NAMES[self.dtype], "watermark": watermark, **level,
                 **self.watermark_record(watermarked), "soundsmith_version": __version__}
 
     # --------------------------------------------------------------------------------------- folders
@@ -550,6 +566,15 @@ class Pipeline(ABC):
     @abstractmethod
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> Path:
         """Write the pipeline folder (config.json naming the backend + one sub-folder per part)."""
+
+    def check_no_adapters(self) -> None:
+        """`save_pretrained` writes plain weights: a pipeline carrying LoRA adapters is refused in one line (merge
+        them first: pipelines/adapters.py `merge_adapters`, or `soundsmith assemble merge`)."""
+        adapted = [name for name, part in self.components().items() if getattr(part, "peft_config", None)]
+        if adapted or getattr(self, "adapters", None):
+            raise ValueError(f"this pipeline carries LoRA adapters ({', '.join(adapted) or 'recorded'}); merge them "
+                             "into the weights first (soundsmith assemble merge, or "
+                             "soundsmith.pipelines.adapters.merge_adapters) or save the adapter on its own")
 
     @staticmethod
     def check_load_args(path: str | os.PathLike, device: str | torch.device, dtype: str | torch.dtype) -> Path:

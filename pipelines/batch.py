@@ -81,7 +81,7 @@ class Manifest:
 
     @classmethod
     def open(cls, folder: str | os.PathLike, arguments: Mapping[str, Any], *, ignore: Iterable[str] = (),
-             keep_previous: Iterable[str] = ()) -> Manifest:
+             keep_previous: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> Manifest:
         """The folder's manifest when there is one, checked against `arguments`, else a new one.
 
         Only the keys of `arguments` are compared (a key added later with `check` is compared then).
@@ -91,12 +91,16 @@ class Manifest:
                 fingerprint is what must match).
             keep_previous: keys the command may leave None to take the recorded value (a seed drawn at random
                 on the first run is kept by the rerun).
+            defaults: keys added after a manifest may have been written -> the value its run had (a batch begun
+                before adapters existed ran with none), so it still resumes.
         """
         path = Path(folder) / MANIFEST_NAME
         now = json.loads(json.dumps(dict(arguments)))  # JSON's view: what the file will hold
         if not path.is_file():
             return cls(path, now)
         before, done = _read_manifest(path)
+        for key, value in (defaults or {}).items():
+            before.setdefault(key, json.loads(json.dumps(value)))
         for key in keep_previous:
             if now.get(key) is None:
                 now[key] = before.get(key)

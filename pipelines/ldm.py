@@ -126,6 +126,7 @@ class LDMPipeline(Pipeline):
     backend = BACKEND
     component_names = ("unet", "codec", "conditioner")
     upcast_components = ("codec",)  # VAE + vocoder stay fp32 under fp16/bf16 (AudioLDM PR #42: NaN/silence)
+    adapter_components = {"unet": "unet"}  # LoRA adapters adapt the UNet (pipelines/adapters.py)
 
     def __init__(self, unet: Any, codec: Any, conditioner: ClapConditioner, noise_schedule: dict[str, Any],
                  config: LDMConfig | None = None, *, name_or_path: str = ""):
@@ -434,6 +435,7 @@ class LDMPipeline(Pipeline):
         from soundsmith.codecs.mel_codec import save_vocoder_files
         from soundsmith.core.weights import save_safetensors
 
+        self.check_no_adapters()
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         dt = torch.float32 if dtype is None else resolve_dtype(dtype)
@@ -461,14 +463,21 @@ class LDMPipeline(Pipeline):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "fp32", vocoder: str | dict[str, Any] | None = None,
-                        folder_config: dict[str, Any] | None = None) -> LDMPipeline:
+                        folder_config: dict[str, Any] | None = None, adapters: Any = None,
+                        adapter_scales: Any = None) -> LDMPipeline:
         """Load our folder or a diffusers AudioLDM / MusicLDM folder, then move it to `device` / `dtype`.
 
         `vocoder`: a registry name or spec (codecs/vocoders.py) that replaces the folder's own, e.g.
         "hifigan-universal"; default: the one the folder's config.json names. `folder_config`: the folder's
         config.json (model_index.json for a diffusers folder) as `load_pipeline` read it, not read again.
+        `adapters`: LoRA adapter folders of the UNet (one or a list), applied at `adapter_scales` (one for all or
+        one per adapter, in [0, 2]; default 1); an adapter trained on another UNet is refused (pipelines/adapters.py).
         """
+        from .adapters import apply_adapters, resolve_adapters
+
         folder = cls.check_load_args(path, device, dtype)
+        chosen = resolve_adapters(adapters, adapter_scales, components=cls.adapter_components, backend=cls.backend,
+                                  where=folder)  # before anything loads
         if vocoder is not None:
             from soundsmith.codecs.vocoders import VOCODERS
 
@@ -479,6 +488,7 @@ class LDMPipeline(Pipeline):
             pipe = _load_diffusers(folder, vocoder, folder_config)
         else:
             pipe = _load_ours(folder, vocoder, folder_config)
+        apply_adapters(pipe, chosen)  # in float32 on the CPU, checked against the fingerprints as loaded
         return pipe.to(device, dtype)
 
 

@@ -79,6 +79,18 @@ positive_int = _bounded(int, 1)
 positive_float = _bounded(float, 0, low_open=True)
 
 
+def add_adapter_options(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """`--adapter DIR` (repeatable) and `--adapter-scale S` (none, one for all, or one per --adapter)."""
+    from soundsmith.pipelines.adapters import MAX_SCALE
+
+    p.add_argument("--adapter", action="append", default=None, required=required, metavar="DIR",
+                   help="LoRA adapter folder (`soundsmith train ... --lora-rank R` exports one), applied to the "
+                   "component it was trained for; repeat for several. An adapter trained on another model is refused")
+    p.add_argument("--adapter-scale", action="append", default=None, type=_bounded(float, 0, MAX_SCALE), metavar="S",
+                   help=f"strength of the adapters in [0, {MAX_SCALE:g}]: once for all, or once per --adapter in the "
+                   "same order (default: 1, the adapter as trained; 0 gives the model without it)")
+
+
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     """`--threads N`: torch's CPU threads, set before any model work (pipelines.base.set_threads)."""
     p.add_argument("--threads", type=_bounded(int, 1, 4096), default=None, metavar="N",
@@ -107,7 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model = args.model or DEFAULT_MODEL_DIR / f"default-{args.backend or 'ldm'}"
     # a --prompts-file batch into a folder resumes: its manifest is checked before any model work
     manifest = None if to_file or not args.prompts_file else Manifest.open(
-        out, _batch_arguments(args, model, prompts), ignore=("model", "prompts_file"), keep_previous=("seed",))
+        out, _batch_arguments(args, model, prompts), ignore=("model", "prompts_file", "adapter_folders"),
+        keep_previous=("seed",), defaults={"adapters": [], "adapter_folders": []})
     if manifest is not None and manifest.arguments["seed"] is None:  # a resume must redraw the same noise
         import secrets
 
@@ -119,6 +132,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
         hf_logging.disable_progress_bar()
     load_kwargs = {"vocoder": args.vocoder} if args.vocoder else {}
+    if args.adapter:  # each applied to the component it names; checked against the loaded one's fingerprint
+        load_kwargs.update(adapters=args.adapter, adapter_scales=args.adapter_scale)
     pipe = load_pipeline(model, backend=args.backend, device=args.device, dtype=args.dtype, **load_kwargs)
     if manifest is not None:
         manifest.check("model_fingerprint", pipe.fingerprint)
@@ -162,6 +177,7 @@ def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[
     audio_prompt = None
     if args.audio_prompt is not None:  # the clip's content, not its name
         audio_prompt = hashlib.sha256(Path(args.audio_prompt).read_bytes()).hexdigest()
+    adapters = getattr(args, "adapter_choices", None) or []  # by their weights and scale (their folders may move)
     return {"model": str(Path(model).resolve()), "prompts_file": str(args.prompts_file), "prompts": len(prompts),
             "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "num": args.num,
             "seed": args.seed, "duration": args.duration, "steps": args.steps, "guidance": args.guidance,
@@ -169,7 +185,8 @@ def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[
             "loudness": None if args.no_loudness else args.loudness, "vocoder": args.vocoder, "dtype": args.dtype,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "semantic_candidates": args.semantic_candidates, "audio_prompt_sha256": audio_prompt,
-            "format": args.format}
+            "format": args.format, "adapters": [[a.component, a.fingerprint, a.scale] for a in adapters],
+            "adapter_folders": [str(Path(a.info.folder).resolve()) for a in adapters]}
 
 
 def _resume_command(args: argparse.Namespace, seed: int) -> str:
@@ -196,6 +213,23 @@ def _check_generate_args(args: argparse.Namespace, prompts: list[str]) -> None:
             check_seed_range(args.seed, len(prompts) * args.num)
         except ValueError as err:
             raise UsageError(f"--seed: {err}") from None
+    args.adapter_choices = _check_adapter_args(args)
+
+
+def _check_adapter_args(args: argparse.Namespace) -> list:
+    """`--adapter DIR ...` and `--adapter-scale S ...` (none, one for all, or one per adapter), each folder read as
+    an adapter folder: one-line errors before any model work. Returns the adapters (pipelines/adapters.py)."""
+    adapters, scales = args.adapter or [], args.adapter_scale or []
+    if scales and not adapters:
+        raise UsageError("--adapter-scale needs --adapter DIR (a LoRA adapter folder)")
+    if len(scales) > 1 and len(scales) != len(adapters):
+        raise UsageError(f"--adapter-scale is given {len(scales)} times for {len(adapters)} --adapter folder(s); give "
+                         "one scale for all or one per --adapter, in the same order")
+    if not adapters:
+        return []
+    from soundsmith.pipelines.adapters import resolve_adapters
+
+    return resolve_adapters(adapters, scales or None)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -250,13 +284,44 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = list(args.set or [])
     overrides += [f"{k}={v}" for k, v in (("clap", args.clap), ("features", args.features),
                                           ("mel_codec", args.mel_codec)) if v is not None]
+    overrides += _finetune_overrides(args)
     extra = {"overrides": overrides} if overrides else {}
     if args.force_change:  # a resume with settings that change the run (refused without it)
         extra["force_change"] = True
     from soundsmith.core.runtime import set_threads
 
     set_threads(args.threads)
+    if not args.verbose:  # the training bar is the progress shown; no per-part weight-loading bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     train(config=args.config, data=args.data, out=args.out, resume=args.resume, max_steps=args.max_steps, **extra)
+
+
+FINETUNE_COMPONENTS = ("unet", "semantic-lm", "coarse-lm", "fine-lm")  # those `train --init` / `--lora-*` apply to
+
+
+def _finetune_overrides(args: argparse.Namespace) -> list[str]:
+    """`--init`, `--lora-rank`, `--lora-alpha`, `--lora-targets` as config overrides (train/finetune.py), for the
+    components that can start from a model; paths as JSON strings, so a folder named `null` stays a path."""
+    import json
+
+    given = {"init": args.init, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+             "lora_targets": args.lora_targets}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return []
+    if args.component not in FINETUNE_COMPONENTS:
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise UsageError(f"{flag} applies to {', '.join(FINETUNE_COMPONENTS)} (fine-tuning), not to {args.component}")
+    if "lora_targets" in given:
+        targets = [t.strip() for t in given["lora_targets"].split(",") if t.strip()]
+        if not targets:
+            raise UsageError("--lora-targets: give module names separated by commas, e.g. conv1,conv2,to_q")
+        given["lora_targets"] = targets
+    if "init" in given and not str(given["init"]).strip():
+        raise UsageError("--init: give a model folder")
+    return [f"{key}={json.dumps(value)}" for key, value in given.items()]
 
 
 def cmd_eval_codec(args: argparse.Namespace) -> None:
@@ -369,6 +434,23 @@ def cmd_detect(args: argparse.Namespace) -> None:
         raise UsageError(f"{failed} of {len(args.files)} files could not be checked")
 
 
+def cmd_assemble_merge(args: argparse.Namespace) -> None:
+    from soundsmith.pipelines import load_pipeline
+    from soundsmith.pipelines.adapters import save_merged
+
+    _check_adapter_args(args)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} already exists and is not empty; give a new folder")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    pipe = load_pipeline(args.model, device="cpu", dtype="fp32", adapters=args.adapter,
+                         adapter_scales=args.adapter_scale)
+    print(save_merged(pipe, args.model, out, dtype="fp16" if args.fp16 else None))
+
+
 def cmd_assemble_tokens(args: argparse.Namespace) -> None:
     from soundsmith.pipelines.tokens import PARTS, TokenPipeline
 
@@ -430,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loudness", type=_bounded(float, -70, 0), default=DEFAULT_LOUDNESS_LUFS, metavar="LUFS",
                    help="output level, integrated LUFS with peaks capped at -1 dBFS (default: %(default)s)")
     p.add_argument("--no-loudness", action="store_true", help="keep the decoder's level (no loudness normalisation)")
+    add_adapter_options(p)
     add_threads_option(p)
     tok = p.add_argument_group("token models (--backend tokens, MusicGen folders)")
     tok.add_argument("--temperature", type=float, default=None, help="sampling temperature > 0 for every stage "
@@ -499,6 +582,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, help="kmeans: frame features, 'clap' (default) or 'hubert:PATH:LAYER'")
     p.add_argument("--mel-codec", default=None, help="mel-rvq: the mel codec folder whose VAE latent it quantizes "
                    "(default: models/mel-codec)")
+    ft = p.add_argument_group("fine-tuning (unet, semantic-lm, coarse-lm, fine-lm)")
+    ft.add_argument("--init", default=None, metavar="MODEL_DIR", help="start from this model folder's weights (e.g. "
+                    "models/default-ldm, models/default-tokens, or a diffusers AudioLDM folder for unet); its VAE, "
+                    "vocoder, CLAP, codec and tokenizers are used as they are (they win over config fields). The "
+                    "export is a complete model folder, or with --lora-rank the adapter folder. Default config: "
+                    "train/configs/unet-finetune.json, lm-finetune.json (unet-lora.json, lm-lora.json with --lora-rank)")
+    ft.add_argument("--lora-rank", type=positive_int, default=None, metavar="R", help="train only a LoRA adapter of "
+                    "rank R >= 1 (with --init; e.g. 8)")
+    ft.add_argument("--lora-alpha", type=positive_float, default=None, metavar="A",
+                    help="LoRA alpha: the update is scaled by A / R (default: R)")
+    ft.add_argument("--lora-targets", default=None, metavar="A,B,C", help="layers to adapt (peft target_modules: a "
+                    "module whose name is one, or ends in '.' + one); default: unet conv1,conv2,time_emb_proj,to_q,"
+                    "to_k,to_v,to_out.0,class_embedding; LMs attn.qkv,attn.proj,fc,out")
     add_threads_option(p)
     p.set_defaults(func=cmd_train)
 
@@ -628,8 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="soundsmith", help="watermark key (default: the one soundsmith marks with)")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("assemble", help="build a token model folder from trained parts (each run's export/)")
-    p.add_argument("backend", choices=("tokens",), help="which backend's model (tokens)")
+    assemble = sub.add_parser("assemble", help="build a model folder: join trained token parts (tokens) or merge "
+                              "LoRA adapters into a model's weights (merge)")
+    asub = assemble.add_subparsers(dest="assemble_command", required=True, metavar="ASSEMBLE_COMMAND",
+                                   parser_class=OneLineParser)
+    p = asub.add_parser("tokens", help="build a token model folder from trained parts (each run's export/)")
     p.add_argument("--out", required=True, help="the model folder to write")
     p.add_argument("--clap", default=str(DEFAULT_MODEL_DIR / "clap"), help="CLAP folder (default: %(default)s)")
     p.add_argument("--cond-rvq", required=True, help="train cond-rvq export folder")
@@ -642,6 +741,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (as shipped models are)")
     p.add_argument("--link-clap", action="store_true", help="reference --clap by a relative path instead of copying it")
     p.set_defaults(func=cmd_assemble_tokens)
+    p = asub.add_parser("merge", help="merge LoRA adapters into a model's weights: a complete model folder that loads "
+                        "without them (a diffusers AudioLDM folder stays in diffusers' layout)")
+    p.add_argument("--model", required=True, help="the model folder the adapters were trained on: ours or a diffusers "
+                   "AudioLDM/MusicLDM folder")
+    add_adapter_options(p, required=True)
+    p.add_argument("--out", required=True, help="the model folder to write (new or empty)")
+    p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (default: float32, as merged)")
+    p.set_defaults(func=cmd_assemble_merge)
 
     p = sub.add_parser("convert", help="convert a public checkpoint into a soundsmith model folder")
     p.add_argument("source_format", help="format of the source checkpoint")

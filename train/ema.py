@@ -20,15 +20,18 @@ class EMA:
     Args:
         model: the (unwrapped) model to follow; its current weights start the average.
         decay: the long-run decay (default 0.999); 0 makes the EMA equal the weights.
+        trainable_only: average only the parameters that require grad (a LoRA run: the adapter; the frozen
+            base weights need no shadow, and `copy_to` leaves them as they are).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, *, trainable_only: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.num_updates = 0
         self.shadow: dict[str, Tensor] = {
-            name: p.detach().clone().float() for name, p in model.named_parameters() if p.dtype.is_floating_point
+            name: p.detach().clone().float() for name, p in model.named_parameters()
+            if p.dtype.is_floating_point and (p.requires_grad or not trainable_only)
         }
 
     def current_decay(self) -> float:

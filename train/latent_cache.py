@@ -103,7 +103,7 @@ def build_cache(codec: Any, conditioner: Any, data: Path, split: str, folder: Pa
                                       split=split)
     rng = np.random.default_rng([seed, 17])
     means, stds, audio_emb, captions, owners, offsets = [], [], [], [], [], [0]
-    bar = progress_bar(len(dataset), desc=f"cache {split}")
+    bar = progress_bar(len(dataset), desc=f"cache {split}", unit="clip")
     pending: list[dict] = []
 
     @torch.no_grad()

@@ -73,12 +73,19 @@ class MetricsLogger:
             self.writer = None
 
 
-def progress_bar(total: int, initial: int = 0, *, enabled: bool = True, desc: str = "train") -> Any:
-    """A tqdm bar counting optimizer steps; its rate reads as steps/s. Update the loss with
-    `bar.set_postfix(loss=...)`."""
+# steps/s always (tqdm's default flips to s/step below one step a second) and the time left, e.g.
+# "unet:  12%|##        | 36/300 [01:02 elapsed, 0.58step/s, ETA 07:38], loss=0.0412"
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed} elapsed, {rate_noinv_fmt}, ETA {remaining}]{postfix}"
+
+
+def progress_bar(total: int, initial: int = 0, *, enabled: bool = True, desc: str = "train", unit: str = "step"
+                 ) -> Any:
+    """A tqdm bar counting optimizer steps (or `unit`s), showing steps/s and the ETA (`BAR_FORMAT`); on a resumed
+    run the rate counts the steps of this process only. Update the loss with `bar.set_postfix(loss=...)`."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit=unit, dynamic_ncols=True,
+                bar_format=BAR_FORMAT)
 
 
 def save_samples(folder: str | os.PathLike, name: str, sample_rate: int, *, wave: Tensor | np.ndarray | None = None,

@@ -19,6 +19,12 @@
 4. export the EMA weights in fp16 to OUT/export (`TokenLM.save_pretrained`), the parts' fingerprints in
    the config's `trained_with`, so a pipeline refuses other tokenizers.
 
+Fine-tuning (train/finetune.py): with `init` (`--init MODEL_DIR`, a token model folder such as
+models/default-tokens) the LM starts from that folder's (its config too: sizes, window), and the CLAP,
+conditioning RVQ, k-means and codec come from it; the export is then a complete model folder linking the
+folder's other parts, or with `lora_rank` the LoRA adapter folder. Without --config such a run reads
+`train/configs/lm-finetune.json` / `lm-lora.json`.
+
 Run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, export/.
 """
 
@@ -41,8 +47,18 @@ from soundsmith.core.run_lock import releases_folder_locks
 from .checkpoint import ResumableSampler, resume_point
 from .config import CONFIGS, bounded, load_config
 from .ema import EMA
+from .finetune import (
+    AdapterExport,
+    FinetuneConfig,
+    ModelFolderExport,
+    check_lora_options,
+    default_config,
+    ignore_fields,
+    load_init,
+    prepare_model,
+    trainable,
+)
 from .loop import (
-    RunConfig,
     accumulate,
     adamw,
     due,
@@ -68,10 +84,10 @@ DERIVED = ("stage", "cond_levels", "cond_codebook_size", "semantic_vocab", "acou
 
 
 @dataclass
-class TokenLMTrainConfig(RunConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=100):
+class TokenLMTrainConfig(FinetuneConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=100):
     """Everything an LM run needs besides the data and run folders: `RunConfig`'s fields (a batch of
     crops; betas as nanoGPT / MusicGen; weight decay on matrices only, as nanoGPT; `model`: TokenLMConfig
-    fields), then the LM's own."""
+    fields), `FinetuneConfig`'s (init, LoRA), then the LM's own."""
 
     grad_accum: int = bounded(1, 1)
     ema_decay: float = bounded(0.999, 0.0, 0.999999)  # MusicGen: EMA of the weights; exported
@@ -80,7 +96,7 @@ class TokenLMTrainConfig(RunConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.95), w
     cond_dropout: float = bounded(0.3, 0.0, 1.0)  # null prefix instead of the condition (audiocraft: 0.3)
     text_cond_prob: float = bounded(0.5, 0.0, 1.0)  # of the conditioned crops, share taking a caption's tokens
     n_captions: int = bounded(4, 1, 64)  # captions per clip in the token cache (the stored one + redrawn)
-    clap: str = "models/clap"  # the parts the tokens come from (model folders)
+    clap: str = "models/clap"  # the parts the tokens come from (model folders; with init: that folder's)
     cond_rvq: str = "models/default-tokens/cond_rvq"
     kmeans: str = "models/default-tokens/kmeans"
     codec: str = "models/default-tokens/codec"
@@ -177,7 +193,8 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     """Train (or continue) the `stage` LM ("semantic", "coarse" or "fine"); return the export folder.
 
     `stage` picks the LM; the other arguments are every loop's (train/loop.py), with `config` defaulting
-    to `train/configs/<stage>-lm.json` and `out` to `runs/<stage>-lm`.
+    to `train/configs/<stage>-lm.json` (with `init` among the overrides: `lm-finetune.json`, or `lm-lora.json`
+    with `lora_rank`) and `out` to `runs/<stage>-lm`.
     """
     from accelerate.utils import set_seed
     from soundsmith.gen.token_lm import STAGES, build_lm
@@ -189,14 +206,25 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     component = f"{stage}-lm"
     # 1. config, run folder, resume point, parts and their token caches -------------------------------
     out, ckpt, config = resume_point(out if out is not None else Path("runs") / component, resume, config,
-                                     CONFIGS / f"{component}.json")
+                                     default_config("lm", CONFIGS / f"{component}.json", overrides))
     cfg = load_config(TokenLMTrainConfig, config, overrides)
+    init = None
+    if cfg.init:  # the LM, its config and the tokenizers come from the model folder
+        init = load_init(cfg.init, f"{stage}_lm")
+        cfg = ignore_fields(cfg, {"model": {}}, str(config))
+        check_lora_options(init, cfg)
     run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     kinds = STAGE_KINDS[stage]
     needs = {"cond": ("clap", "cond_rvq"), "semantic": ("clap", "kmeans"), "codes": ("codec",)}
     wanted = {p for k in kinds for p in needs[k]}
-    parts = TokenParts.load(**{p: getattr(cfg, p) for p in ("clap", "cond_rvq", "kmeans", "codec") if p in wanted})
-    lm_config = _lm_config(stage, cfg, parts, str(config))
+    if init is None:
+        parts = TokenParts.load(**{p: getattr(cfg, p) for p in ("clap", "cond_rvq", "kmeans", "codec") if p in wanted})
+        lm_config = _lm_config(stage, cfg, parts, str(config))
+    else:
+        pipe = init.pipe
+        found = {"clap": pipe.conditioner.model, "cond_rvq": pipe.cond_rvq, "kmeans": pipe.kmeans, "codec": pipe.codec}
+        parts = TokenParts(**{p: part for p, part in found.items() if p in wanted})
+        lm_config = init.model.config
     root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "token-cache"
     caches = {split: token_cache(data, split, parts, kinds, root=root, n_captions=cfg.n_captions, seed=cfg.seed,
                                  batch_size=cfg.cache_batch) for split in ("train", "valid") if split in _splits(data)}
@@ -214,16 +242,16 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     set_seed(cfg.seed)  # identical initial weights in every process
 
     # 3. model, optimizer (decay on matrices only), LR schedule, EMA ---------------------------------
-    model = build_lm(lm_config).train()
+    model = build_lm(lm_config).train() if init is None else prepare_model(init, cfg)
     if is_main:
-        log.info("%s: %d parameters (%.2f MB in fp16)", component, model.num_parameters(),
-                 model.num_parameters() * 2 / 1e6)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+        log.info("%s: %d parameters (%.2f MB in fp16), %d trained", component, model.num_parameters(),
+                 model.num_parameters() * 2 / 1e6, sum(p.numel() for p in trainable(model)))
+    decay = [p for p in trainable(model) if p.dim() >= 2]
+    no_decay = [p for p in trainable(model) if p.dim() < 2]
     optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                       cfg)
     scheduler = lr_scheduler(optimizer, cfg)
-    ema = EMA(model, cfg.ema_decay)
+    ema = EMA(model, cfg.ema_decay, trainable_only=cfg.lora_rank is not None)
     wrapped, opt = accelerator.prepare(model, optimizer)
     ema.to(device)
     ema_model = copy.deepcopy(model).to(device).eval()  # EMA weights for validation and export
@@ -290,10 +318,14 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
                                 accelerator=accelerator)
     bar.close()
 
-    # 7. export the EMA weights in fp16 ---------------------------------------------------------------
+    # 7. export the EMA weights in fp16 (fine-tuned: a model folder; LoRA: the adapter folder) -------------
+    export: Any = ema_model
     if is_main:
         ema.copy_to(ema_model)
-    return finish(out, ema_model, is_main=is_main, logger=logger, accelerator=accelerator)
+        if init is not None:
+            export = (ModelFolderExport(ema_model, init) if cfg.lora_rank is None else
+                      AdapterExport(ema_model, init, extra={"steps": step, "data": str(Path(data).resolve())}))
+    return finish(out, export, is_main=is_main, logger=logger, accelerator=accelerator)
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -20,12 +20,18 @@ At the end the EMA UNet is exported with the parts as a pipeline folder (`OUT/ex
 `LDMPipeline.from_pretrained` / `load_pipeline` load it), recording the fingerprints of the VAE and CLAP
 it was trained against.
 
+Fine-tuning (train/finetune.py): with `init` (`--init MODEL_DIR`: ours, or a diffusers AudioLDM folder) the
+UNet starts from that folder's, and the VAE, vocoder, CLAP, noise schedule (prediction type) and
+unconditional embedding come from it too; with `lora_rank` only a LoRA adapter trains and the export is the
+adapter folder. Without --config such a run reads `train/configs/unet-finetune.json` / `unet-lora.json`.
+
 Run folder: config.json, cache/, metrics.jsonl, tensorboard/, samples/step-XXXXXXXXX/, checkpoints/, export/.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -40,9 +46,20 @@ from torch import Tensor
 from .checkpoint import ResumableSampler, resume_point
 from .config import CONFIGS, bounded, config_to_dict, load_config
 from .ema import EMA
+from .finetune import (
+    AdapterExport,
+    FinetuneConfig,
+    InitModel,
+    ModelFolderExport,
+    check_lora_options,
+    default_config,
+    ignore_fields,
+    load_init,
+    prepare_model,
+    trainable,
+)
 from .latent_cache import LatentCache, build_cache
 from .loop import (
-    RunConfig,
     adamw,
     due,
     finish,
@@ -66,10 +83,10 @@ DEFAULT_CONFIG = CONFIGS / f"{COMPONENT}.json"
 
 
 @dataclass
-class UNetTrainConfig(RunConfig, max_steps=20000, batch_size=16, lr=2e-4, betas=(0.9, 0.999), weight_decay=0.01,
+class UNetTrainConfig(FinetuneConfig, max_steps=20000, batch_size=16, lr=2e-4, betas=(0.9, 0.999), weight_decay=0.01,
                       warmup_steps=500, log_every=20, eval_every=500, save_every=500):
     """Everything a UNet run needs besides the data and run folders: `RunConfig`'s fields (a batch of
-    latent windows; `model`: UNetConfig fields), then the UNet's own."""
+    latent windows; `model`: UNetConfig fields), `FinetuneConfig`'s (init, LoRA), then the UNet's own."""
 
     codec: str | None = None  # a MelLatentCodec folder (vae/ + its vocoder spec); or give vae (and vocoder)
     vae: str | None = None  # a MelVAE export (soundsmith train vae)
@@ -140,9 +157,10 @@ def load_parts(cfg: UNetTrainConfig, where: str) -> tuple[Any, Any]:
 
 
 def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConfig, g: torch.Generator,
-               mixup: Any = None) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
+               mixup: Any = None, null: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
     """Latent windows `[B, C, crop, F']`, frame mask `[B, crop]`, conditions `[B, D]` and the caption of
-    each text-conditioned example (None otherwise: audio-conditioned or dropped).
+    each text-conditioned example (None otherwise: audio-conditioned or dropped). A dropped condition is
+    `null` (`[D]`, the pipeline's unconditional embedding: the CLAP embedding of "" for AudioLDM), default zeros.
 
     With `cfg.mixup` on and a `mixup` index (train/mixup.py `MixupIndex`), each mixable example is
     replaced by a beat-synchronous mixture with probability `cfg.mixup_prob`.
@@ -152,6 +170,8 @@ def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConf
     z = torch.zeros(len(idx), c, crop, f)
     mask = torch.zeros(len(idx), crop)
     cond = torch.zeros(len(idx), cache.audio_emb.shape[1])
+    if null is not None:
+        cond[:] = null
     texts: list[str | None] = []
     for b, i in enumerate(idx):
         n = cache.frames(i)
@@ -213,7 +233,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
           overrides: Any = None, force_change: bool = False) -> Path:
     """Train (or continue) the latent-diffusion UNet; return the exported pipeline folder `OUT/export`.
 
-    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/unet.json`.
+    The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/unet.json` (with
+    `init` among the overrides: `unet-finetune.json`, or `unet-lora.json` with `lora_rank`).
     """
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
@@ -221,8 +242,13 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     from soundsmith.gen.unet import UNetConfig, build_unet, num_parameters
 
     # 1. config, run folder, resume point ---------------------------------------------------------
-    out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
+    out, ckpt, config = resume_point(out, resume, config, default_config("unet", DEFAULT_CONFIG, overrides))
     cfg = load_config(UNetTrainConfig, config, overrides)
+    init = None
+    if cfg.init:  # the UNet, its frozen parts and its noise schedule come from the model folder
+        init = load_init(cfg.init, COMPONENT)
+        cfg = _init_config(cfg, init, str(config))
+        check_lora_options(init, cfg)
     run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
@@ -232,16 +258,23 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     set_seed(cfg.seed)
 
     # 3. frozen parts and the latent cache (built once by the main process) ------------------------
-    codec, conditioner = load_parts(cfg, str(config))
+    if init is None:
+        codec, conditioner = load_parts(cfg, str(config))
+    else:
+        codec, conditioner = init.pipe.codec, init.pipe.conditioner
+        codec.eval().requires_grad_(False)
+        conditioner.model.eval().requires_grad_(False)
     frame_s = codec.samples_per_latent_frame / codec.sample_rate
     crop = max(1, round(cfg.crop_seconds / frame_s))
-    try:
-        unet_cfg = UNetConfig.from_dict({"latent_channels": codec.vae.config.latent_channels,
-                                         "latent_bins": codec.vae.config.n_mels // codec.vae.config.downsample_factor,
-                                         "condition_dim": conditioner.dim, "sample_frames": crop, **cfg.model},
-                                        where=f"{config}: field 'model'")
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{config}: field 'model': {err}") from None
+    unet_cfg = None
+    if init is None:
+        try:
+            unet_cfg = UNetConfig.from_dict({"latent_channels": codec.vae.config.latent_channels,
+                                             "latent_bins": codec.vae.config.n_mels // codec.vae.config.downsample_factor,
+                                             "condition_dim": conditioner.dim, "sample_frames": crop, **cfg.model},
+                                            where=f"{config}: field 'model'")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{config}: field 'model': {err}") from None
     run.open(accelerator)  # creates and locks OUT (the latent cache goes into it): after the parts load
     cache_dir = out / "cache"
     if is_main:
@@ -259,13 +292,18 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         mixup = prepare_mixup(cfg, codec, conditioner, Path(data), "train", cache_dir, train_cache)
 
     # 4. model, noise schedule, optimizer, LR schedule, EMA ----------------------------------------
-    unet = build_unet(unet_cfg).train()
-    log.info("UNet: %.2f M parameters (%.1f MB in fp16)", num_parameters(unet) / 1e6, num_parameters(unet) * 2 / 1e6)
-    noise_schedule = default_noise_schedule(cfg.prediction_type)
+    if init is None:
+        unet = build_unet(unet_cfg).train()
+        noise_schedule = default_noise_schedule(cfg.prediction_type)
+    else:  # a copy of the init UNet (+ a LoRA adapter: then only the adapter trains)
+        unet = prepare_model(init, cfg)
+        noise_schedule = dict(init.pipe.noise_schedule)
+    log.info("UNet: %.2f M parameters (%.1f MB in fp16), %.2f M trained", num_parameters(unet) / 1e6,
+             num_parameters(unet) * 2 / 1e6, sum(p.numel() for p in trainable(unet)) / 1e6)
     scheduler = DDPMScheduler.from_config(noise_schedule)
-    optimizer = adamw(unet.parameters(), cfg)
+    optimizer = adamw(trainable(unet), cfg)
     lr_schedule = lr_scheduler(optimizer, cfg)
-    ema = EMA(unet, cfg.ema_decay)
+    ema = EMA(unet, cfg.ema_decay, trainable_only=cfg.lora_rank is not None)
     model, opt = accelerator.prepare(unet, optimizer)
     ema.to(device)
     conditioner.to(device)
@@ -282,7 +320,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
     bar = progress_bar(stop_at, step, enabled=is_main, desc="unet")
     ema_model = copy.deepcopy(unet).eval()
-    use_tokens = unet_cfg.cross_attention
+    use_tokens = unet_cfg.cross_attention if init is None else bool(init.pipe.config.cross_attention)
+    null = None if init is None else conditioner.null_embedding(1)[0].float().cpu()  # what dropped conditions become
+    pipe_config = None if init is None else init.pipe.config  # samples with the init model's settings
 
     # 6. the loop ------------------------------------------------------------------------------------
     running = {"loss": 0.0}
@@ -291,7 +331,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             idx = [i for i, _ in next(batch_iter)]
             batches += 1
             g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # from the restored global RNG
-            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g, mixup)
+            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g, mixup, null)
             tokens = conditioner.token_states(texts) if use_tokens else None
             with no_sync(accelerator, model, sync=micro == cfg.grad_accum - 1), accelerator.autocast():
                 loss = diffusion_loss(model, scheduler, z0.to(device), mask, cond.to(device), tokens, cfg, g)
@@ -315,7 +355,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                 logger.log(step, {"valid/loss": validation_loss(ema_model, scheduler, valid_cache, crop, cfg,
                                                                 conditioner, device, use_tokens)})
                 _write_samples(out / "samples" / f"step-{step:09d}", ema_model, codec, conditioner,
-                               noise_schedule, cfg, crop, logger, step)
+                               noise_schedule, cfg, crop, logger, step, pipe_config)
             accelerator.wait_for_everyone()
 
         if due(step, cfg.save_every, stop_at):  # due at stop_at too: a run always ends saved
@@ -323,12 +363,36 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                 accelerator=accelerator)
     bar.close()
 
-    # 7. export the EMA UNet with its parts as a pipeline folder (fp16) ------------------------------
-    pipe = None
+    # 7. export the EMA UNet with its parts as a pipeline folder (fp16); a LoRA run: the adapter folder ---
+    export = None
     if is_main:
         ema.copy_to(ema_model)
-        pipe = _pipeline(ema_model, codec, conditioner, noise_schedule, cfg, crop)
-    return finish(out, pipe, is_main=is_main, logger=logger, accelerator=accelerator, dtype="fp16")
+        if init is None:
+            export = _pipeline(ema_model, codec, conditioner, noise_schedule, cfg, crop)
+        elif cfg.lora_rank is not None:
+            export = AdapterExport(ema_model, init, extra={"steps": step, "data": str(Path(data).resolve())})
+        else:
+            export = ModelFolderExport(ema_model, init)
+    return finish(out, export, is_main=is_main, logger=logger, accelerator=accelerator, dtype="fp16")
+
+
+def _init_config(cfg: UNetTrainConfig, init: InitModel, where: str) -> UNetTrainConfig:
+    """The run's config with what --init decides: no part fields or model fields (the folder's parts and UNet
+    are used), the folder's prediction type, and text conditioning where its CLAP has no audio tower."""
+    cfg = ignore_fields(cfg, {"codec": None, "vae": None, "vocoder": None, "clap": None, "model": {}}, where)
+    prediction = init.pipe.noise_schedule.get("prediction_type", "epsilon")
+    changes: dict[str, Any] = {}
+    if prediction != cfg.prediction_type:
+        log.info("%s: prediction_type %s (the noise schedule of %s)", where, prediction, init.folder)
+        changes["prediction_type"] = prediction
+    if cfg.condition != "text" and not init.pipe.conditioner.has_audio_tower:
+        log.warning("%s: the CLAP of %s has no audio tower; conditioning on captions only (condition 'text')",
+                    where, init.folder)
+        changes["condition"] = "text"
+    if bool(init.pipe.config.cross_attention) and cfg.condition == "audio":
+        raise ValueError(f"{where}: field 'condition' is 'audio', but the UNet of {init.folder} attends to the "
+                         "prompt's tokens: use condition 'text' or 'mix'")
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _valid_cache(codec: Any, conditioner: Any, data: Path, cache_dir: Path, cfg: UNetTrainConfig, is_main: bool,
@@ -361,10 +425,17 @@ def validation_loss(unet: Any, scheduler: Any, cache: LatentCache, crop: int, cf
     return total / n
 
 
-def _pipeline(unet: Any, codec: Any, conditioner: Any, noise_schedule: dict, cfg: UNetTrainConfig, crop: int) -> Any:
+def _pipeline(unet: Any, codec: Any, conditioner: Any, noise_schedule: dict, cfg: UNetTrainConfig, crop: int,
+              config: Any = None) -> Any:
+    """The pipeline of `unet` with the parts; `config` (an LDMConfig: a fine-tuned model's own) or one made for
+    a UNet trained from scratch on `crop` frames."""
     from soundsmith.core.weights import weights_fingerprint
     from soundsmith.pipelines.ldm import LDMConfig, LDMPipeline
 
+    if config is not None:
+        pipe = LDMPipeline(unet, codec, conditioner, noise_schedule, config)
+        pipe.progress_bar = False
+        return pipe
     frame_s = codec.samples_per_latent_frame / codec.sample_rate
     window = crop * frame_s
     config = LDMConfig(scheduler=cfg.scheduler, num_inference_steps=cfg.num_inference_steps,
@@ -380,11 +451,11 @@ def _pipeline(unet: Any, codec: Any, conditioner: Any, noise_schedule: dict, cfg
 
 @torch.no_grad()
 def _write_samples(folder: Path, unet: Any, codec: Any, conditioner: Any, noise_schedule: dict,
-                   cfg: UNetTrainConfig, crop: int, logger: MetricsLogger, step: int) -> None:
+                   cfg: UNetTrainConfig, crop: int, logger: MetricsLogger, step: int, config: Any = None) -> None:
     """Generate the sample prompts with the EMA weights (fixed seeds); WAV + mel PNG + CLAP score each."""
     if not cfg.sample_prompts:
         return
-    pipe = _pipeline(unet, codec, conditioner, noise_schedule, cfg, crop).to(next(unet.parameters()).device)
+    pipe = _pipeline(unet, codec, conditioner, noise_schedule, cfg, crop, config).to(next(unet.parameters()).device)
     out = pipe(list(cfg.sample_prompts), duration_s=cfg.sample_seconds, num_inference_steps=cfg.sample_steps,
                seed=0, watermark=False)
     scores = []
