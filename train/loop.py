@@ -50,14 +50,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .checkpoint import EpochIndexed, load_checkpoint, save_checkpoint
-from .config import Config, bounded, config_to_dict
-from .metrics_log import MetricsLogger
+from .checkpoint import EpochIndexed, ResumableSampler, load_checkpoint, resume_point, save_checkpoint
+from .config import Config, bounded, config_to_dict, load_config
+from .metrics_log import MetricsLogger, progress_bar
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,31 @@ def lr_scheduler(optimizer: Any, cfg: RunConfig, total_steps: int | None = None)
 # ------------------------------------------------------------------------------------------- set-up
 
 
+class RunStart(NamedTuple):
+    """What `open_run` hands a loop: the run folder's path, the checkpoint to resume from (None: a fresh
+    run), the config file read, the config, the `RunFolder` (not yet opened) and the step to stop at."""
+
+    out: Path
+    ckpt: Path | None
+    config: Path
+    cfg: Any
+    run: RunFolder
+    stop_at: int
+
+
+def open_run(config_cls: Any, config: str | os.PathLike | None, default: Path, *, data: str | os.PathLike,
+             out: str | os.PathLike, resume: bool, max_steps: int | None, overrides: Any, force_change: bool
+             ) -> RunStart:
+    """A loop's first step: the resume point in `out` (on resume: its newest checkpoint and config.json;
+    `config` None: `default`), the `config_cls` config read from it with `overrides` applied, the
+    `RunFolder` that checks it against the run's record, and the step to stop at (`max_steps`, or the
+    config's). Nothing is written yet: `run.open` creates and locks the folder."""
+    out, ckpt, config = resume_point(out, resume, config, default)
+    cfg = load_config(config_cls, config, overrides)
+    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
+    return RunStart(out, ckpt, config, cfg, run, cfg.max_steps if max_steps is None else max_steps)
+
+
 def model_config(config_cls: Any, fields: Mapping[str, Any], where: str | os.PathLike) -> Any:
     """`config_cls.from_dict(fields)` for the run config's `model` field; a mistake in it is refused in
     one line that names the config file and the field."""
@@ -134,6 +160,16 @@ def make_accelerator(mixed_precision: str) -> Any:
 
     on_gpu = torch.cuda.is_available()
     return Accelerator(mixed_precision=mixed_precision if on_gpu else "no", cpu=not on_gpu)
+
+
+def start_accelerator(cfg: Any) -> tuple[Any, bool, Any]:
+    """`make_accelerator(cfg.mixed_precision)`, then `set_seed(cfg.seed)` so that every process builds
+    the same initial weights. Returns (accelerator, is_main, device)."""
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(cfg.mixed_precision)
+    set_seed(cfg.seed)  # identical initial weights in every process
+    return accelerator, accelerator.is_main_process, accelerator.device
 
 
 def restore(ckpt: Path | None, objects: Mapping[str, Any], accelerator: Any = None) -> tuple[int, int]:
@@ -161,6 +197,38 @@ def clip_batches(dataset: Any, sampler: Any, *, num_workers: int, seed: int) -> 
     loader = torch.utils.data.DataLoader(EpochIndexed(dataset), batch_sampler=sampler, collate_fn=collate,
                                          num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
     return iter(loader)
+
+
+class Resumed(NamedTuple):
+    """What `resume_clips` hands a loop: optimizer steps done, batches drawn, the sampler, the batches, the
+    metrics logger and the progress bar."""
+
+    step: int
+    batches: int
+    sampler: ResumableSampler
+    batch_iter: Iterator[dict[str, Any]]
+    logger: MetricsLogger
+    bar: Any
+
+
+def resume_clips(ckpt: Path | None, objects: Mapping[str, Any], accelerator: Any, train_set: Any, cfg: Any,
+                 run: RunFolder, stop_at: int, desc: str) -> Resumed:
+    """The step before the loop of a loop over random clips of `train_set`: reseed each process on its
+    own (`set_seed(cfg.seed, device_specific=True)`: the draws of the steps differ between processes),
+    `restore` `objects` from `ckpt`, continue the data order where it stopped (`cfg.batch_size` clips per
+    process and micro-step, `cfg.num_workers` loader workers), open the run folder (after the data and
+    models are checked) and start the metrics logger and the progress bar (`desc`) at the step reached."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed, device_specific=True)
+    step, batches = restore(ckpt, objects, accelerator)
+    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
+                               rank=accelerator.process_index, start=batches)
+    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
+    out = run.open(accelerator)  # creates and locks OUT
+    is_main = accelerator.is_main_process
+    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
+    return Resumed(step, batches, sampler, batch_iter, logger, progress_bar(stop_at, step, enabled=is_main, desc=desc))
 
 
 def validation_split(data: str | os.PathLike, **dataset_args: Any) -> Any:

@@ -32,26 +32,23 @@ import torch.nn.functional as F
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .checkpoint import ResumableSampler, resume_point
-from .config import CONFIGS, bounded, load_config
+from .config import CONFIGS, bounded
 from .ema import EMA
 from .loop import (
     RunConfig,
     adamw,
-    clip_batches,
     due,
     finish,
     interval,
     lr_scheduler,
-    make_accelerator,
-    restore,
+    open_run,
+    resume_clips,
     save_run_checkpoint,
+    start_accelerator,
     step_optimizer,
     train_means,
     validation_split,
 )
-from .metrics_log import MetricsLogger, progress_bar
-from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -121,26 +118,22 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     `data` needs structured labels. `text_encoder`: an already loaded `SentenceEncoder` to use (default:
     load the config's).
     """
-    from accelerate.utils import set_seed
     from soundsmith.eval.clap_metrics import label_key
     from soundsmith.gen.clap import ClapConfig, SoundsmithClap
 
     from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
-    out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
-    cfg = load_config(ClapTrainConfig, config, overrides)
-    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
+    out, ckpt, config, cfg, run, stop_at = open_run(
+        ClapTrainConfig, config, DEFAULT_CONFIG, data=data, out=out, resume=resume, max_steps=max_steps,
+        overrides=overrides, force_change=force_change)
     try:
         clap_cfg = ClapConfig.from_dict(cfg.model, f"{config}: field 'model'")
     except TypeError as err:
         raise ValueError(f"{config}: field 'model': {err}") from None
-    stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    accelerator = make_accelerator(cfg.mixed_precision)
-    is_main, device = accelerator.is_main_process, accelerator.device
-    set_seed(cfg.seed)  # identical initial weights in every process
+    accelerator, is_main, device = start_accelerator(cfg)  # seeded: identical initial weights in every process
 
     # 3. data: random crops + captions redrawn from the labels, resumable order; whole valid clips ----
     sr = clap_cfg.sample_rate
@@ -172,14 +165,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         objects["scaler"] = accelerator.scaler
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
-    set_seed(cfg.seed, device_specific=True)  # each process draws its own SpecAugment masks
-    step, batches = restore(ckpt, objects, accelerator)
-    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
-                               rank=accelerator.process_index, start=batches)
-    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
-    run.open(accelerator)  # creates and locks OUT: after the data and models are checked
-    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
-    bar = progress_bar(stop_at, step, enabled=is_main, desc="clap")
+    # each process reseeded (its own SpecAugment masks); OUT created and locked: after the data and models are checked
+    step, batches, sampler, batch_iter, logger, bar = resume_clips(ckpt, objects, accelerator, train_set, cfg, run,
+                                                                   stop_at, desc="clap")
 
     def augment(mel: Tensor) -> Tensor:
         return spec_augment(mel, time_masks=cfg.time_masks, time_width=cfg.time_mask_frames,

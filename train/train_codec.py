@@ -35,23 +35,22 @@ import torch.nn.functional as F
 from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor, nn
 
-from .checkpoint import ResumableSampler, resume_point
-from .config import CONFIGS, bounded, load_config
+from .config import CONFIGS, bounded
 from .discriminators import MultiScaleSTFTDiscriminator
 from .loop import (
     RunConfig,
     accumulate,
     adamw,
-    clip_batches,
     due,
     finish,
     interval,
     lr_scheduler,
-    make_accelerator,
     model_config,
     no_sync,
-    restore,
+    open_run,
+    resume_clips,
     save_run_checkpoint,
+    start_accelerator,
     start_clock,
     step_optimizer,
     step_times,
@@ -64,8 +63,7 @@ from .losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
-from .metrics_log import MetricsLogger, progress_bar, save_samples
-from .run_folder import RunFolder
+from .metrics_log import MetricsLogger, save_samples
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +142,21 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
 
     The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/codec.json`.
     """
-    from accelerate.utils import set_seed
     from soundsmith.codecs.neural_codec import NeuralCodec, NeuralCodecConfig
 
     from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
-    out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
-    cfg = load_config(CodecTrainConfig, config, overrides)
-    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
+    out, ckpt, config, cfg, run, stop_at = open_run(
+        CodecTrainConfig, config, DEFAULT_CONFIG, data=data, out=out, resume=resume, max_steps=max_steps,
+        overrides=overrides, force_change=force_change)
     codec_cfg = model_config(NeuralCodecConfig, cfg.model, config)
     if cfg.valid_levels > codec_cfg.n_levels:
         raise ValueError(f"{config}: field 'valid_levels' must be in [1, {codec_cfg.n_levels}] (the model's "
                          f"n_levels), got {cfg.valid_levels}")
-    stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    accelerator = make_accelerator(cfg.mixed_precision)
-    is_main, device = accelerator.is_main_process, accelerator.device
-    set_seed(cfg.seed)  # identical initial weights in every process
+    accelerator, is_main, device = start_accelerator(cfg)  # seeded: identical initial weights in every process
 
     # 3. data: random crops of the train split in a resumable order; fixed validation crops ---------
     sr, hop = codec_cfg.sample_rate, codec_cfg.hop_length
@@ -193,14 +187,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                  sizes["codebooks"], sum(p.numel() for p in disc.parameters()))
 
     # 5. resume: weights and codebooks, optimizers, schedules, RNG states and the data position -----
-    set_seed(cfg.seed, device_specific=True)
-    step, batches = restore(ckpt, objects, accelerator)
-    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
-                               rank=accelerator.process_index, start=batches)
-    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
-    run.open(accelerator)  # creates and locks OUT: after the data and models are checked
-    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
-    bar = progress_bar(stop_at, step, enabled=is_main, desc="codec")
+    # each process reseeded (its own draws); OUT created and locked: after the data and models are checked
+    step, batches, sampler, batch_iter, logger, bar = resume_clips(ckpt, objects, accelerator, train_set, cfg, run,
+                                                                   stop_at, desc="codec")
 
     # 6. the loop ------------------------------------------------------------------------------------
     running: dict[str, float] = {}

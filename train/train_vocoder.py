@@ -30,24 +30,23 @@ from typing import Any
 import torch
 from soundsmith.core.run_lock import releases_folder_locks
 
-from .checkpoint import ResumableSampler, resume_point
-from .config import CONFIGS, bounded, load_config
+from .config import CONFIGS, bounded
 from .discriminators import HifiGanDiscriminator
 from .ema import EMA
 from .loop import (
     RunConfig,
     accumulate,
     adamw,
-    clip_batches,
     due,
     finish,
     interval,
     lr_scheduler,
-    make_accelerator,
     model_config,
     no_sync,
-    restore,
+    open_run,
+    resume_clips,
     save_run_checkpoint,
+    start_accelerator,
     start_clock,
     step_optimizer,
     step_times,
@@ -61,8 +60,7 @@ from .losses import (
     lsgan_generator_loss,
     mel_l1,
 )
-from .metrics_log import MetricsLogger, progress_bar, save_samples
-from .run_folder import RunFolder
+from .metrics_log import MetricsLogger, save_samples
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +110,19 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
 
     The arguments are every loop's (train/loop.py); `config` defaults to `train/configs/vocoder.json`.
     """
-    from accelerate.utils import set_seed
     from soundsmith.codecs.mel import MelSpectrogram
     from soundsmith.codecs.vocoder import Vocoder, VocoderConfig
 
     from .datasets import AudioCaptionDataset
 
     # 1. config, run folder, resume point -----------------------------------------------------------
-    out, ckpt, config = resume_point(out, resume, config, DEFAULT_CONFIG)
-    cfg = load_config(VocoderTrainConfig, config, overrides)
-    run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
+    out, ckpt, config, cfg, run, stop_at = open_run(
+        VocoderTrainConfig, config, DEFAULT_CONFIG, data=data, out=out, resume=resume, max_steps=max_steps,
+        overrides=overrides, force_change=force_change)
     voc_cfg = model_config(VocoderConfig, cfg.model, config)
-    stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    accelerator = make_accelerator(cfg.mixed_precision)
-    is_main, device = accelerator.is_main_process, accelerator.device
-    set_seed(cfg.seed)  # identical initial weights in every process
+    accelerator, is_main, device = start_accelerator(cfg)  # seeded: identical initial weights in every process
 
     # 3. data: random crops of the train split in a resumable order; fixed validation crops ---------
     sr, hop = voc_cfg.sampling_rate, voc_cfg.hop_length
@@ -158,14 +152,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         objects["scaler"] = accelerator.scaler
 
     # 5. resume: weights, optimizers, schedules, EMA, RNG states and the data position ---------------
-    set_seed(cfg.seed, device_specific=True)
-    step, batches = restore(ckpt, objects, accelerator)
-    sampler = ResumableSampler(len(train_set), cfg.batch_size, seed=cfg.seed, num_replicas=accelerator.num_processes,
-                               rank=accelerator.process_index, start=batches)
-    batch_iter = clip_batches(train_set, sampler, num_workers=cfg.num_workers, seed=cfg.seed)
-    run.open(accelerator)  # creates and locks OUT: after the data and models are checked
-    logger = MetricsLogger(out, enabled=is_main, resume_step=step if ckpt is not None else None)
-    bar = progress_bar(stop_at, step, enabled=is_main, desc="vocoder")
+    # each process reseeded (its own draws); OUT created and locked: after the data and models are checked
+    step, batches, sampler, batch_iter, logger, bar = resume_clips(ckpt, objects, accelerator, train_set, cfg, run,
+                                                                   stop_at, desc="vocoder")
     ema_model = copy.deepcopy(vocoder).eval()  # holds the EMA weights for validation and export
 
     # 6. the loop ------------------------------------------------------------------------------------
