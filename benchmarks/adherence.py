@@ -12,6 +12,7 @@ Targets: latent diffusion >= 70 %, token backend >= 60 % of clips.
     .venv/bin/python benchmarks/adherence.py --model models/default-ldm [--scorer both|labels|feature-labels|clap]
         [--seeds 4] [--steps N] [--scheduler NAME] [--guidance G] [--duration 5] [--seed 0] [--out DIR] [--limit N]
     .venv/bin/python benchmarks/adherence.py --from-clips DIR --model M   # re-score the clips a run kept
+    .venv/bin/python benchmarks/adherence.py --adapter runs/my-lora/export [--adapter-scale 1]  # with a LoRA adapter
 
 Clip k of prompt i uses seed `seed + i * seeds + k` (as `soundsmith eval run`). Prints each prompt's ranks
 under each scorer, the hit rate per label family (and overall) for each scorer beside the classifier's own
@@ -176,11 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vocoder", default=None, help="replace the model's vocoder (a registry name of "
                    "soundsmith.codecs.vocoders; 'hifigan' = the trained HiFi-GAN beside its VAE); mel-path models only")
+    p.add_argument("--adapter", action="append", default=None, metavar="DIR",
+                   help="apply this LoRA adapter folder (repeatable; load_pipeline's adapters=): whether a "
+                   "fine-tune kept the model's adherence")
+    p.add_argument("--adapter-scale", type=float, action="append", default=None, metavar="S",
+                   help="adapter scale in [0, 2], one for all adapters or one per --adapter (default 1)")
     p.add_argument("--no-loudness", action="store_true", help="keep the decoder's level (as clips came out before "
                    "loudness normalisation)")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.adapter_scale and not args.adapter:
+        p.error("--adapter-scale needs --adapter")
+    if args.adapter and args.from_clips:
+        p.error("--adapter applies when generating; --from-clips re-scores clips already made")
     torch.set_num_threads(args.threads)
     scorers = BOTH if args.scorer == "both" else (args.scorer,)
 
@@ -201,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         waves, sample_rate, settings = read_clips(Path(args.from_clips), rows, seeds)
     else:
         vocoder = {"name": "hifigan", "path": "vocoder"} if args.vocoder == "hifigan" else args.vocoder
-        pipe = load_pipeline(args.model, **({"vocoder": vocoder} if vocoder else {}))
+        extra = {"vocoder": vocoder} if vocoder else {}
+        if args.adapter:
+            extra["adapters"] = list(args.adapter)
+            if args.adapter_scale:
+                extra["adapter_scales"] = list(args.adapter_scale)
+        pipe = load_pipeline(args.model, **extra)
         pipe.progress_bar = False
         out = pipe([r["prompt"] for r in rows], duration_s=args.duration, seed=seeds, batch_size=args.batch_size,
                    watermark=False, loudness_lufs=None if args.no_loudness else DEFAULT_LOUDNESS_LUFS, **kwargs)
@@ -210,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         waves, sample_rate = torch.as_tensor(out.audios), out.sample_rate
         settings = {k: out.parameters[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")
                     if k in out.parameters}
+        if args.adapter:
+            settings["adapters"] = [{"folder": a.get("folder"), "scale": a.get("scale")}
+                                    for a in out.parameters.get("adapters", [])]
     seconds = time.perf_counter() - t0
 
     # 2. rank each clip's prompt class among its family's classes, under each scorer
