@@ -116,6 +116,13 @@ def lr_scheduler(optimizer: Any, cfg: RunConfig, total_steps: int | None = None)
                           total_steps=cfg.max_steps if total_steps is None else total_steps, min_ratio=cfg.min_lr_ratio)
 
 
+def optimizer_with_schedule(params: Iterable[Any], cfg: RunConfig, total_steps: int | None = None
+                            ) -> tuple[torch.optim.AdamW, Any]:
+    """`adamw` over `params` and its `lr_scheduler`: what every loop builds for each model it trains."""
+    optimizer = adamw(params, cfg)
+    return optimizer, lr_scheduler(optimizer, cfg, total_steps)
+
+
 # ------------------------------------------------------------------------------------------- set-up
 
 

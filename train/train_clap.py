@@ -36,12 +36,11 @@ from .config import CONFIGS, bounded
 from .ema import EMA
 from .loop import (
     RunConfig,
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
     open_run,
+    optimizer_with_schedule,
     resume_clips,
     save_run_checkpoint,
     start_accelerator,
@@ -150,11 +149,10 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     # no weight decay on norms and biases (CLIP's recipe); the temperature gets its own, faster LR
     decay = [p for n, p in clap.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in clap.named_parameters() if p.ndim < 2 and n != "logit_scale"]
-    optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
-                       {"params": no_decay, "weight_decay": 0.0},
-                       {"params": [clap.logit_scale], "weight_decay": 0.0, "lr": cfg.lr * cfg.temperature_lr_scale}],
-                      cfg)
-    scheduler = lr_scheduler(optimizer, cfg)
+    optimizer, scheduler = optimizer_with_schedule(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0},
+         {"params": [clap.logit_scale], "weight_decay": 0.0, "lr": cfg.lr * cfg.temperature_lr_scale}], cfg)
     ema = EMA(clap, cfg.ema_decay)
     model, opt = accelerator.prepare(clap, optimizer)  # the scheduler we step ourselves
     ema.to(device)

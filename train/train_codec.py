@@ -40,14 +40,13 @@ from .discriminators import MultiScaleSTFTDiscriminator
 from .loop import (
     RunConfig,
     accumulate,
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
     model_config,
     no_sync,
     open_run,
+    optimizer_with_schedule,
     resume_clips,
     save_run_checkpoint,
     start_accelerator,
@@ -174,8 +173,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
                                        max_filters=cfg.disc_max_filters).train()
     stft_loss = MultiResolutionSTFTLoss().to(device)
     mel_loss = MultiScaleMelLoss(sr, cfg.mel_scales).to(device)
-    opt_g, opt_d = adamw(codec.parameters(), cfg), adamw(disc.parameters(), cfg)
-    sched_g, sched_d = lr_scheduler(opt_g, cfg), lr_scheduler(opt_d, cfg)
+    opt_g, sched_g = optimizer_with_schedule(codec.parameters(), cfg)
+    opt_d, sched_d = optimizer_with_schedule(disc.parameters(), cfg)
     gen, dis, opt_g_acc, opt_d_acc = accelerator.prepare(codec, disc, opt_g, opt_d)
     objects = {"codec": codec, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d,
                "sched_g": sched_g, "sched_d": sched_d}

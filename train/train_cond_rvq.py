@@ -38,11 +38,10 @@ from .checkpoint import ResumableSampler, resume_point
 from .config import CONFIGS, bounded, load_config
 from .loop import (
     RunConfig,
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
+    optimizer_with_schedule,
     restore,
     save_run_checkpoint,
     step_optimizer,
@@ -125,8 +124,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     if ckpt is None:
         model.init_from_data_(train_emb)
     model.train()
-    optimizer = adamw(model.parameters(), cfg)
-    scheduler = lr_scheduler(optimizer, cfg)
+    optimizer, scheduler = optimizer_with_schedule(model.parameters(), cfg)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
 
     # 4. resume: weights, codebooks, optimizer, schedule, RNG states, data position ------------------

@@ -60,13 +60,12 @@ from .finetune import (
 )
 from .loop import (
     accumulate,
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
     make_accelerator,
     no_sync,
+    optimizer_with_schedule,
     restore,
     save_run_checkpoint,
     step_optimizer,
@@ -248,9 +247,8 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
                  model.num_parameters() * 2 / 1e6, sum(p.numel() for p in trainable(model)))
     decay = [p for p in trainable(model) if p.dim() >= 2]
     no_decay = [p for p in trainable(model) if p.dim() < 2]
-    optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                      cfg)
-    scheduler = lr_scheduler(optimizer, cfg)
+    optimizer, scheduler = optimizer_with_schedule(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], cfg)
     ema = EMA(model, cfg.ema_decay, trainable_only=cfg.lora_rank is not None)
     wrapped, opt = accelerator.prepare(model, optimizer)
     ema.to(device)

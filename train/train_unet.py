@@ -60,13 +60,12 @@ from .finetune import (
 )
 from .latent_cache import LatentCache, build_cache
 from .loop import (
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
     make_accelerator,
     no_sync,
+    optimizer_with_schedule,
     restore,
     save_run_checkpoint,
     step_optimizer,
@@ -301,8 +300,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     log.info("UNet: %.2f M parameters (%.1f MB in fp16), %.2f M trained", num_parameters(unet) / 1e6,
              num_parameters(unet) * 2 / 1e6, sum(p.numel() for p in trainable(unet)) / 1e6)
     scheduler = DDPMScheduler.from_config(noise_schedule)
-    optimizer = adamw(trainable(unet), cfg)
-    lr_schedule = lr_scheduler(optimizer, cfg)
+    optimizer, lr_schedule = optimizer_with_schedule(trainable(unet), cfg)
     ema = EMA(unet, cfg.ema_decay, trainable_only=cfg.lora_rank is not None)
     model, opt = accelerator.prepare(unet, optimizer)
     ema.to(device)

@@ -32,14 +32,13 @@ from .config import CONFIGS, bounded
 from .ema import EMA
 from .loop import (
     RunConfig,
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
     model_config,
     no_sync,
     open_run,
+    optimizer_with_schedule,
     resume_clips,
     save_run_checkpoint,
     start_accelerator,
@@ -112,8 +111,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         raise ValueError(f"{config}: field 'crop_seconds' gives {frames} mel frames, not a multiple of "
                          f"{vae_cfg.downsample_factor}; use a multiple of "
                          f"{vae_cfg.downsample_factor * vae_cfg.mel.hop_length / sr:g} s")
-    optimizer = adamw(vae.parameters(), cfg)
-    scheduler = lr_scheduler(optimizer, cfg)
+    optimizer, scheduler = optimizer_with_schedule(vae.parameters(), cfg)
     ema = EMA(vae, cfg.ema_decay)
     model, opt = accelerator.prepare(vae, optimizer)  # DDP + mixed precision; the scheduler we step ourselves
     ema.to(device)

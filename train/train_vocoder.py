@@ -36,14 +36,13 @@ from .ema import EMA
 from .loop import (
     RunConfig,
     accumulate,
-    adamw,
     due,
     finish,
     interval,
-    lr_scheduler,
     model_config,
     no_sync,
     open_run,
+    optimizer_with_schedule,
     resume_clips,
     save_run_checkpoint,
     start_accelerator,
@@ -140,9 +139,10 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     disc = HifiGanDiscriminator(cfg.mpd_periods, cfg.mpd_channels, cfg.msd_scales, cfg.msd_channels).train()
     to_mel = MelSpectrogram(voc_cfg.mel).to(device)
     stft_loss = MultiResolutionSTFTLoss().to(device)
-    opt_g, opt_d = adamw(vocoder.parameters(), cfg), adamw(disc.parameters(), cfg)
-    sched_g = lr_scheduler(opt_g, cfg)
-    sched_d = lr_scheduler(opt_d, cfg, total_steps=max(1, cfg.max_steps - cfg.disc_start_step))  # D's starts with D
+    opt_g, sched_g = optimizer_with_schedule(vocoder.parameters(), cfg)
+    # D's schedule starts with D
+    opt_d, sched_d = optimizer_with_schedule(disc.parameters(), cfg,
+                                             total_steps=max(1, cfg.max_steps - cfg.disc_start_step))
     ema = EMA(vocoder, cfg.ema_decay)
     gen, dis, opt_g_acc, opt_d_acc = accelerator.prepare(vocoder, disc, opt_g, opt_d)
     ema.to(device)
