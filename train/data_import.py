@@ -64,6 +64,7 @@ from soundsmith.core.files import write_json, write_text_atomic
 from soundsmith.core.run_lock import check_output_dir_arg
 from soundsmith.core.vocabulary import LANGUAGES
 from soundsmith.pipelines.prompts import AUDIO_COLUMNS, CAPTION_COLUMNS, ID_COLUMNS
+from soundsmith.train.datasets import jsonl_rows
 
 IMPORT_FILE = "import.json"
 IMPORT_FORMAT = 1
@@ -387,17 +388,7 @@ def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text (a binary file, or another encoding)") from None
     if path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append((n, row))
+        rows = list(jsonl_rows(path))  # the corpus reader's: same line-numbered errors
         return list(dict.fromkeys(k for _, row in rows for k in row)), rows
     try:
         reader = csv.DictReader(text.splitlines())

@@ -327,13 +327,15 @@ def _metadata_in(folder: Path) -> Path | None:
 
 
 def _first_jsonl_row(path: Path) -> dict:
-    for _, row in _jsonl_rows(path):
+    for _, row in jsonl_rows(path):
         return row
     raise ValueError(f"{path}: empty data set (no clips listed)")
 
 
-def _jsonl_rows(path: Path):  # noqa: ANN202 (generator of (line number, row))
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad bytes are found per line below
+def jsonl_rows(path: Path):  # noqa: ANN202 (generator of (line number, row))
+    """(line number, object) of each non-blank line of a JSONL file; one-line errors name the file and line.
+    A byte-order mark (files saved by Windows editors) is skipped."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # bad bytes are found per line below
         for n, line in enumerate(f, 1):
             if _has_undecodable(line):
                 raise ValueError(f"{path} line {n}: not UTF-8 text (a binary file, or another encoding)")
@@ -415,7 +417,7 @@ def _split_of(row: dict, rel: str, meta_file: Path, root: Path) -> str | None:
 def _read_audiofolder(meta_file: Path, root: Path, file_column: str | None,
                       caption_column: str | Sequence[str] | None, on_missing: str) -> list[Record]:
     if meta_file.suffix == ".jsonl":
-        rows = list(_jsonl_rows(meta_file))
+        rows = list(jsonl_rows(meta_file))
         columns = list(dict.fromkeys(k for _, row in rows for k in row))
         line = "line"
     else:

@@ -63,11 +63,11 @@ from .loop import (
     due,
     finish,
     interval,
-    make_accelerator,
     no_sync,
     optimizer_with_schedule,
     restore,
     save_run_checkpoint,
+    start_accelerator,
     step_optimizer,
     train_means,
 )
@@ -233,12 +233,10 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only; fp32 on CPU) ---------------------
-    accelerator = make_accelerator(cfg.mixed_precision)
-    is_main, device = accelerator.is_main_process, accelerator.device
+    accelerator, is_main, device = start_accelerator(cfg)  # seeded: identical initial weights in every process
     run.open(accelerator)  # creates and locks OUT: after the parts and the token caches are checked
     if is_main:
         log.info("%s tokens: train %s, valid %s", component, describe(caches["train"]), describe(caches["valid"]))
-    set_seed(cfg.seed)  # identical initial weights in every process
 
     # 3. model, optimizer (decay on matrices only), LR schedule, EMA ---------------------------------
     model = build_lm(lm_config).train() if init is None else prepare_model(init, cfg)

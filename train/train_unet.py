@@ -63,11 +63,11 @@ from .loop import (
     due,
     finish,
     interval,
-    make_accelerator,
     no_sync,
     optimizer_with_schedule,
     restore,
     save_run_checkpoint,
+    start_accelerator,
     step_optimizer,
     train_means,
 )
@@ -252,9 +252,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     stop_at = cfg.max_steps if max_steps is None else max_steps
 
     # 2. accelerator: device, processes, mixed precision (GPU only) -------------------------------
-    accelerator = make_accelerator(cfg.mixed_precision)
-    is_main, device = accelerator.is_main_process, accelerator.device
-    set_seed(cfg.seed)
+    accelerator, is_main, device = start_accelerator(cfg)
 
     # 3. frozen parts and the latent cache (built once by the main process) ------------------------
     if init is None:
