@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from soundsmith.codecs.audio import audio_info, read_audio
+from soundsmith.core.files import one_line
 from soundsmith.pipelines.prompts import AUDIO_SUFFIXES
 
 from .cache import FeatureCache, file_hash
@@ -82,14 +83,14 @@ def extract(files: Sequence[Path], name: str, extractors: dict[str, Extractor], 
             content = file_hash(path)
             sample_rate = int(audio_info(path).samplerate)
         except (OSError, ValueError) as err:
-            _skip(out, path, f"unreadable ({' '.join(str(err).split())[:160]})")
+            _skip(out, path, f"unreadable ({one_line(err, 160)})")
             continue
         found = {k: cache.get(content) for k, (cache, _) in extractors.items()}
         if any(v is None for v in found.values()):
             try:
                 wave, sr = read_audio(path)
             except ValueError as err:
-                _skip(out, path, " ".join(str(err).split())[:200])
+                _skip(out, path, one_line(err, 200))
                 continue
             peak = float(np.abs(wave).max())
             if peak < SILENCE_PEAK:

@@ -94,6 +94,7 @@ def scale_list(adapter_scales: Any, count: int) -> list[float]:
 
 def adapter_fingerprint(folder: str | os.PathLike) -> str:
     """`core.weights.state_fingerprint` of an adapter folder's own weights (the LoRA A/B tensors)."""
+    from soundsmith.core.files import one_line
     from soundsmith.core.weights import read_state_dict, state_fingerprint
     from soundsmith.gen.adapters import WEIGHTS_FILE
 
@@ -102,7 +103,7 @@ def adapter_fingerprint(folder: str | os.PathLike) -> str:
         return state_fingerprint(read_state_dict(path))
     except Exception as err:  # noqa: BLE001 - safetensors' own error on a damaged file is not a ValueError
         raise ValueError(f"{path}: not a readable adapter weights file ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:160]})") from None
+                         f"{one_line(err, 160)})") from None
 
 
 def resolve_adapters(adapters: str | os.PathLike | Sequence[str | os.PathLike] | None, adapter_scales: Any = None,
