@@ -272,7 +272,7 @@ class TokenPipeline(Pipeline):
             "semantic_candidates", semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
         if candidates > 1 and not self.kmeans.can_embed:
             raise ValueError(f"semantic_candidates {candidates} needs semantic tokens in our CLAP's frame-feature space "
-                             f"to rank them; this model's k-means is on {self.kmeans.features.kind!r} features: use 1")
+                             f"to rank them; this model's k-means is on {getattr(self.kmeans.features, 'kind', None)!r} features: use 1")
         # the shortest clip: one codec frame, and no shorter than the CLAP that ranks the outputs takes
         shortest = max(self.codec.hop_length / self.sample_rate, self.conditioner.min_audio_s)
         if duration < shortest:
