@@ -26,6 +26,7 @@ LayerNorm rather than RMSNorm because torch's CPU LayerNorm is one fused kernel 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -75,6 +76,12 @@ class TokenLMConfig:
     acoustic_codebook_size: int = 1024
     acoustic_embed_dim: int = 0  # 0: d_model (no factorisation)
     fine_pattern: str = "delay"  # "delay" (MusicGen) or "parallel" heads
+    # coarse stage: each acoustic position also adds the embedding of the semantic token of the frame it
+    # predicts (time-aligned, as SoundStorm conditions on semantic tokens); False = AudioLM's prefix alone.
+    # Measured why (runs of models/README.md, "Token model v3"): fed the real semantic tokens of test clips,
+    # the prefix-only coarse LM kept under half the label accuracy the codec itself keeps; it has to find
+    # frame t's token at an offset that grows with t, which a 4-layer model trained for minutes does not learn
+    aligned_semantic: bool = False
     frames_per_semantic: int = 2  # codec frames per semantic token (50 Hz / 25 Hz)
     window: int = 125  # training crop: semantic tokens (semantic stage) or codec frames (coarse, fine)
     frame_rate: float = 25.0  # tokens (semantic stage) or codec frames per second, for lengths in seconds
@@ -502,14 +509,28 @@ class CoarseLM(TokenLM):
         self.specials = nn.Embedding(2, c.d_model)
         self.semantic = CodebookEmbedding(1, c.semantic_vocab, c.d_model)
         self.acoustic = CodebookEmbedding(c.n_coarse, c.acoustic_codebook_size, c.d_model, c.acoustic_embed_dim)
+        self.aligned = nn.Embedding(c.semantic_vocab, c.d_model) if c.aligned_semantic else None
         self._init_weights()
+
+    def aligned_embedding(self, semantic: Tensor, first: int, count: int) -> Tensor | float:
+        """What acoustic-segment positions first..first+count-1 add (position 0 is [AC], position p > 0 the
+        code a(p-1)): the aligned embedding of the semantic token of the frame each position predicts,
+        `[B, count, D]`; 0.0 without `aligned_semantic`. `semantic` `[B, N]` starts at the window's frame 0."""
+        if self.aligned is None:
+            return 0.0
+        c = self.config
+        frames = torch.arange(first, first + count, device=semantic.device) // c.n_coarse  # frame each predicts
+        index = (frames // c.frames_per_semantic).clamp(max=semantic.shape[1] - 1)  # the last code predicts none
+        return self.aligned(semantic[:, index])  # [B, count, D]
 
     def embed(self, cond: Tensor, semantic: Tensor, coarse: Tensor) -> Tensor:
         """cond `[B, Q]`, semantic `[B, N]`, coarse `[B, S, Kc]` (frame-major) -> `[B, Q + 2 + N + S * Kc, D]`."""
         b = cond.shape[0]
         acoustic = self.acoustic(coarse).flatten(1, 2)  # [B, S * Kc, D], a(1,1) a(1,2) ... a(2,1) ...
+        segment = torch.cat([self._special(self.AC, b), acoustic], dim=1)  # [B, 1 + S * Kc, D]
+        segment = segment + self.aligned_embedding(semantic, 0, segment.shape[1])
         return torch.cat([self._cond_prefix(cond), self._special(self.SEM, b),
-                          self.semantic(semantic[..., None])[:, :, 0], self._special(self.AC, b), acoustic], dim=1)
+                          self.semantic(semantic[..., None])[:, :, 0], segment], dim=1)
 
     def forward(self, cond: Tensor, semantic: Tensor, coarse: Tensor) -> LMOutput:
         """cond `[B, Q]`, semantic `[B, N]`, coarse codes `[B, Kc, S]` -> logits `[B, S, Kc, V]`."""
@@ -555,6 +576,10 @@ class CoarseLM(TokenLM):
         cache = self.new_cache(x.shape[0], x.shape[1] + steps - 1)
         h = self.run(x, cache)[:, -1]
         pos, out = x.shape[1], []
+        first = 1 + ctx.shape[1] * k  # acoustic-segment position of the first new code's input
+        aligned = self.aligned_embedding(sem, first, steps)  # [B, steps, D] or 0.0
+        if sampler.cfg and isinstance(aligned, Tensor):
+            aligned = torch.cat([aligned, aligned])  # both halves of the guidance batch read the same plan
         for i in range(steps):
             level = i % k
             token = sampler(self.acoustic.level_logits(h, level))  # [B]
@@ -562,7 +587,10 @@ class CoarseLM(TokenLM):
             if on_step is not None:
                 on_step()
             if i < steps - 1:
-                h = self.run(self.acoustic.level(sampler.expand(token), level)[:, None], cache, pos)[:, -1]
+                x = self.acoustic.level(sampler.expand(token), level)  # [B', D]
+                if isinstance(aligned, Tensor):
+                    x = x + aligned[:, i]
+                h = self.run(x[:, None], cache, pos)[:, -1]
                 pos += 1
         return torch.stack(out, dim=1).view(-1, new, k)  # [B, new, Kc]
 
@@ -663,6 +691,27 @@ class FineLM(TokenLM):
 
 LM_CLASSES: dict[str, type[TokenLM]] = {"SemanticLM": SemanticLM, "CoarseLM": CoarseLM, "FineLM": FineLM}
 STAGE_CLASSES: dict[str, type[TokenLM]] = {"semantic": SemanticLM, "coarse": CoarseLM, "fine": FineLM}
+
+
+# config fields a trained LM can gain without losing what it learned: each adds parameters and nothing else
+GROWABLE = ("aligned_semantic",)
+
+
+def grow_lm(lm: TokenLM, **changes: Any) -> TokenLM:
+    """A copy of `lm` with config `changes` (fields of `GROWABLE`) whose new parameters start at zero, so the
+    grown model computes exactly what `lm` did until training moves them (how token model v3's coarse LM
+    started from v2's weights)."""
+    unknown = sorted(set(changes) - set(GROWABLE))
+    if unknown:
+        raise ValueError(f"cannot grow a trained LM by {unknown[0]!r}: growable fields are {', '.join(GROWABLE)}")
+    grown = build_lm(dataclasses.replace(lm.config, **changes)).to(lm.device)
+    missing, unexpected = grown.load_state_dict(lm.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"cannot grow: the change drops {unexpected[0]!r}")
+    with torch.no_grad():
+        for name in missing:
+            grown.get_parameter(name).zero_()
+    return grown.train(lm.training)
 
 
 def build_lm(config: TokenLMConfig) -> TokenLM:

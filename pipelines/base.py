@@ -37,6 +37,7 @@ import math
 import os
 import re
 import secrets
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,14 @@ def check_output_folder(folder: str | os.PathLike, *, create: bool = False) -> P
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    """A weak reference to `obj` where it takes one (modules do), else a strong one (None, plain values)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
 
 
 def _free_name(path: Path) -> Path:
@@ -451,7 +460,9 @@ class Pipeline(ABC):
         export keeps it) and of the loaded LoRA adapters and their scales, computed once. A batch manifest records
         it (pipelines/batch.py): a resume with other weights behind the same folder, or other adapters, is
         refused."""
-        if getattr(self, "_fingerprint", None) is None:
+        parts = tuple((name, id(part)) for name, part in sorted(self.components().items()))
+        if getattr(self, "_fingerprint", None) is None or getattr(self, "_fingerprint_parts", parts) != parts:
+            self._fingerprint_parts = parts  # a part assigned since (pipe.coarse_lm = ...) is hashed anew
             h = hashlib.sha256(self.backend.encode())
             for name in sorted(self.components()):
                 found = self.part_fingerprint(name)
@@ -468,20 +479,21 @@ class Pipeline(ABC):
         the parts with these hashes and `fingerprint` (the watermark payload) hashes the same ones. A part carrying
         LoRA adapters is hashed without them (its base weights, what an adapter records)."""
         memo = self.__dict__.setdefault("_part_fingerprints", {})
-        if name not in memo:
-            part = getattr(self, name)
+        part = getattr(self, name)
+        if name not in memo or memo[name][0]() is not part:  # first call, or another object assigned since
             if isinstance(part, nn.Module) and getattr(part, "peft_config", None):
                 from soundsmith.gen.adapters import base_fingerprint
 
-                memo[name] = base_fingerprint(part)
+                found = base_fingerprint(part)
             elif isinstance(part, nn.Module):
-                memo[name] = weights_fingerprint(part)
+                found = weights_fingerprint(part)
             elif isinstance(getattr(part, "model", None), nn.Module):
-                memo[name] = part.fingerprint() if callable(getattr(part, "fingerprint", None)) else \
+                found = part.fingerprint() if callable(getattr(part, "fingerprint", None)) else \
                     weights_fingerprint(part.model)
             else:
-                memo[name] = None
-        return memo[name]
+                found = None
+            memo[name] = (_weak(part), found)
+        return memo[name][1]
 
     @property
     def watermark_payload(self) -> int:

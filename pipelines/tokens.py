@@ -7,8 +7,9 @@ semantic LM -> coarse LM -> fine LM -> acoustic codec decoder -> waveform.
 
 - conditioning (MuLan style): the CLAP *text* embedding through the conditioning RVQ that was trained on
   CLAP *audio* embeddings (`soundsmith.gen.cond_tokens`); the LMs learned on audio-embedding tokens.
-- classifier-free guidance: the semantic and coarse LMs run a doubled batch whose other half has the
-  null prefix (or the negative prompt's tokens); the fine LM is not conditioned.
+- classifier-free guidance: the guided LMs (config `guided_stages`: semantic and coarse unless it says
+  otherwise) run a doubled batch whose other half has the null prefix (or the negative prompt's tokens);
+  the fine LM is not conditioned.
 - sampling: temperature / top-k / top-p per stage (one value for all stages, or a dict by stage name);
   one torch.Generator per output, used by the three stages in turn.
 - long-form: each LM slides over its training window, keeping the last `context_fraction` of a window as
@@ -65,7 +66,10 @@ class TokenConfig:
 
     duration_s: float = 5.0  # default length
     max_duration_s: float = 300.0  # longest call allowed (windowed, so memory stays that of one window)
-    guidance_scale: float = 3.0  # CFG scale of the semantic and coarse stages (MusicGen: 3); 1 disables it
+    guidance_scale: float = 3.0  # CFG scale of the guided stages (MusicGen: 3); 1 disables it
+    # the stages guidance applies to. A coarse stage that reads the plan frame by frame (aligned_semantic)
+    # gains nothing from it and pays a doubled batch: models/README.md, "Token model v3"
+    guided_stages: list[str] = field(default_factory=lambda: ["semantic", "coarse"])
     # per-stage sampling: MusicLM's temperatures (1.0 / 0.95 / 0.4) and MusicGen's top-k (250)
     temperature: dict[str, float] = field(default_factory=lambda: {"semantic": 1.0, "coarse": 0.95, "fine": 0.4})
     top_k: dict[str, int | None] = field(default_factory=lambda: {"semantic": 250, "coarse": 250, "fine": None})
@@ -87,6 +91,10 @@ class TokenConfig:
         check_float("fine_context_fraction", self.fine_context_fraction, 0.0, 0.9)
         check_float("min_prompt_s", self.min_prompt_s, 0.0, 3600.0, low_open=True)
         check_int("semantic_candidates", self.semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
+        wrong = [s for s in self.guided_stages if s not in ("semantic", "coarse")] if isinstance(
+            self.guided_stages, (list, tuple)) else [self.guided_stages]
+        if wrong:
+            raise ValueError(f"guided_stages: {wrong[0]!r} is not a guided stage (semantic, coarse)")
         for name in ("temperature", "top_k", "top_p"):
             unknown = sorted(set(getattr(self, name)) - set(STAGES))
             if unknown:
@@ -310,8 +318,9 @@ class TokenPipeline(Pipeline):
             prompt: one prompt or a list.
             duration_s: seconds per clip, in (0, config.max_duration_s] (default: config.duration_s); with
                 `audio_prompt`, the total length including the prompt.
-            guidance_scale: classifier-free guidance of the semantic and coarse stages, in [0, 100]; 1
-                disables it (default: config's, 3).
+            guidance_scale: classifier-free guidance of the stages in the config's `guided_stages` (the
+                semantic and coarse stages unless it says otherwise), in [0, 100]; 1 disables it (default:
+                config's, 3).
             negative_prompt: what to steer away from (one string or one per prompt): its conditioning tokens
                 replace the null prefix in the guidance batch.
             num_waveforms_per_prompt: candidates per prompt, in [1, 64]; ranked best first by CLAP score when
@@ -392,7 +401,8 @@ class TokenPipeline(Pipeline):
         parameters = {
             "backend": BACKEND, "model": self.name_or_path,
             "mode": "text-to-audio" if clip is None else "continuation",
-            "guidance_scale": guidance, "negative_prompt": negative_prompt, "duration_s": duration,
+            "guidance_scale": guidance, "guided_stages": list(self.config.guided_stages),
+            "negative_prompt": negative_prompt, "duration_s": duration,
             "num_waveforms_per_prompt": num_waveforms_per_prompt,
             "sampling": {stage: dataclasses.asdict(p) for stage, p in sampling.items()},
             "audio_prompt": audio_prompt if isinstance(audio_prompt, (str, os.PathLike)) else
@@ -422,10 +432,13 @@ class TokenPipeline(Pipeline):
             coarse_prompt = codes[:, :k]
             if self.fine_lm is not None:
                 fine_prompt = codes[:, k:k + self.fine_lm.config.n_fine]
-        semantic = self._semantic_plan(cond, uncond, sem_prompt, guidance, sampling["semantic"], generators,
-                                       n_semantic, on_step, text, candidates)  # [b, N]
+        guided = self.config.guided_stages
+        semantic = self._semantic_plan(cond, uncond, sem_prompt, guidance if "semantic" in guided else 1.0,
+                                       sampling["semantic"], generators, n_semantic, on_step, text,
+                                       candidates)  # [b, N]
         coarse = self.coarse_lm.generate(
-            cond, semantic, frames, prompt=coarse_prompt, uncond=uncond, guidance_scale=guidance,
+            cond, semantic, frames, prompt=coarse_prompt, uncond=uncond,
+            guidance_scale=guidance if "coarse" in guided else 1.0,
             sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
             on_step=on_step)  # [b, Kc, S]
         if self.fine_lm is None:

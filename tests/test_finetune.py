@@ -278,6 +278,24 @@ def test_token_lms_fine_tune(world, tmp_path):
     A.load_adapter(fine, export)
 
 
+def test_coarse_lm_grows_aligned_semantic_from_init(world, tmp_path):
+    """`model: {"aligned_semantic": true}` with --init grows the init's coarse LM (new table at zero) and the
+    export is a model folder whose coarse LM reads the plan frame by frame; with LoRA it is a one-line error."""
+    from soundsmith.train.finetune import growth, load_init
+    from soundsmith.train.train_token_lm import TokenLMTrainConfig
+
+    tokens = world / "models" / "tokens"
+    export = train("coarse-lm", world, tmp_path / "grown", init=str(tokens), model={"aligned_semantic": True},
+                   **LM_RUN)
+    pipe = load_pipeline(export)
+    assert pipe.coarse_lm.config.aligned_semantic and pipe.coarse_lm.aligned.weight.abs().sum() > 0
+    assert not load_pipeline(tokens).coarse_lm.config.aligned_semantic
+    init = load_init(tokens, "coarse_lm")
+    cfg = TokenLMTrainConfig(init=str(tokens), lora_rank=2, model={"aligned_semantic": True})
+    with pytest.raises(ValueError, match="aligned_semantic grow the LM, which a LoRA run cannot"):
+        growth(init, cfg, "my.json")
+
+
 def test_diffusers_audioldm_init(world, tmp_path):
     """A diffusers AudioLDM folder (the parity tests' tiny one, text-only CLAP) fine-tunes: its CLAP's empty-text
     embedding is the dropped condition, its epsilon schedule the target; the full export loads in our layout."""

@@ -66,6 +66,50 @@ def test_coarse_generation_matches_forward():
         lm.generate(c, semantic, 8, prompt=codes[:, :, :3])
 
 
+def test_aligned_coarse_generation_matches_forward():
+    lm, c = tiny("coarse", aligned_semantic=True), cond()
+    with torch.no_grad():
+        lm.aligned.weight.mul_(30)
+    semantic = torch.randint(0, 20, (B, 4))
+    for guidance in (1.0, 3.0):
+        codes = lm.generate(c, semantic, 8, sampling=GREEDY, guidance_scale=guidance)
+        if guidance == 1.0:
+            assert torch.equal(lm(c, semantic, codes).logits.argmax(-1), codes.transpose(1, 2))
+        assert torch.equal(lm.generate(c, semantic, 8, prompt=codes[:, :, :4], sampling=GREEDY,
+                                       guidance_scale=guidance), codes)
+    # sliding windows read the semantic tokens of their own frames
+    long = lm.generate(c, torch.randint(0, 20, (B, 11)), 21, generators=gens(3, 4))
+    assert long.shape == (B, 2, 21)
+
+
+def test_aligned_semantic_reaches_its_own_frame():
+    """Changing semantic token j changes the predictions of frames 2j and 2j+1 (frames_per_semantic 2) through
+    the aligned path even where the prefix path is cut (its embedding zeroed)."""
+    lm, c = tiny("coarse", aligned_semantic=True), cond()
+    with torch.no_grad():
+        lm.semantic.table.weight.zero_()
+    semantic, codes = torch.randint(0, 20, (B, 4)), torch.randint(0, 16, (B, 2, 8))
+    other = semantic.clone()
+    other[:, 2] = (other[:, 2] + 1) % 20
+    diff = (lm(c, semantic, codes).logits - lm(c, other, codes).logits).abs().amax(dim=(-1, -2))  # [B, 8 frames]
+    assert (diff[:, :4] < 1e-6).all()  # causal: earlier frames cannot see it
+    assert (diff[:, 4:6] > 1e-4).all()  # frames 4 and 5 read token 2
+    plain = tiny("coarse")
+    assert plain.aligned is None and "aligned" not in "".join(plain.state_dict())
+
+
+def test_grow_lm_keeps_what_it_learned():
+    from soundsmith.gen.token_lm import grow_lm
+
+    lm, c = tiny("coarse"), cond()
+    semantic, codes = torch.randint(0, 20, (B, 4)), torch.randint(0, 16, (B, 2, 8))
+    grown = grow_lm(lm, aligned_semantic=True)
+    assert grown.config.aligned_semantic and not lm.config.aligned_semantic
+    assert torch.equal(grown(c, semantic, codes).logits, lm(c, semantic, codes).logits)  # new weights at zero
+    with pytest.raises(ValueError, match="cannot grow a trained LM by 'd_model'"):
+        grow_lm(lm, d_model=64)
+
+
 @pytest.mark.parametrize("pattern", ["delay", "parallel"])
 def test_fine_generation_matches_forward(pattern):
     lm = tiny("fine", fine_pattern=pattern)

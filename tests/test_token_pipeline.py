@@ -325,3 +325,43 @@ def test_assemble_from_trained_parts(folder, pipe, tmp_path, capsys):
     bad[bad.index("--out") + 1] = str(tmp_path / "bad")
     assert main(bad) == 2
     assert "codec" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_fingerprint_follows_a_replaced_part(tmp_path, encoder):
+    """Assigning a new part (pipe.coarse_lm = ...) is hashed anew: save_pretrained records the new weights, so
+    the saved folder loads."""
+    from soundsmith.gen.token_lm import build_lm
+
+    from soundsmith.pipelines.tokens import TokenPipeline
+
+    pipe = tiny_pipeline(encoder)
+    before = pipe.fingerprint
+    old = pipe.part_fingerprint("coarse_lm")
+    torch.manual_seed(123)
+    pipe.coarse_lm = build_lm(pipe.coarse_lm.config).eval()
+    assert pipe.part_fingerprint("coarse_lm") != old and pipe.fingerprint != before
+    pipe.save_pretrained(tmp_path / "swapped")
+    assert TokenPipeline.from_pretrained(tmp_path / "swapped").part_fingerprint("coarse_lm") == \
+        pipe.part_fingerprint("coarse_lm")
+
+
+def test_guided_stages(encoder):
+    """guided_stages picks the stages guidance applies to: with ["semantic"] the coarse stage samples as at
+    guidance 1, the semantic plan stays guided; the sidecar says which; an unknown stage is a one-line error."""
+    from soundsmith.pipelines.tokens import TokenConfig
+
+    both = tiny_pipeline(encoder, fine=False)
+    only = tiny_pipeline(encoder, fine=False, guided_stages=["semantic"])
+    calls = {}
+    for name, p in (("both", both), ("only", only)):
+        seen = []
+        original = p.coarse_lm.generate
+        p.coarse_lm.generate = lambda *a, _o=original, _s=seen, **k: (_s.append(k["guidance_scale"]), _o(*a, **k))[1]
+        out = p("rain", duration_s=0.3, seed=1, guidance_scale=3.0)
+        calls[name] = seen
+        assert out.parameters["guided_stages"] == list(p.config.guided_stages)
+    assert calls == {"both": [3.0], "only": [1.0]}
+    with pytest.raises(ValueError, match="guided_stages: 'fine' is not a guided stage") as err:
+        TokenConfig(guided_stages=["semantic", "fine"])
+    assert "\n" not in str(err.value)
+    assert TokenConfig.from_dict({**only.config.to_dict()}).guided_stages == ["semantic"]

@@ -163,12 +163,31 @@ def ignore_fields(cfg: Any, fields: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(cfg, **fields)
 
 
-def prepare_model(init: InitModel, cfg: FinetuneConfig) -> nn.Module:
-    """The model a fine-tuning run trains: a copy of the init component, with a fresh LoRA adapter when
-    `cfg.lora_rank` is set (then only the adapter requires grad)."""
+def growth(init: InitModel, cfg: Any, where: str) -> tuple[Any, dict[str, Any]]:
+    """The model fields of `cfg` that grow the init LM (gen/token_lm.GROWABLE, e.g. `aligned_semantic`: true),
+    and `cfg` without them (every other model field is ignored, as `ignore_fields` says)."""
+    from soundsmith.gen.token_lm import GROWABLE
+
+    model = dict(getattr(cfg, "model", None) or {})
+    grow = {k: model.pop(k) for k in GROWABLE if k in model and model[k] != getattr(init.model.config, k)}
+    if grow and cfg.lora_rank is not None:
+        raise ValueError(f"{where}: model field(s) {', '.join(grow)} grow the LM, which a LoRA run cannot; "
+                         "drop lora_rank (a full fine-tune) or the field")
+    return dataclasses.replace(cfg, model=model), grow
+
+
+def prepare_model(init: InitModel, cfg: FinetuneConfig, grow: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model a fine-tuning run trains: a copy of the init component (grown by `grow`, see `growth`), with a
+    fresh LoRA adapter when `cfg.lora_rank` is set (then only the adapter requires grad)."""
     from soundsmith.gen.adapters import add_lora
 
     model = init.trainable_copy()
+    if grow:
+        from soundsmith.gen.token_lm import grow_lm
+
+        model = grow_lm(model, **grow)
+        log.info("grew the init's %s by %s (new weights start at zero)", init.component,
+                 ", ".join(f"{k}={v!r}" for k, v in grow.items()))
     if cfg.lora_rank is not None:
         add_lora(model, cfg.lora_rank, cfg.lora_targets or None, cfg.lora_alpha)
         trained = sum(p.numel() for p in trainable(model))

@@ -31,6 +31,7 @@ Run folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, export/.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import os
@@ -53,6 +54,7 @@ from .finetune import (
     ModelFolderExport,
     check_lora_options,
     default_config,
+    growth,
     ignore_fields,
     load_init,
     prepare_model,
@@ -210,6 +212,7 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
     init = None
     if cfg.init:  # the LM, its config and the tokenizers come from the model folder
         init = load_init(cfg.init, f"{stage}_lm")
+        cfg, grow = growth(init, cfg, str(config))
         cfg = ignore_fields(cfg, {"model": {}}, str(config))
         check_lora_options(init, cfg)
     run = RunFolder(out, cfg, data=data, resume=resume, checkpoint=ckpt, force_change=force_change)
@@ -223,7 +226,7 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
         pipe = init.pipe
         found = {"clap": pipe.conditioner.model, "cond_rvq": pipe.cond_rvq, "kmeans": pipe.kmeans, "codec": pipe.codec}
         parts = TokenParts(**{p: part for p, part in found.items() if p in wanted})
-        lm_config = init.model.config
+        lm_config = dataclasses.replace(init.model.config, **grow)
     root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "token-cache"
     caches = {split: token_cache(data, split, parts, kinds, root=root, n_captions=cfg.n_captions, seed=cfg.seed,
                                  batch_size=cfg.cache_batch) for split in ("train", "valid") if split in _splits(data)}
@@ -239,7 +242,7 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
         log.info("%s tokens: train %s, valid %s", component, describe(caches["train"]), describe(caches["valid"]))
 
     # 3. model, optimizer (decay on matrices only), LR schedule, EMA ---------------------------------
-    model = build_lm(lm_config).train() if init is None else prepare_model(init, cfg)
+    model = build_lm(lm_config).train() if init is None else prepare_model(init, cfg, grow)
     if is_main:
         log.info("%s: %d parameters (%.2f MB in fp16), %d trained", component, model.num_parameters(),
                  model.num_parameters() * 2 / 1e6, sum(p.numel() for p in trainable(model)))
