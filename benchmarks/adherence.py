@@ -9,6 +9,12 @@ instrument or language) is in the top 3 of its family for the clip. Scorers:
   prompt's domain (the measure used before the classifiers landed).
 Targets: latent diffusion >= 70 %, token backend >= 60 % of clips.
 
+Prompt rows are {"prompt", "domain", "label"} (the family is the domain's: SFX class, instrument, language),
+or name a `"family"`: `"tempo"` (label slow / moderate / fast; a hit is the top 1, since the top 3 of three
+bands is every band) or `"mixture"` ("X while Y": the corpus labels dict with two SFX classes; a hit is both
+classes in the SFX top 3). `--prompts benchmarks/prompts/adherence-families.jsonl` scores those families and
+more wordings per instrument and language.
+
     .venv/bin/python benchmarks/adherence.py --model models/default-ldm [--scorer both|labels|feature-labels|clap]
         [--seeds 4] [--steps N] [--scheduler NAME] [--guidance G] [--duration 5] [--seed 0] [--out DIR] [--limit N]
     .venv/bin/python benchmarks/adherence.py --from-clips DIR --model M   # re-score the clips a run kept
@@ -34,6 +40,36 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SCORERS = ("labels", "feature-labels", "clap")
 BOTH = ("labels", "feature-labels")  # what `--scorer both` runs
+
+
+FAMILY_TOP = {"tempo": 1}  # families with so few classes that the top 3 would hold nearly all of them
+
+
+def prompt_classes(row: dict) -> tuple[str, list[str]]:
+    """The classifier family a prompt is scored in and the class(es) it asks for: a mixture row asks for both of
+    its SFX classes at once."""
+    family = prompt_family(row)
+    if family == "mixture":
+        return "sfx_class", [str(c) for c in row["labels"]["classes"]]
+    return family, [str(row["label"])]
+
+
+def family_classes(family: str) -> list[str]:
+    """Every class of a classifier family in the corpus vocabulary."""
+    from soundsmith.core.vocabulary import tempo_bands
+
+    if family == "tempo":
+        return [name for _, _, name in tempo_bands()]
+    domain = {"sfx_class": "sfx", "mixture": "sfx", "instrument": "music", "language": "speech"}[family]
+    return class_labels(domain)
+
+
+def family_chance(family: str, top: int) -> float:
+    """Chance that random class scores put the asked-for class(es) of a `family` prompt in the top `top`."""
+    n, k = len(family_classes(family)), min(FAMILY_TOP.get(family, top), len(family_classes(family)))
+    if family == "mixture":  # both of two classes among the top k
+        return k * (k - 1) / (n * (n - 1))
+    return k / n
 
 
 def class_labels(domain: str) -> list[str]:
@@ -95,21 +131,26 @@ def load_classifier(args: argparse.Namespace, scorer: str) -> Any:
 
 
 def classifier_ranks(clf: Any, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
-    """Rank (1 = top) of each clip's prompt class among its family's classes by the classifier's logits."""
+    """Rank (1 = top) of each clip's prompt class among its family's classes by the classifier's logits; for a
+    prompt that asks for several classes, the worst of their ranks (all are in the top k when it is)."""
     from soundsmith.eval.feature_labels import family_ranks
 
     x = clf.features(list(waves), sample_rate)  # [N, D]
+    asked = [prompt_classes(r) for r in rows]
     ranks = [0] * len(rows)
-    for family in dict.fromkeys(prompt_family(r) for r in rows):
-        idx = [i for i, r in enumerate(rows) if prompt_family(r) == family]
-        for i, rank in zip(idx, family_ranks(clf, x[idx], family, [rows[i]["label"] for i in idx])):
-            ranks[i] = rank
+    for family in dict.fromkeys(f for f, _ in asked):
+        idx = [i for i, (f, _) in enumerate(asked) if f == family]
+        for slot in range(max(len(asked[i][1]) for i in idx)):
+            have = [i for i in idx if slot < len(asked[i][1])]
+            for i, rank in zip(have, family_ranks(clf, x[have], family, [asked[i][1][slot] for i in have])):
+                ranks[i] = max(ranks[i], rank)
     return ranks
 
 
 def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
-    """Rank of each clip's class caption among its domain's class captions by our CLAP."""
-    from soundsmith.core.captions import class_caption
+    """Rank of each clip's class caption among its family's class captions by our CLAP (the worst rank for a
+    prompt that asks for several classes)."""
+    from soundsmith.eval.clap_metrics import canonical_prompt
     from soundsmith.gen.conditioners import ClapConditioner
 
     if args.clap is None:
@@ -121,15 +162,17 @@ def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, 
     if not scorer.has_audio_tower:
         raise SystemExit("this CLAP has no audio tower; pass --clap with our CLAP folder")
     audio_emb = scorer.model.embed_audio(waves, sample_rate).float().cpu()  # [N, D]
+    asked = [prompt_classes(r) for r in rows]
     ranks = [0] * len(rows)
-    for domain in ("sfx", "music", "speech"):
-        idx = [i for i, r in enumerate(rows) if r["domain"] == domain]
-        if idx:
-            labels = class_labels(domain)
-            captions = scorer.embed_text([class_caption(domain, label) for label in labels]).cpu()  # [C, D]
-            for i, rank in zip(idx, class_ranks(audio_emb[idx], captions, [labels.index(rows[i]["label"])
-                                                                              for i in idx])):
-                ranks[i] = rank
+    for family in dict.fromkeys(f for f, _ in asked):
+        labels = family_classes(family)
+        captions = scorer.embed_text([canonical_prompt(family, label) for label in labels]).cpu()  # [C, D]
+        idx = [i for i, (f, _) in enumerate(asked) if f == family]
+        for slot in range(max(len(asked[i][1]) for i in idx)):
+            have = [i for i in idx if slot < len(asked[i][1])]
+            for i, rank in zip(have, class_ranks(audio_emb[have], captions,
+                                                 [labels.index(asked[i][1][slot]) for i in have])):
+                ranks[i] = max(ranks[i], rank)
     return ranks
 
 
@@ -233,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2. rank each clip's prompt class among its family's classes, under each scorer
     ranks = {s: clap_ranks(args, rows, waves, sample_rate) if s == "clap" else
              classifier_ranks(classifiers[s], rows, waves, sample_rate) for s in scorers}
-    hits = {s: [r <= args.top for r in ranks[s]] for s in scorers}
+    tops = [FAMILY_TOP.get(prompt_family(r), args.top) for r in rows]
+    hits = {s: [rank <= k for rank, k in zip(ranks[s], tops)] for s in scorers}
 
     # 3. per prompt: the ranks of its clips under each scorer
     print(f"ranks of each prompt's class in the {args.seeds} clip(s) of the prompt (hits = in the top {args.top})")
@@ -242,18 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for s in scorers:
             mine = ranks[s][i * args.seeds:(i + 1) * args.seeds]
-            text = " ".join(map(str, mine)) + f" ({sum(x <= args.top for x in mine)}/{args.seeds})"
+            top = FAMILY_TOP.get(prompt_family(r), args.top)
+            text = " ".join(map(str, mine)) + f" ({sum(x <= top for x in mine)}/{args.seeds})"
             cells.append(f"{text:<{3 * args.seeds + 8}}")
-        print(f"{prompt_family(r):<11} {r['label']:<15} " + " ".join(cells) + f" {r['prompt']}")
+        print(f"{prompt_family(r):<11} {'+'.join(prompt_classes(r)[1]):<15} " + " ".join(cells) + f" {r['prompt']}")
 
     # 4. hit rate per family for each scorer, beside each classifier's accuracy on real test clips
     rates = {s: hit_rates(rows, hits[s]) for s in scorers}
     ceiling = {s: ceilings(classifiers[s]) for s in classifiers}
     n_family = {f: sum(prompt_family(r) == f for r in rows) for f in rates[scorers[0]] if f != "all"}
     n_family["all"] = len(rows)
-    chance = {f: min(1.0, args.top / len(class_labels(next(r["domain"] for r in rows if prompt_family(r) == f))))
-              for f in n_family if f != "all"}
-    print(f"\ntop-{args.top} adherence over {len(rows)} clips ({len(prompts)} prompts x {args.seeds} seeds); "
+    chance = {f: family_chance(f, args.top) for f in n_family if f != "all"}
+    print(f"\ntop-{args.top} adherence (tempo: top 1; mixture: both classes in the SFX top {args.top}) over {len(rows)} clips ({len(prompts)} prompts x {args.seeds} seeds); "
           "in brackets: the classifier's top-1 accuracy on real corpus test clips (its ceiling)")
     print(f"{'family':<11}{'clips':>6}{'chance':>8}  " + "".join(f"{s:<24}" for s in scorers))
     for f, n in n_family.items():

@@ -280,3 +280,53 @@ def test_adherence_scores_kept_clips_with_both_classifiers(tmp_path, trained, cl
     with pytest.raises(SystemExit, match="no clip for prompt 'a siren wails' with seed 0"):
         adherence.main(["--from-clips", str(clips), "--prompts", str(tmp_path / "p.jsonl"), "--seeds", "2",
                         "--labels", str(clap_labeler), "--feature-labels", str(folder), "--threads", "1"])
+
+
+def test_adherence_scores_mixtures_by_both_classes_and_tempo_by_the_top_one():
+    adherence = adherence_module()
+    sfx = adherence.family_classes("sfx_class")
+    bands = adherence.family_classes("tempo")
+    assert bands == ["slow", "moderate", "fast"]
+
+    class Stub:  # logits fixed per clip: clip 0 ranks rain, wind, thunder first; clip 1 ranks fast, slow, moderate
+        classes = {"sfx_class": sfx, "tempo": bands}
+
+        def features(self, waves, sample_rate):
+            return np.arange(len(waves))[:, None]
+
+        def family_logits(self, x):
+            s = -np.arange(len(sfx), dtype=float)[None].repeat(len(x), 0)
+            return {"sfx_class": s, "tempo": np.array([[1.0, 0.0, 2.0]]).repeat(len(x), 0)}
+
+    rows = [{"domain": "sfx", "family": "mixture", "labels": {"domain": "sfx", "classes": ["wind", "thunder"]}},
+            {"domain": "sfx", "family": "mixture", "labels": {"domain": "sfx", "classes": ["rain", sfx[5]]}},
+            {"domain": "music", "family": "tempo", "label": "fast"},
+            {"domain": "music", "family": "tempo", "label": "slow"},
+            {"domain": "sfx", "label": "thunder"}]
+    ranks = adherence.classifier_ranks(Stub(), rows, torch.zeros(len(rows), 10), SR)
+    assert ranks == [3, 6, 1, 2, 3]  # a mixture takes the worse rank of its two classes
+    assert [adherence.FAMILY_TOP.get(adherence.prompt_family(r), 3) for r in rows] == [3, 3, 1, 1, 3]
+    assert adherence.family_chance("mixture", 3) == pytest.approx(6 / 380)
+    assert adherence.family_chance("tempo", 3) == pytest.approx(1 / 3)
+    assert adherence.family_chance("language", 3) == pytest.approx(0.5)
+
+
+def test_the_family_prompt_set_asks_what_adherence_lacks():
+    from soundsmith.train.prompt_sets import EXTRA_WORDINGS, MIXTURE_PROMPTS, TEMPO_PROMPTS_PER_BAND, family_prompts
+    from soundsmith.pipelines.prompts import labels_of
+
+    rows = family_prompts(np.random.default_rng(3))
+    assert rows == family_prompts(np.random.default_rng(3))
+    by = {}
+    for r in rows:
+        family = r.get("family") or {"music": "instrument", "speech": "language"}[r["domain"]]
+        by.setdefault(family, []).append(r)
+    assert len(by["mixture"]) == MIXTURE_PROMPTS and len(by["tempo"]) == 3 * TEMPO_PROMPTS_PER_BAND
+    assert len(by["language"]) == 6 * EXTRA_WORDINGS["language"]
+    pairs = [frozenset(r["labels"]["classes"]) for r in by["mixture"]]
+    assert len(set(pairs)) == len(pairs) and all(len(p) == 2 for p in pairs)
+    assert all(labels_of(r) == {"sfx_class": r["labels"]["classes"]} for r in by["mixture"])
+    assert all(labels_of(r) == {"tempo": [r["label"]]} for r in by["tempo"])
+    committed = Path(__file__).resolve().parent.parent / "benchmarks" / "prompts" / "adherence-families.jsonl"
+    assert [json.loads(line) for line in committed.read_text().splitlines()] == \
+        family_prompts(np.random.default_rng(np.random.SeedSequence([13, 4])))

@@ -6,6 +6,12 @@
 - adherence-tune.jsonl: the same families drawn again with another seed (no prompt shared with
   adherence.jsonl), for choosing settings — guidance, sampler steps, token sampling — without tuning on the
   prompts the figures are reported on.
+- adherence-families.jsonl: what adherence.jsonl lacks, in the same held-out wording: two more wordings per
+  instrument and three per language (`"domain"` + `"label"` as above), the tempo family (`"family":
+  "tempo"`, a band of core.vocabulary.tempo_bands as `"label"`, 4 prompts per band over varied instruments
+  and styles) and "X while Y" SFX mixtures (`"family": "mixture"`, the corpus labels dict with both classes:
+  a clip adheres when both are heard). Mode has no prompts: neither label classifier has a mode family,
+  so nothing independent of the prompt could judge it.
 - corpus-test-200.jsonl: 200 test-split clips of the standard corpus, each
   {"prompt" (its caption), "file_name" (relative to the corpus), "domain", "index", "labels"}
   (labels without the beat lists, which only training uses).
@@ -31,13 +37,16 @@ log = logging.getLogger(__name__)
 
 NUM_TEST_PROMPTS = 200
 SFX_PROMPTS_PER_CLASS = 2
+EXTRA_WORDINGS = {"instrument": 2, "language": 3}  # adherence-families.jsonl, on top of adherence.jsonl's one
+TEMPO_PROMPTS_PER_BAND = 4
+MIXTURE_PROMPTS = 20
 STANDARD_CORPUS = {"num_clips": 2880, "seed": 0, "clip_seconds": 5.0, "sample_rate": 16000,
                    "domains": ("music", "sfx", "speech"), "caption_style": "train"}
 _DROPPED_LABELS = ("beats", "downbeats")
 
 
 def write_prompt_sets(corpus: str | os.PathLike, out: str | os.PathLike, seed: int = 0) -> list[Path]:
-    """Write adherence.jsonl, adherence-tune.jsonl and corpus-test-200.jsonl into `out` (created if missing);
+    """Write adherence.jsonl, adherence-tune.jsonl, adherence-families.jsonl and corpus-test-200.jsonl into `out` (created if missing);
     return their paths.
 
     Args:
@@ -52,6 +61,8 @@ def write_prompt_sets(corpus: str | os.PathLike, out: str | os.PathLike, seed: i
     tune = adherence_prompts(np.random.default_rng(np.random.SeedSequence([seed + 7, 4])))  # its own stream
     paths = [_write_jsonl(out / "adherence.jsonl", adherence_prompts(np.random.default_rng(ss_adherence))),
              _write_jsonl(out / "adherence-tune.jsonl", tune),
+             _write_jsonl(out / "adherence-families.jsonl",
+                          family_prompts(np.random.default_rng(np.random.SeedSequence([seed + 13, 4])))),
              _write_jsonl(out / f"corpus-test-{NUM_TEST_PROMPTS}.jsonl", test_rows)]
     return paths
 
@@ -84,6 +95,72 @@ def adherence_prompts(rng: np.random.Generator) -> list[dict[str, str]]:
                   "voice": _choice(rng, ("female", "male")), "rate": _choice(rng, ("slow", "normal", "fast"))}
         rows.append({"prompt": caption(labels, rng, style="heldout"), "domain": "speech", "label": code})
     return rows
+
+
+def family_prompts(rng: np.random.Generator) -> list[dict[str, Any]]:
+    """adherence-families.jsonl (module docstring): more wordings per instrument and language, the tempo
+    family, and two-class SFX mixtures, all in the held-out caption style."""
+    from soundsmith.core.vocabulary import tempo_bands
+    from soundsmith.train import music, sfx, speech
+
+    rows: list[dict[str, Any]] = []
+    for instrument in music.INSTRUMENTS:
+        for text in _distinct(rng, lambda: _music_labels(music, instrument, rng), EXTRA_WORDINGS["instrument"]):
+            rows.append({"prompt": text, "domain": "music", "label": instrument})
+    for code, name in speech.LANGUAGES.items():
+        def speech_labels(code: str = code, name: str = name) -> dict[str, Any]:
+            return {"domain": "speech", "language": code, "language_name": name,
+                    "voice": _choice(rng, ("female", "male")), "rate": _choice(rng, ("slow", "normal", "fast"))}
+        for text in _distinct(rng, speech_labels, EXTRA_WORDINGS["language"]):
+            rows.append({"prompt": text, "domain": "speech", "label": code})
+    tempo_words = {band: set(w.lower() for w in words) for band, words in _tempo_words().items()}
+    for low, high, band in tempo_bands():
+        def tempo_labels(low: float = low, high: float = high) -> dict[str, Any]:
+            labels = _music_labels(music, _choice(rng, music.INSTRUMENTS), rng)
+            # 5 bpm inside the band's edges: a prompt at a boundary asks for neither band
+            labels["tempo_bpm"] = float(rng.integers(int(max(low, 40)) + 5, int(min(high, 220)) - 5))
+            return labels
+        # only wordings that say the tempo (a word of the band or the bpm): a caption about key and mood
+        # alone asks nothing of the tempo
+        for text in _distinct(rng, tempo_labels, TEMPO_PROMPTS_PER_BAND,
+                              keep=lambda t, band=band: "bpm" in t or any(w in t.lower() for w in tempo_words[band])):
+            rows.append({"prompt": text, "domain": "music", "family": "tempo", "label": band})
+    pairs: set[tuple[str, str]] = set()
+    while len(pairs) < MIXTURE_PROMPTS:
+        a, b = (str(c) for c in rng.choice(sfx.SFX_CLASSES, size=2, replace=False))
+        if (a, b) in pairs or (b, a) in pairs:
+            continue
+        pairs.add((a, b))
+        labels = {"domain": "sfx", "classes": [a, b], "intensity": _choice(rng, ("light", "moderate", "heavy")),
+                  "pitch": _choice(rng, ("low", "medium", "high")), "distance": _choice(rng, ("near", "far"))}
+        rows.append({"prompt": caption(labels, rng, style="heldout"), "domain": "sfx", "family": "mixture",
+                     "labels": {"domain": "sfx", "classes": [a, b]}})
+    return rows
+
+
+def _music_labels(music: Any, instrument: str, rng: np.random.Generator) -> dict[str, Any]:
+    style, bpm, meter = _music_setting(music, instrument, rng)
+    return {"domain": "music", "instruments": [instrument], "style": style, "tempo_bpm": bpm,
+            "key": _choice(rng, music.KEYS), "mode": _choice(rng, ("major", "minor")), "time_signature": meter,
+            "loudness": _choice(rng, ("soft", "medium", "loud"))}
+
+
+def _tempo_words() -> dict[str, list[str]]:
+    from soundsmith.core.captions import table
+
+    return {band: list(words) for band, words in table()["music"]["tempo"].items()}
+
+
+def _distinct(rng: np.random.Generator, make_labels: Any, n: int, keep: Any = None) -> list[str]:
+    """`n` different held-out captions of labels drawn by `make_labels()` (each passing `keep`)."""
+    out: list[str] = []
+    for _ in range(200 * n):
+        text = caption(make_labels(), rng, style="heldout")
+        if text not in out and (keep is None or keep(text)):
+            out.append(text)
+            if len(out) == n:
+                return out
+    raise RuntimeError(f"could not word {n} different prompts")  # the caption tables are too small
 
 
 def corpus_test_prompts(corpus: Path, rng: np.random.Generator, n: int = NUM_TEST_PROMPTS) -> list[dict[str, Any]]:
