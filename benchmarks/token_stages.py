@@ -25,7 +25,6 @@ can be followed while it trains.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

@@ -312,8 +312,13 @@ def test_adherence_scores_mixtures_by_both_classes_and_tempo_by_the_top_one():
 
 
 def test_the_family_prompt_set_asks_what_adherence_lacks():
-    from soundsmith.train.prompt_sets import EXTRA_WORDINGS, MIXTURE_PROMPTS, TEMPO_PROMPTS_PER_BAND, family_prompts
     from soundsmith.pipelines.prompts import labels_of
+    from soundsmith.train.prompt_sets import (
+        EXTRA_WORDINGS,
+        MIXTURE_PROMPTS,
+        TEMPO_PROMPTS_PER_BAND,
+        family_prompts,
+    )
 
     rows = family_prompts(np.random.default_rng(3))
     assert rows == family_prompts(np.random.default_rng(3))

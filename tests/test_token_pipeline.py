@@ -331,7 +331,6 @@ def test_fingerprint_follows_a_replaced_part(tmp_path, encoder):
     """Assigning a new part (pipe.coarse_lm = ...) is hashed anew: save_pretrained records the new weights, so
     the saved folder loads."""
     from soundsmith.gen.token_lm import build_lm
-
     from soundsmith.pipelines.tokens import TokenPipeline
 
     pipe = tiny_pipeline(encoder)

@@ -105,7 +105,7 @@ def family_prompts(rng: np.random.Generator) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     for instrument in music.INSTRUMENTS:
-        for text in _distinct(rng, lambda: _music_labels(music, instrument, rng), EXTRA_WORDINGS["instrument"]):
+        for text in _distinct(rng, lambda instrument=instrument: _music_labels(music, instrument, rng), EXTRA_WORDINGS["instrument"]):
             rows.append({"prompt": text, "domain": "music", "label": instrument})
     for code, name in speech.LANGUAGES.items():
         def speech_labels(code: str = code, name: str = name) -> dict[str, Any]:
