@@ -57,16 +57,18 @@ def prompt_classes(row: dict) -> tuple[str, list[str]]:
 def family_classes(family: str) -> list[str]:
     """Every class of a classifier family in the corpus vocabulary."""
     from soundsmith.core.vocabulary import tempo_bands
+    from soundsmith.pipelines.prompts import DOMAIN_FAMILY
 
     if family == "tempo":
         return [name for _, _, name in tempo_bands()]
-    domain = {"sfx_class": "sfx", "mixture": "sfx", "instrument": "music", "language": "speech"}[family]
-    return class_labels(domain)
+    domain_of = {f: d for d, f in DOMAIN_FAMILY.items()} | {"mixture": "sfx"}
+    return class_labels(domain_of[family])
 
 
 def family_chance(family: str, top: int) -> float:
     """Chance that random class scores put the asked-for class(es) of a `family` prompt in the top `top`."""
-    n, k = len(family_classes(family)), min(FAMILY_TOP.get(family, top), len(family_classes(family)))
+    n = len(family_classes(family))
+    k = min(FAMILY_TOP.get(family, top), n)
     if family == "mixture":  # both of two classes among the top k
         return k * (k - 1) / (n * (n - 1))
     return k / n
@@ -130,21 +132,27 @@ def load_classifier(args: argparse.Namespace, scorer: str) -> Any:
     return load_feature_label_classifier(args.feature_labels)
 
 
-def classifier_ranks(clf: Any, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
-    """Rank (1 = top) of each clip's prompt class among its family's classes by the classifier's logits; for a
-    prompt that asks for several classes, the worst of their ranks (all are in the top k when it is)."""
-    from soundsmith.eval.feature_labels import family_ranks
-
-    x = clf.features(list(waves), sample_rate)  # [N, D]
+def worst_ranks(rows: list[dict], rank: Any) -> list[int]:
+    """Rank of each row's asked-for class, the worst over its classes when it asks for several (all are in the
+    top k when it is). `rank(family, idx, labels)` ranks clips `idx` against one class each within `family`."""
     asked = [prompt_classes(r) for r in rows]
     ranks = [0] * len(rows)
     for family in dict.fromkeys(f for f, _ in asked):
         idx = [i for i, (f, _) in enumerate(asked) if f == family]
         for slot in range(max(len(asked[i][1]) for i in idx)):
             have = [i for i in idx if slot < len(asked[i][1])]
-            for i, rank in zip(have, family_ranks(clf, x[have], family, [asked[i][1][slot] for i in have])):
-                ranks[i] = max(ranks[i], rank)
+            for i, r in zip(have, rank(family, have, [asked[i][1][slot] for i in have])):
+                ranks[i] = max(ranks[i], r)
     return ranks
+
+
+def classifier_ranks(clf: Any, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
+    """Rank (1 = top) of each clip's prompt class among its family's classes by the classifier's logits (the
+    worst rank for a prompt that asks for several classes)."""
+    from soundsmith.eval.feature_labels import family_ranks
+
+    x = clf.features(list(waves), sample_rate)  # [N, D]
+    return worst_ranks(rows, lambda family, idx, labels: family_ranks(clf, x[idx], family, labels))
 
 
 def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, sample_rate: int) -> list[int]:
@@ -162,18 +170,15 @@ def clap_ranks(args: argparse.Namespace, rows: list[dict], waves: torch.Tensor, 
     if not scorer.has_audio_tower:
         raise SystemExit("this CLAP has no audio tower; pass --clap with our CLAP folder")
     audio_emb = scorer.model.embed_audio(waves, sample_rate).float().cpu()  # [N, D]
-    asked = [prompt_classes(r) for r in rows]
-    ranks = [0] * len(rows)
-    for family in dict.fromkeys(f for f, _ in asked):
-        labels = family_classes(family)
-        captions = scorer.embed_text([canonical_prompt(family, label) for label in labels]).cpu()  # [C, D]
-        idx = [i for i, (f, _) in enumerate(asked) if f == family]
-        for slot in range(max(len(asked[i][1]) for i in idx)):
-            have = [i for i in idx if slot < len(asked[i][1])]
-            for i, rank in zip(have, class_ranks(audio_emb[have], captions,
-                                                 [labels.index(asked[i][1][slot]) for i in have])):
-                ranks[i] = max(ranks[i], rank)
-    return ranks
+    captions = {}  # family -> its class captions embedded once, [C, D]
+
+    def rank(family: str, idx: list[int], labels: list[str]) -> list[int]:
+        classes = family_classes(family)
+        if family not in captions:
+            captions[family] = scorer.embed_text([canonical_prompt(family, c) for c in classes]).cpu()
+        return class_ranks(audio_emb[idx], captions[family], [classes.index(label) for label in labels])
+
+    return worst_ranks(rows, rank)
 
 
 def hit_rates(rows: list[dict], hits: list[bool]) -> dict[str, float]:
@@ -286,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for s in scorers:
             mine = ranks[s][i * args.seeds:(i + 1) * args.seeds]
-            top = FAMILY_TOP.get(prompt_family(r), args.top)
-            text = " ".join(map(str, mine)) + f" ({sum(x <= top for x in mine)}/{args.seeds})"
+            text = " ".join(map(str, mine)) + f" ({sum(x <= tops[i * args.seeds] for x in mine)}/{args.seeds})"
             cells.append(f"{text:<{3 * args.seeds + 8}}")
         print(f"{prompt_family(r):<11} {'+'.join(prompt_classes(r)[1]):<15} " + " ".join(cells) + f" {r['prompt']}")
 

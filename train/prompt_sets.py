@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from soundsmith.core.captions import caption
+from soundsmith.core.captions import caption, table
 from soundsmith.core.files import write_text_atomic
 from soundsmith.train.synth import read_spec
 
@@ -46,8 +46,8 @@ _DROPPED_LABELS = ("beats", "downbeats")
 
 
 def write_prompt_sets(corpus: str | os.PathLike, out: str | os.PathLike, seed: int = 0) -> list[Path]:
-    """Write adherence.jsonl, adherence-tune.jsonl, adherence-families.jsonl and corpus-test-200.jsonl into `out` (created if missing);
-    return their paths.
+    """Write adherence.jsonl, adherence-tune.jsonl, adherence-families.jsonl and corpus-test-200.jsonl into
+    `out` (created if missing); return their paths.
 
     Args:
         corpus: the standard corpus folder (its metadata.jsonl test split is sampled).
@@ -85,10 +85,7 @@ def adherence_prompts(rng: np.random.Generator) -> list[dict[str, str]]:
             seen.add(text)
             rows.append({"prompt": text, "domain": "sfx", "label": cls})
     for instrument in music.INSTRUMENTS:
-        style, bpm, meter = _music_setting(music, instrument, rng)
-        labels = {"domain": "music", "instruments": [instrument], "style": style, "tempo_bpm": bpm,
-                  "key": _choice(rng, music.KEYS), "mode": _choice(rng, ("major", "minor")), "time_signature": meter,
-                  "loudness": _choice(rng, ("soft", "medium", "loud"))}
+        labels = _music_labels(music, instrument, rng)
         rows.append({"prompt": caption(labels, rng, style="heldout"), "domain": "music", "label": instrument})
     for code, name in speech.LANGUAGES.items():
         labels = {"domain": "speech", "language": code, "language_name": name,
@@ -113,7 +110,7 @@ def family_prompts(rng: np.random.Generator) -> list[dict[str, Any]]:
                     "voice": _choice(rng, ("female", "male")), "rate": _choice(rng, ("slow", "normal", "fast"))}
         for text in _distinct(rng, speech_labels, EXTRA_WORDINGS["language"]):
             rows.append({"prompt": text, "domain": "speech", "label": code})
-    tempo_words = {band: set(w.lower() for w in words) for band, words in _tempo_words().items()}
+    tempo_words = {band: {w.lower() for w in words} for band, words in table()["music"]["tempo"].items()}
     for low, high, band in tempo_bands():
         def tempo_labels(low: float = low, high: float = high) -> dict[str, Any]:
             labels = _music_labels(music, _choice(rng, music.INSTRUMENTS), rng)
@@ -143,12 +140,6 @@ def _music_labels(music: Any, instrument: str, rng: np.random.Generator) -> dict
     return {"domain": "music", "instruments": [instrument], "style": style, "tempo_bpm": bpm,
             "key": _choice(rng, music.KEYS), "mode": _choice(rng, ("major", "minor")), "time_signature": meter,
             "loudness": _choice(rng, ("soft", "medium", "loud"))}
-
-
-def _tempo_words() -> dict[str, list[str]]:
-    from soundsmith.core.captions import table
-
-    return {band: list(words) for band, words in table()["music"]["tempo"].items()}
 
 
 def _distinct(rng: np.random.Generator, make_labels: Any, n: int, keep: Any = None) -> list[str]:
