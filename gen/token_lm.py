@@ -2,7 +2,8 @@
 
     semantic LM  [cond Q][SEM] s_1 ... s_N                                  -> semantic tokens (~25 Hz)
     coarse LM    [cond Q][SEM] s_1 ... s_N [AC] a(1,1) a(1,2) a(1,3) a(2,1) ... -> first `n_coarse` codec
-                 levels, flattened frame by frame (AudioLM's row-major order, one vocabulary per level)
+                 levels, flattened frame by frame (AudioLM's row-major order, one vocabulary per level), or
+                 in MusicGen's delay pattern (`coarse_pattern="delay"`, below): one position per frame
     fine LM      one position per codec frame: the frame's coarse codes in, its `n_fine` remaining codes out,
                  all levels of a step at once (parallel heads) or MusicGen's delay pattern (level j of
                  frame t is predicted at position t + j, after levels < j of that frame are known)
@@ -44,6 +45,7 @@ WEIGHTS_NAME = "model.safetensors"
 IGNORE = -100  # target value skipped by the loss (padding, positions with nothing to predict)
 STAGES = ("semantic", "coarse", "fine")
 FINE_PATTERNS = ("delay", "parallel")
+COARSE_PATTERNS = ("flat", "delay")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -76,6 +78,11 @@ class TokenLMConfig:
     acoustic_codebook_size: int = 1024
     acoustic_embed_dim: int = 0  # 0: d_model (no factorisation)
     fine_pattern: str = "delay"  # "delay" (MusicGen) or "parallel" heads
+    # coarse stage: "flat" samples the n_coarse codes of a frame one after another (n_coarse steps per frame);
+    # "delay" samples level j of frame t at position t + j, all levels of a position at once (frames + n_coarse - 1
+    # steps, MusicGen's pattern). Why both: flat is AudioLM's exact factorisation; delay is ~n_coarse times fewer
+    # decoding steps, what the token backend's speed target needs on a CPU (benchmarks/token_speed.py)
+    coarse_pattern: str = "flat"
     # coarse stage: each acoustic position also adds the embedding of the semantic token of the frame it
     # predicts (time-aligned, as SoundStorm conditions on semantic tokens); False = AudioLM's prefix alone.
     # Measured why (runs of models/README.md, "Token model v3"): fed the real semantic tokens of test clips,
@@ -93,6 +100,9 @@ class TokenLMConfig:
         if self.fine_pattern not in FINE_PATTERNS:
             raise ValueError(f"TokenLMConfig.fine_pattern must be one of {', '.join(FINE_PATTERNS)}, "
                              f"got {self.fine_pattern!r}")
+        if self.coarse_pattern not in COARSE_PATTERNS:
+            raise ValueError(f"TokenLMConfig.coarse_pattern must be one of {', '.join(COARSE_PATTERNS)}, "
+                             f"got {self.coarse_pattern!r}")
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "cond_levels", "cond_codebook_size", "cond_embed_dim",
                      "semantic_vocab", "n_coarse", "acoustic_codebook_size", "frames_per_semantic", "window"):
             if int(getattr(self, name)) < 1:
@@ -116,7 +126,12 @@ class TokenLMConfig:
 
     @property
     def max_delay(self) -> int:
-        return self.n_fine - 1 if self.stage == "fine" and self.fine_pattern == "delay" else 0
+        """Extra positions the delay pattern adds after the last frame (0 without one)."""
+        if self.stage == "fine" and self.fine_pattern == "delay":
+            return self.n_fine - 1
+        if self.stage == "coarse" and self.coarse_pattern == "delay":
+            return self.n_coarse - 1
+        return 0
 
     @property
     def max_positions(self) -> int:
@@ -124,7 +139,10 @@ class TokenLMConfig:
         if self.stage == "semantic":
             return self.cond_levels + 1 + self.window
         if self.stage == "coarse":
-            return self.cond_levels + 2 + self.window // self.frames_per_semantic + self.window * self.n_coarse
+            prefix = self.cond_levels + 1 + self.window // self.frames_per_semantic
+            if self.coarse_pattern == "delay":  # one position per frame, plus the delay's tail
+                return prefix + self.window + self.max_delay
+            return prefix + 1 + self.window * self.n_coarse  # [AC], then one position per code
         return self.window + self.max_delay
 
     def to_dict(self) -> dict[str, Any]:
@@ -424,6 +442,25 @@ class TokenLM(nn.Module):
         return self.specials.weight[index].expand(batch, 1, -1)  # [B, 1, D]
 
 
+# ---------------------------------------------------------------------------------- delay pattern
+
+
+def delay_slots(codes: Tensor, delays: Tensor, positions: int, none: int) -> Tensor:
+    """codes `[B, K, S]` -> slots `[B, positions, K]`: slot (p, j) holds level j of frame p - delays[j], or
+    `none` where that frame is outside 0..S-1 (MusicGen's delay pattern; delays all 0 = one frame per slot)."""
+    b, k, s = codes.shape
+    frame = torch.arange(positions, device=codes.device)[:, None] - delays[None]  # [P, K]
+    valid = (frame >= 0) & (frame < s)
+    gathered = codes.transpose(1, 2)[:, frame.clamp(0, s - 1), torch.arange(k, device=codes.device)]  # [B, P, K]
+    return torch.where(valid, gathered, torch.full_like(gathered, none))
+
+
+def undelay_slots(slots: Tensor, delays: Sequence[int], frames: int) -> Tensor:
+    """The inverse of `delay_slots`: slots `[B, P, K]` -> codes `[B, frames, K]` (frame-major)."""
+    index = torch.arange(frames, device=slots.device)
+    return torch.stack([slots[:, index + d, j] for j, d in enumerate(delays)], dim=-1)
+
+
 # ---------------------------------------------------------------------------------------- the stages
 
 
@@ -498,7 +535,12 @@ class SemanticLM(TokenLM):
 
 class CoarseLM(TokenLM):
     """[cond Q][SEM] s_1 ... s_N [AC] a(1,1) ... a(1,Kc) a(2,1) ...: the first Kc codec levels, frame by frame,
-    given the conditioning prefix and the semantic tokens of the same span (N = frames / frames_per_semantic)."""
+    given the conditioning prefix and the semantic tokens of the same span (N = frames / frames_per_semantic).
+
+    `coarse_pattern="delay"`: the acoustic segment has one position per frame plus Kc - 1; the input at
+    position p is the sum of the embeddings of the codes sampled at p - 1 ([AC] is added at p = 0) and its
+    output is level j of frame p - j for every j (the fine stage's delay pattern, with conditioning).
+    """
 
     stage = "coarse"
 
@@ -511,6 +553,12 @@ class CoarseLM(TokenLM):
         self.acoustic = CodebookEmbedding(c.n_coarse, c.acoustic_codebook_size, c.d_model, c.acoustic_embed_dim)
         self.aligned = nn.Embedding(c.semantic_vocab, c.d_model) if c.aligned_semantic else None
         self._init_weights()
+        self.delay_pattern = c.coarse_pattern == "delay"
+        self.register_buffer("delays", torch.arange(c.n_coarse), persistent=False)
+
+    def steps(self, new: int) -> int:
+        """Sampling steps to add `new` frames in one window."""
+        return new + self.config.max_delay if self.delay_pattern else new * self.config.n_coarse
 
     def aligned_embedding(self, semantic: Tensor, first: int, count: int) -> Tensor | float:
         """What acoustic-segment positions first..first+count-1 add (position 0 is [AC], position p > 0 the
@@ -519,7 +567,9 @@ class CoarseLM(TokenLM):
         if self.aligned is None:
             return 0.0
         c = self.config
-        frames = torch.arange(first, first + count, device=semantic.device) // c.n_coarse  # frame each predicts
+        frames = torch.arange(first, first + count, device=semantic.device)  # the frame (level 1) each predicts
+        if not self.delay_pattern:
+            frames = frames // c.n_coarse
         index = (frames // c.frames_per_semantic).clamp(max=semantic.shape[1] - 1)  # the last code predicts none
         return self.aligned(semantic[:, index])  # [B, count, D]
 
@@ -529,12 +579,33 @@ class CoarseLM(TokenLM):
         acoustic = self.acoustic(coarse).flatten(1, 2)  # [B, S * Kc, D], a(1,1) a(1,2) ... a(2,1) ...
         segment = torch.cat([self._special(self.AC, b), acoustic], dim=1)  # [B, 1 + S * Kc, D]
         segment = segment + self.aligned_embedding(semantic, 0, segment.shape[1])
-        return torch.cat([self._cond_prefix(cond), self._special(self.SEM, b),
-                          self.semantic(semantic[..., None])[:, :, 0], segment], dim=1)
+        return torch.cat([self._prefix(cond, semantic), segment], dim=1)
+
+    def delay_segment(self, semantic: Tensor, previous: Tensor, first: int) -> Tensor:
+        """Delay pattern: acoustic-segment inputs at positions first..first+P-1 from `previous` `[B, P, Kc]`,
+        the slot codes of the position before each -> `[B, P, D]` ([AC] added at position 0)."""
+        x = self.acoustic(previous).sum(2)  # [B, P, D]
+        if first == 0:
+            x = torch.cat([x[:, :1] + self._special(self.AC, x.shape[0]), x[:, 1:]], dim=1)
+        return x + self.aligned_embedding(semantic, first, x.shape[1])
+
+    def _prefix(self, cond: Tensor, semantic: Tensor) -> Tensor:
+        """[cond Q][SEM] s_1 ... s_N -> `[B, Q + 1 + N, D]`."""
+        return torch.cat([self._cond_prefix(cond), self._special(self.SEM, cond.shape[0]),
+                          self.semantic(semantic[..., None])[:, :, 0]], dim=1)
 
     def forward(self, cond: Tensor, semantic: Tensor, coarse: Tensor) -> LMOutput:
-        """cond `[B, Q]`, semantic `[B, N]`, coarse codes `[B, Kc, S]` -> logits `[B, S, Kc, V]`."""
+        """cond `[B, Q]`, semantic `[B, N]`, coarse codes `[B, Kc, S]` -> logits `[B, S, Kc, V]` (flat) or
+        `[B, S + Kc - 1, Kc, V]` with targets in delay slots, IGNORE where a slot holds no frame (delay)."""
         b, k, s = coarse.shape
+        if self.delay_pattern:
+            none = self.acoustic.none
+            slots = delay_slots(coarse, self.delays, s + k - 1, none)  # [B, P, Kc], the targets
+            previous = F.pad(slots, (0, 0, 1, 0), value=none)[:, :-1]
+            h = self.run(torch.cat([self._prefix(cond, semantic), self.delay_segment(semantic, previous, 0)], dim=1))
+            start = self.config.cond_levels + 1 + semantic.shape[1]
+            logits = self.acoustic.logits(h[:, start:, None].expand(-1, -1, k, -1))  # [B, P, Kc, V]
+            return LMOutput(logits, slots.masked_fill(slots == none, IGNORE))
         frames = coarse.transpose(1, 2)  # [B, S, Kc]
         h = self.run(self.embed(cond, semantic, frames)[:, :-1])  # the last code predicts nothing
         start = self.config.cond_levels + 1 + semantic.shape[1]  # the [AC] position predicts a(1,1)
@@ -568,6 +639,8 @@ class CoarseLM(TokenLM):
 
     def _window(self, cond: Tensor, uncond: Tensor | None, sem: Tensor, ctx: Tensor, new: int, sampler: _Sampler,
                 on_step: Callable[[], Any] | None) -> Tensor:
+        if self.delay_pattern:
+            return self._delay_window(cond, uncond, sem, ctx, new, sampler, on_step)
         k = self.config.n_coarse
         x = self.embed(cond, sem, ctx)  # [B, T0, D]
         if sampler.cfg:
@@ -594,6 +667,36 @@ class CoarseLM(TokenLM):
                 pos += 1
         return torch.stack(out, dim=1).view(-1, new, k)  # [B, new, Kc]
 
+    def _delay_window(self, cond: Tensor, uncond: Tensor | None, sem: Tensor, ctx: Tensor, new: int,
+                      sampler: _Sampler, on_step: Callable[[], Any] | None) -> Tensor:
+        """Delay pattern: ctx `[B, C, Kc]` known frames -> the `new` frames after them `[B, new, Kc]`."""
+        b, c, k = ctx.shape
+        w, none = c + new, self.acoustic.none
+        positions = w + k - 1
+        known = F.pad(ctx.transpose(1, 2), (0, new), value=none)  # [B, Kc, W]
+        slots = delay_slots(known, self.delays, positions, none)  # [B, P, Kc]
+        # prefill the prefix and positions 0..c: their inputs (slots of earlier positions) hold known frames only
+        previous = F.pad(slots, (0, 0, 1, 0), value=none)[:, : c + 1]
+        segment = self.delay_segment(sem, previous, 0)  # [B, c + 1, D]
+        x = torch.cat([self._prefix(cond, sem), segment], dim=1)
+        if sampler.cfg:
+            null = uncond if uncond is not None else self.null_cond(b)
+            x = torch.cat([torch.cat([self._prefix(null, sem), segment], dim=1), x])
+        cache = self.new_cache(x.shape[0], x.shape[1] + positions - 1 - c)
+        h = self.run(x, cache)[:, -1]  # [B', D]
+        pos = x.shape[1]
+        for p in range(c, positions):
+            for j in range(k):
+                if c <= p - j < w:  # a frame to fill (earlier ones are known, later ones not reached yet)
+                    slots[:, p, j] = sampler(self.acoustic.level_logits(h, j))
+            if on_step is not None:
+                on_step()
+            if p < positions - 1:
+                x = self.delay_segment(sem, slots[:, p: p + 1], p + 1)  # [B, 1, D]
+                h = self.run(torch.cat([x, x]) if sampler.cfg else x, cache, pos)[:, -1]
+                pos += 1
+        return undelay_slots(slots, self.delays.tolist(), w)[:, c:]  # [B, new, Kc]
+
 
 class FineLM(TokenLM):
     """One position per codec frame: coarse codes in, the `n_fine` next levels out, no conditioning.
@@ -616,11 +719,7 @@ class FineLM(TokenLM):
 
     def delayed(self, fine: Tensor, positions: int) -> Tensor:
         """fine `[B, Kf, S]` -> `[B, positions, Kf]`: slot (p, j) holds level j of frame p - delay_j, or none."""
-        b, kf, s = fine.shape
-        frame = torch.arange(positions, device=fine.device)[:, None] - self.delays[None]  # [P, Kf]
-        valid = (frame >= 0) & (frame < s)
-        gathered = fine.transpose(1, 2)[:, frame.clamp(0, s - 1), torch.arange(kf, device=fine.device)]  # [B, P, Kf]
-        return torch.where(valid, gathered, torch.full_like(gathered, self.acoustic.none))
+        return delay_slots(fine, self.delays, positions, self.acoustic.none)
 
     def embed(self, coarse: Tensor, previous_fine: Tensor) -> Tensor:
         """coarse `[B, P, Kc]`, previous_fine `[B, P, Kf]` (slot codes one position earlier) -> `[B, P, D]`."""
@@ -682,19 +781,18 @@ class FineLM(TokenLM):
             if p < positions - 1:
                 x = self.embed(coarse_slots[:, p + 1: p + 2], slots[:, p: p + 1])  # [B, 1, D]
                 h = self.run(x, cache, p + 1)[:, -1]
-        out = torch.empty(b, w, kf, dtype=torch.long, device=coarse.device)
-        frames = torch.arange(w, device=coarse.device)
-        for j in range(kf):
-            out[:, :, j] = slots[:, frames + delays[j], j]
-        return out
+        return undelay_slots(slots, delays, w)
 
 
 LM_CLASSES: dict[str, type[TokenLM]] = {"SemanticLM": SemanticLM, "CoarseLM": CoarseLM, "FineLM": FineLM}
 STAGE_CLASSES: dict[str, type[TokenLM]] = {"semantic": SemanticLM, "coarse": CoarseLM, "fine": FineLM}
 
 
-# config fields a trained LM can gain without losing what it learned: each adds parameters and nothing else
-GROWABLE = ("aligned_semantic",)
+# config fields a trained LM can change without losing its weights: `aligned_semantic` adds parameters (at zero:
+# the grown model computes what it did); `n_coarse` (larger only) appends a level's rows to the acoustic table
+# (at zero: in the delay pattern the old levels' predictions are unchanged); `coarse_pattern` keeps every parameter and re-lays out the sequence, so the model starts from what
+# its blocks and tables learned but must re-learn positions (token model v5)
+GROWABLE = ("aligned_semantic", "coarse_pattern", "n_coarse")
 
 
 def grow_lm(lm: TokenLM, **changes: Any) -> TokenLM:
@@ -704,13 +802,22 @@ def grow_lm(lm: TokenLM, **changes: Any) -> TokenLM:
     unknown = sorted(set(changes) - set(GROWABLE))
     if unknown:
         raise ValueError(f"cannot grow a trained LM by {unknown[0]!r}: growable fields are {', '.join(GROWABLE)}")
+    if changes.get("n_coarse", lm.config.n_coarse) < lm.config.n_coarse:
+        raise ValueError(f"cannot grow n_coarse from {lm.config.n_coarse} down to {changes['n_coarse']}")
     grown = build_lm(dataclasses.replace(lm.config, **changes)).to(lm.device)
-    missing, unexpected = grown.load_state_dict(lm.state_dict(), strict=False)
+    old, new = lm.state_dict(), grown.state_dict()
+    longer = {k for k in old if k in new and old[k].shape != new[k].shape}
+    for name in longer:  # tables with rows appended (levels are laid out level-major): old rows first, new at zero
+        if old[name].shape[1:] != new[name].shape[1:] or old[name].shape[0] > new[name].shape[0]:
+            raise ValueError(f"cannot grow: {name!r} changes shape {list(old[name].shape)} -> {list(new[name].shape)}")
+    missing, unexpected = grown.load_state_dict({k: v for k, v in old.items() if k not in longer}, strict=False)
     if unexpected:
         raise ValueError(f"cannot grow: the change drops {unexpected[0]!r}")
     with torch.no_grad():
         for name in missing:
             grown.get_parameter(name).zero_()
+        for name in longer:
+            grown.get_parameter(name)[: old[name].shape[0]] = old[name]
     return grown.train(lm.training)
 
 

@@ -471,16 +471,15 @@ class TokenPipeline(Pipeline):
         return plans.view(len(generators), k, -1)[torch.arange(len(generators)), best.to(plans.device)]
 
     def _num_steps(self, n_semantic: int, frames: int, have_frames: int, guidance: float) -> int:
-        """Sampled steps of one chunk (for the progress bar): tokens of the semantic stage, codes of the
-        coarse stage, positions of the fine stage."""
+        """Sampled steps of one chunk (for the progress bar): tokens of the semantic stage, codes (flat) or
+        positions (delay pattern) of the coarse stage, positions of the fine stage."""
         from soundsmith.gen.token_lm import plan_windows
 
         r, cfg = self.frames_per_semantic, self.config
         sem = sum(new for _, new in plan_windows(n_semantic, have_frames // r, self.semantic_lm.config.window,
                                                  cfg.context_fraction))
-        coarse = sum(new for _, new in plan_windows(frames, have_frames, self.coarse_lm.config.window,
-                                                    cfg.context_fraction, multiple=r))
-        total = sem + coarse * self.coarse_lm.config.n_coarse
+        total = sem + sum(self.coarse_lm.steps(new) for _, new in plan_windows(
+            frames, have_frames, self.coarse_lm.config.window, cfg.context_fraction, multiple=r))
         if self.fine_lm is not None:
             total += sum(self.fine_lm.steps(new) for _, new in plan_windows(
                 frames, have_frames, self.fine_lm.config.window, cfg.fine_context_fraction))

@@ -82,6 +82,46 @@ def test_aligned_coarse_generation_matches_forward():
     assert long.shape == (B, 2, 21)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_delay_coarse_generation_matches_forward(aligned):
+    lm, c = tiny("coarse", coarse_pattern="delay", aligned_semantic=aligned), cond()
+    if aligned:
+        with torch.no_grad():
+            lm.aligned.weight.mul_(30)
+    semantic = torch.randint(0, 20, (B, 4))
+    for guidance in (1.0, 3.0):
+        steps = []
+        codes = lm.generate(c, semantic, 8, sampling=GREEDY, guidance_scale=guidance, on_step=lambda: steps.append(1))
+        assert codes.shape == (B, 2, 8) and len(steps) == lm.steps(8) == 8 + 1  # one position per frame + delay
+        if guidance == 1.0:
+            out = lm(c, semantic, codes)
+            assert out.logits.shape == (B, 9, 2, 16)
+            keep = out.targets != IGNORE
+            assert int(keep.sum()) == B * 8 * 2  # every code of every frame is a target exactly once
+            assert torch.equal(out.logits.argmax(-1)[keep], out.targets[keep])
+        assert torch.equal(lm.generate(c, semantic, 8, prompt=codes[:, :, :4], sampling=GREEDY,
+                                       guidance_scale=guidance), codes)
+    long = lm.generate(c, torch.randint(0, 20, (B, 11)), 21, generators=gens(3, 4))
+    assert long.shape == (B, 2, 21)
+
+
+def test_delay_coarse_is_causal_in_its_slots():
+    """Level 2 of frame t sees level 1 of frame t (one position earlier); level 1 of frame t does not see
+    level 2 of frame t - 1, which is sampled at the same position."""
+    lm, c = tiny("coarse", coarse_pattern="delay"), cond()
+    semantic, codes = torch.randint(0, 20, (B, 4)), torch.randint(0, 16, (B, 2, 8))
+    other = codes.clone()
+    other[:, 0, 3] = (other[:, 0, 3] + 1) % 16  # level 1 of frame 3
+    a, b = lm(c, semantic, codes).logits, lm(c, semantic, other).logits  # [B, P, Kc, V]
+    diff = (a - b).abs().amax(-1)  # [B, P, Kc]
+    assert (diff[:, :4] < 1e-6).all()  # positions up to 3 (where frame 3's level 1 is sampled) cannot see it
+    assert (diff[:, 4, 1] > 1e-4).all()  # level 2 of frame 3, sampled at position 4, reads it
+    other = codes.clone()
+    other[:, 1, 3] = (other[:, 1, 3] + 1) % 16  # level 2 of frame 3, sampled at position 4
+    diff = (lm(c, semantic, other).logits - a).abs().amax(-1)
+    assert (diff[:, :5] < 1e-6).all() and (diff[:, 5] > 1e-4).all()
+
+
 def test_aligned_semantic_reaches_its_own_frame():
     """Changing semantic token j changes the predictions of frames 2j and 2j+1 (frames_per_semantic 2) through
     the aligned path even where the prefix path is cut (its embedding zeroed)."""
@@ -106,6 +146,15 @@ def test_grow_lm_keeps_what_it_learned():
     grown = grow_lm(lm, aligned_semantic=True)
     assert grown.config.aligned_semantic and not lm.config.aligned_semantic
     assert torch.equal(grown(c, semantic, codes).logits, lm(c, semantic, codes).logits)  # new weights at zero
+    delayed = grow_lm(grown, coarse_pattern="delay")  # the same weights, a new layout
+    assert delayed.config.coarse_pattern == "delay" and delayed.steps(8) == 9
+    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in delayed.state_dict().items())
+    # a level appended to the delay pattern: its rows start at zero, so the old levels compute what they did
+    three = grow_lm(delayed, n_coarse=3)
+    more = torch.cat([codes, torch.randint(0, 16, (B, 1, 8))], dim=1)
+    assert torch.allclose(three(c, semantic, more).logits[:, :9, :2], delayed(c, semantic, codes).logits, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot grow n_coarse from 2 down to 1"):
+        grow_lm(lm, n_coarse=1)
     with pytest.raises(ValueError, match="cannot grow a trained LM by 'd_model'"):
         grow_lm(lm, d_model=64)
 
@@ -280,6 +329,7 @@ def test_save_and_load(tmp_path):
     ({"stage": "medium"}, "stage must be one of semantic, coarse, fine"),
     ({"n_heads": 3}, "must split into n_heads"),
     ({"fine_pattern": "zigzag"}, "fine_pattern must be one of delay, parallel"),
+    ({"coarse_pattern": "delay-ish"}, "coarse_pattern must be one of flat, delay"),
     ({"stage": "coarse", "window": 7}, "must be a multiple of frames_per_semantic"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
     ({"n_layers": 0}, "n_layers must be >= 1"),

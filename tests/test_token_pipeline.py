@@ -259,6 +259,21 @@ def test_mel_rvq_without_a_fine_lm_decodes_the_coarse_levels(encoder):
     assert decoded == [(1, pipe.coarse_lm.config.n_coarse, 8)]  # the first n_coarse of the codec's 4 levels
 
 
+def test_delay_pattern_coarse_stage_counts_its_steps(encoder, tmp_path):
+    """A coarse LM in the delay pattern over 3 of the codec's 4 levels: one sampling step per frame (plus the
+    delay), the progress total equal to the steps taken, the folder reloading to the same sound."""
+    pipe = tiny_pipeline(encoder, codec="mel-rvq", fine=False, coarse={"coarse_pattern": "delay", "n_coarse": 3})
+    seen = []
+    out = pipe("rain", duration_s=0.3, seed=0, callback=lambda step, total: seen.append((step, total)))
+    assert out.audios.shape == (1, 1, int(0.3 * SR))
+    assert seen[-1][0] == seen[-1][1] == 8 + (8 + 2)  # 8 semantic tokens, then 8 frames + the delay of 2 levels
+    folder = pipe.save_pretrained(tmp_path / "model")
+    loaded = load_pipeline(folder)
+    loaded.progress_bar = False
+    assert loaded.coarse_lm.config.coarse_pattern == "delay"
+    assert np.array_equal(loaded("rain", duration_s=0.3, seed=0).audios, out.audios)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 

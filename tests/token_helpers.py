@@ -104,8 +104,10 @@ def tiny_lm_config(stage: str, codec_rate: float = 50.0, **changes) -> TokenLMCo
     return TokenLMConfig(stage=stage, window=window, frame_rate=rate, **{**TINY_LM, "frames_per_semantic": r, **changes})
 
 
-def tiny_pipeline(encoder=None, seed: int = 0, fine: bool = True, codec: str = "neural", **config) -> TokenPipeline:
-    """Tiny random token pipeline; `codec`: "neural" (EnCodec architecture, 50 Hz) or "mel-rvq" (25 Hz)."""
+def tiny_pipeline(encoder=None, seed: int = 0, fine: bool = True, codec: str = "neural", coarse: dict | None = None,
+                  **config) -> TokenPipeline:
+    """Tiny random token pipeline; `codec`: "neural" (EnCodec architecture, 50 Hz) or "mel-rvq" (25 Hz);
+    `coarse`: changes to the coarse LM's config (e.g. {"coarse_pattern": "delay"})."""
     from soundsmith.pipelines.tokens import codec_fingerprint
 
     clap = tiny_clap(encoder, seed)
@@ -113,7 +115,8 @@ def tiny_pipeline(encoder=None, seed: int = 0, fine: bool = True, codec: str = "
     codec = tiny_codec(seed) if codec == "neural" else tiny_mel_rvq(seed)
     trained_with = {"cond_rvq": rvq.fingerprint(), "kmeans": kmeans.fingerprint(), "codec": codec_fingerprint(codec)}
     torch.manual_seed(seed)
-    lms = [build_lm(tiny_lm_config(stage, codec.frame_rate, trained_with=trained_with))
+    lms = [build_lm(tiny_lm_config(stage, codec.frame_rate, trained_with=trained_with,
+                                   **(coarse or {} if stage == "coarse" else {})))
            for stage in ("semantic", "coarse", "fine")]
     pipe = TokenPipeline(ClapConditioner(clap), rvq, kmeans, lms[0], lms[1], lms[2] if fine else None, codec,
                          TokenConfig(**{**TINY_TOKENS.to_dict(), **config}))
