@@ -90,8 +90,9 @@ def test_delay_coarse_generation_matches_forward(aligned):
             lm.aligned.weight.mul_(30)
     semantic = torch.randint(0, 20, (B, 4))
     for guidance in (1.0, 3.0):
-        steps = []
-        codes = lm.generate(c, semantic, 8, sampling=GREEDY, guidance_scale=guidance, on_step=lambda: steps.append(1))
+        steps: list[int] = []
+        codes = lm.generate(c, semantic, 8, sampling=GREEDY, guidance_scale=guidance,
+                            on_step=lambda s=steps: s.append(1))
         assert codes.shape == (B, 2, 8) and len(steps) == lm.steps(8) == 8 + 1  # one position per frame + delay
         if guidance == 1.0:
             out = lm(c, semantic, codes)
