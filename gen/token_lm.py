@@ -326,6 +326,14 @@ class LMOutput:
     def loss(self) -> Tensor:
         return F.cross_entropy(self.logits.flatten(0, -2).float(), self.targets.flatten(), ignore_index=IGNORE)
 
+    def level_losses(self) -> list[float]:
+        """Cross-entropy per codec level for acoustic stages (logits `[B, S, K, V]`); [] for the semantic stage.
+        Levels are not equally hard (each residual level is noisier), so one mean hides where a model stands."""
+        if self.logits.dim() != 4:
+            return []
+        return [F.cross_entropy(self.logits[:, :, j].flatten(0, 1).float(), self.targets[:, :, j].flatten(),
+                                ignore_index=IGNORE).item() for j in range(self.logits.shape[2])]
+
     def accuracy(self) -> float:
         keep = self.targets != IGNORE
         if not keep.any():

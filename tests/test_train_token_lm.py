@@ -119,6 +119,8 @@ def test_cli_runs_export_and_assemble_into_a_pipeline(setup, tmp_path):
         assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
         lm = TokenLM.from_pretrained(runs / stage / "export")
         assert lm.config.stage == stage and lm.config.window == (8 if stage == "semantic" else 16)
+        levels = {"semantic": 0, "coarse": lm.config.n_coarse, "fine": lm.config.n_fine}[stage]  # loss per level
+        assert sorted(k for k in valid if k.startswith("valid/loss_l")) == [f"valid/loss_l{j + 1}" for j in range(levels)]
         assert set(lm.config.trained_with) == ({"codec"} if stage == "fine" else
                                                {"clap", "cond_rvq", "kmeans"} | ({"codec"} if stage == "coarse" else set()))
     names = {"clap": setup["clap"], "cond_rvq": setup["cond_rvq"], "kmeans": setup["kmeans"], "codec": setup["codec"],

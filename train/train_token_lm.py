@@ -394,8 +394,10 @@ def _valid_batches(stage: str, valid: TokenCrops, batch_size: int, count: int) -
 @torch.no_grad()
 def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torch.device) -> dict[str, float]:
     """Mean loss and accuracy per condition kind: valid/loss (audio conditions, or none for the fine LM),
-    valid/loss_text, valid/loss_null, and the same for accuracy."""
+    valid/loss_text, valid/loss_null, and the same for accuracy; for the acoustic stages also the loss of each
+    codec level under audio conditions, valid/loss_l1, valid/loss_l2, ..."""
     sums: dict[str, list[float]] = {}
+    levels: list[list[float]] = []
     for mode, batch in batches:
         output = model(**{k: v.to(device) for k, v in batch.items()})
         suffix = "" if mode in ("audio", "none") else f"_{mode}"
@@ -403,10 +405,14 @@ def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torc
         entry[0] += output.loss().item()
         entry[1] += output.accuracy()
         entry[2] += 1
+        if not suffix:
+            levels.append(output.level_losses())
     metrics = {}
     for suffix, (loss, acc, n) in sums.items():
         metrics[f"valid/loss{suffix}"] = loss / n
         metrics[f"valid/accuracy{suffix}"] = acc / n
+    for j, per_batch in enumerate(zip(*levels)):
+        metrics[f"valid/loss_l{j + 1}"] = sum(per_batch) / len(per_batch)
     return metrics
 
 
