@@ -64,8 +64,12 @@ DIFFUSERS_PIPELINES = {"AudioLDMPipeline": "MelLatentCodec", "MusicLDMPipeline":
                        "AudioLDM2Pipeline": "MelLatentCodec"}
 
 
-def load_codec(model_dir: str | os.PathLike) -> Any:
-    """Load the codec in `model_dir`, picked by its config.json `_class_name` (or a diffusers model_index.json)."""
+MEL_CODECS = ("MelLatentCodec", "MelRVQCodec")  # decode through a vocoder, which `vocoder=` may replace
+
+
+def load_codec(model_dir: str | os.PathLike, vocoder: str | dict | None = None) -> Any:
+    """Load the codec in `model_dir`, picked by its config.json `_class_name` (or a diffusers model_index.json);
+    `vocoder` (a registry name or spec) replaces a mel-domain codec's own, as generation's `--vocoder` does."""
     folder = Path(model_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
@@ -80,7 +84,12 @@ def load_codec(model_dir: str | os.PathLike) -> Any:
     kind = DIFFUSERS_PIPELINES.get(kind, kind) if source == index else kind
     if kind not in CODECS:
         raise ValueError(f"{source}: _class_name={kind!r} is not a codec; known: {', '.join(sorted(CODECS))}")
-    return CODECS[kind]()(folder)
+    if vocoder is None:
+        return CODECS[kind]()(folder)
+    if kind not in MEL_CODECS:
+        raise ValueError(f"--vocoder: {folder} is a {kind}, which decodes waveforms itself (a vocoder applies to "
+                         f"{' and '.join(MEL_CODECS)} folders)")
+    return CODECS[kind]()(folder, vocoder=vocoder)
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -155,18 +164,19 @@ def read_split(data_dir: str | os.PathLike, split: str = "test", num_clips: int 
 
 @torch.no_grad()
 def codec_report_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, num_clips: int | None = None,
-                      split: str = "test", codec: Any = None, levels: int | None = None) -> dict[str, Any]:
+                      split: str = "test", codec: Any = None, levels: int | None = None,
+                      vocoder: str | dict | None = None) -> dict[str, Any]:
     """The report as a dict: {"model", "data", "split", "sample_rate", "codec", "device", "threads", "clips",
     "domains": {domain: {clips, seconds, mel_l1, mrstft, si_sdr_db, rtf_encode, rtf_decode}}} with an "all" domain.
 
     `codec` may be passed already loaded, on any device (then `model_dir` only labels the report).
-    `levels`: RVQ levels to encode with (an RVQ codec only; default all).
+    `levels`: RVQ levels to encode with (an RVQ codec only; default all). `vocoder`: see `load_codec`.
     """
     from soundsmith.codecs.audio import read_audio
     from soundsmith.codecs.mel import MelConfig, MelSpectrogram
 
     rows = read_split(data_dir, split, num_clips)  # checks the data before the model loads
-    codec = load_codec(model_dir) if codec is None else codec
+    codec = load_codec(model_dir, vocoder) if codec is None else codec
     if hasattr(codec, "eval"):
         codec.eval()
     if levels is not None:
@@ -233,9 +243,9 @@ def codec_report_dict(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
 
 
 def codec_report(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, num_clips: int | None = None,
-                 split: str = "test", levels: int | None = None) -> str:
+                 split: str = "test", levels: int | None = None, vocoder: str | None = None) -> str:
     """The report as a printable table (see the module docstring for the metrics)."""
-    r = codec_report_dict(model_dir, data_dir, num_clips=num_clips, split=split, levels=levels)
+    r = codec_report_dict(model_dir, data_dir, num_clips=num_clips, split=split, levels=levels, vocoder=vocoder)
     quantized = f", {r['levels']} RVQ levels" if r["levels"] is not None else ""
     lines = [f"codec report: {r['codec']} {r['model']} on {r['data']} (split {r['split']}, {r['clips']} clips, "
              f"{r['sample_rate']} Hz{quantized}, {r['device']}, CPU threads {r['threads']})",

@@ -327,7 +327,8 @@ def _finetune_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_eval_codec(args: argparse.Namespace) -> None:
     from soundsmith.eval.codec_report import codec_report
 
-    print(codec_report(args.model, args.data, num_clips=args.num_clips, split=args.split, levels=args.levels))
+    print(codec_report(args.model, args.data, num_clips=args.num_clips, split=args.split, levels=args.levels,
+                       vocoder=args.vocoder))
 
 
 def cmd_eval_clap(args: argparse.Namespace) -> None:
@@ -608,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="corpus split (default: test)")
     p.add_argument("--levels", type=positive_int, default=None, help="RVQ levels to encode with (RVQ codecs; "
                    "default: all)")
+    p.add_argument("--vocoder", default=None, help="decode a mel-domain codec through this vocoder instead of its "
+                   "own (a registry name, e.g. griffin-lim)")
     p.set_defaults(func=cmd_eval_codec)
     p = esub.add_parser("clap", help="CLAP retrieval R@k/mAP and zero-shot accuracy per label family")
     p.add_argument("--model", required=True, help="CLAP folder: ours or a transformers ClapModel folder")

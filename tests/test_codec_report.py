@@ -150,6 +150,12 @@ def test_report_and_cli(corpus, tmp_path, capsys):
     assert "1 RVQ levels" in capsys.readouterr().out
     assert main(["eval", "codec", "--model", str(tmp_path / "rvq"), "--data", str(corpus), "--levels", "99"]) == 2
     assert "--levels 99 is out of range" in capsys.readouterr().err
+    # a mel-domain codec decodes through another vocoder on request; a waveform codec refuses one
+    other = codec_report_dict(tmp_path / "codec", corpus, num_clips=4, vocoder="griffin-lim")
+    assert other["domains"]["all"]["mel_l1"] != pytest.approx(all_["mel_l1"])
+    assert main(["eval", "codec", "--model", str(tmp_path / "rvq"), "--data", str(corpus), "--vocoder",
+                 "griffin-lim"]) == 2
+    assert "which decodes waveforms itself" in capsys.readouterr().err
     (corpus / "test" / "000000.wav").unlink()
     assert main(["eval", "codec", "--model", str(tmp_path / "codec"), "--data", str(corpus)]) == 2
     assert "audio file not found" in capsys.readouterr().err
