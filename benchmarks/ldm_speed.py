@@ -17,7 +17,10 @@ Cases (each runs in its own process, so its peak memory is its own):
         and the watermark (target: <= 1.5 s for 5 s of audio on 2 CPU threads)
     vocoders  each registered vocoder alone on a 5 s 64-bin mel (seconds per 5 s of audio)
 Prints seconds per clip (median of `--repeats` after one warm-up), the time ratio ours / diffusers
-(target <= 1.0), the real-time factor, peak RSS, and one JSON line.
+(target <= 1.0), the real-time factor, peak RSS, and one JSON line. `--rounds R` runs the list of cases R times
+in turn and reports each case's median over rounds and the median of the per-round ratios: on a machine whose
+speed drifts over a minute (this 2-core one swung the ratio between 0.92 and 1.24 from one run to the next),
+cases run back to back within a round see the same machine.
 """
 
 from __future__ import annotations
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seconds", type=float, default=5.0, help="audio length per call (default 5)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument("--rounds", type=int, default=1, help="run the cases this many times in turn (default 1)")
     p.add_argument("--folder", default=None, help="AudioLDM-S-sized diffusers folder (default: built in a temp dir)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # child process: run one case
     args = p.parse_args(argv)
@@ -261,16 +265,20 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             save_audioldm_s(folder)
             print(f"built the AudioLDM-S-sized folder in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        results = {}
-        for case in args.cases:
+        rounds: dict[str, list[dict]] = {}
+        for case in [c for _ in range(max(1, args.rounds)) for c in args.cases]:
             cmd = [sys.executable, __file__, "--case", case, "--folder", str(folder), "--threads", str(args.threads),
                    "--repeats", str(args.repeats), "--seconds", str(args.seconds)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{case}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
-            results[case] = json.loads(done.stdout.strip().splitlines()[-1])
-            r = results[case]
+            rounds.setdefault(case, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results = {}
+        for case, runs in rounds.items():
+            r = results[case] = {**runs[0], "rounds": [x.get("seconds") for x in runs]}
+            if case != "vocoders":
+                r["seconds"] = statistics.median(x["seconds"] for x in runs)
             if case == "vocoders":
                 for name, v in r["vocoders"].items():
                     print(f"vocoder {name:<18} " + (f"{v['seconds']:.3f} s per {r['audio_s']} s of audio" if "seconds"
@@ -282,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         a, b = results.get(f"{model}:ours"), results.get(f"{model}:diffusers")
         if a and b:
             same = max(abs(x - y) for x, y in zip(a["wave_head"], b["wave_head"]))
-            print(f"{model}: time ratio ours / diffusers = {a['seconds'] / b['seconds']:.2f} (target <= 1.0); "
+            ratios = [x / y for x, y in zip(a["rounds"], b["rounds"])]
+            spread = f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+            print(f"{model}: time ratio ours / diffusers = {statistics.median(ratios):.2f} (target <= 1.0){spread}; "
                   f"outputs agree to {same:.1e}")
     if "default:e2e" in results:
         r = results["default:e2e"]
