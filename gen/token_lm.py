@@ -561,8 +561,11 @@ class CoarseLM(TokenLM):
         self.acoustic = CodebookEmbedding(c.n_coarse, c.acoustic_codebook_size, c.d_model, c.acoustic_embed_dim)
         self.aligned = nn.Embedding(c.semantic_vocab, c.d_model) if c.aligned_semantic else None
         self._init_weights()
-        self.delay_pattern = c.coarse_pattern == "delay"
         self.register_buffer("delays", torch.arange(c.n_coarse), persistent=False)
+
+    @property
+    def delay_pattern(self) -> bool:
+        return self.config.coarse_pattern == "delay"
 
     def steps(self, new: int) -> int:
         """Sampling steps to add `new` frames in one window."""

@@ -116,7 +116,7 @@ def tiny_pipeline(encoder=None, seed: int = 0, fine: bool = True, codec: str = "
     trained_with = {"cond_rvq": rvq.fingerprint(), "kmeans": kmeans.fingerprint(), "codec": codec_fingerprint(codec)}
     torch.manual_seed(seed)
     lms = [build_lm(tiny_lm_config(stage, codec.frame_rate, trained_with=trained_with,
-                                   **(coarse or {} if stage == "coarse" else {})))
+                                   **((coarse or {}) if stage == "coarse" else {})))
            for stage in ("semantic", "coarse", "fine")]
     pipe = TokenPipeline(ClapConditioner(clap), rvq, kmeans, lms[0], lms[1], lms[2] if fine else None, codec,
                          TokenConfig(**{**TINY_TOKENS.to_dict(), **config}))
