@@ -179,6 +179,8 @@ class GenerationSettings:
                                   "loudness_lufs": None if self.loudness_lufs is None else float(self.loudness_lufs)}
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = float(self.guidance_scale)
+        if caps.clap_score:  # each take shows its CLAP score
+            kwargs["clap_score"] = True
         if caps.diffusion:
             if self.num_inference_steps is not None:
                 kwargs["num_inference_steps"] = int(self.num_inference_steps)

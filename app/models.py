@@ -218,6 +218,7 @@ class Capabilities:
     vocoder: str | None = None  # the vocoder this loaded copy decodes with (None: not a mel model)
     adaptable: bool = False  # its loader applies LoRA adapters (pipelines/adapters.py)
     adapters: tuple[tuple[str, float], ...] = ()  # (folder, scale) of the adapters this loaded copy carries
+    clap_score: bool = False  # its call scores single outputs when asked (`clap_score=True`): the takes show it
 
 
 def capabilities_of(pipe: Any) -> Capabilities:
@@ -268,6 +269,7 @@ def capabilities_of(pipe: Any) -> Capabilities:
         sample_rate=int(getattr(pipe, "sample_rate", 16000)), vocoders=vocoders, vocoder=vocoder_name(pipe),
         adaptable=takes_adapters(type(pipe)) and bool(getattr(pipe, "adapter_components", None)),
         adapters=tuple((str(a["folder"]), float(a["scale"])) for a in getattr(pipe, "adapters", None) or []),
+        clap_score="clap_score" in params,
     )
 
 

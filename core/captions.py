@@ -55,6 +55,13 @@ def caption(labels: Mapping[str, Any], rng: np.random.Generator, style: str = "t
     `labels` is a label dict of the corpus interface (its "domain" picks the templates). If it holds
     an "augmentation" record, a phrase about the room or background noise is sometimes appended.
     """
+    return caption_and_template(labels, rng, style)[0]
+
+
+def caption_and_template(labels: Mapping[str, Any], rng: np.random.Generator, style: str = "train"
+                         ) -> tuple[str, str]:
+    """`caption` and the template it filled (which slots it names: a caption that says "{tempo}" or "{bpm}"
+    asks for its clip's tempo; one without them does not)."""
     domain = labels.get("domain")
     if domain not in DOMAINS:
         raise ValueError(f"labels['domain'] must be one of {', '.join(DOMAINS)}, got {domain!r}")
@@ -67,7 +74,7 @@ def caption(labels: Mapping[str, Any], rng: np.random.Generator, style: str = "t
     extra = _environment(labels.get("augmentation"), rng)
     if extra:
         text = f"{text}, {extra}"
-    return text
+    return text, template
 
 
 def class_caption(domain: str, label: str) -> str:

@@ -90,6 +90,9 @@ class TokenLMConfig:
     # frame t's token at an offset that grows with t, which a 4-layer model trained for minutes does not learn
     aligned_semantic: bool = False
     frames_per_semantic: int = 2  # codec frames per semantic token (50 Hz / 25 Hz)
+    # semantic stage: width of the tempo features (gen/tempo.py, 16) added to the [SEM] token through a linear map,
+    # so the plan can follow a requested tempo; 0 = no tempo input (the prefix alone)
+    tempo_dim: int = 0
     window: int = 125  # training crop: semantic tokens (semantic stage) or codec frames (coarse, fine)
     frame_rate: float = 25.0  # tokens (semantic stage) or codec frames per second, for lengths in seconds
     trained_with: dict[str, str] = field(default_factory=dict)  # fingerprints of the parts the data came from
@@ -119,6 +122,9 @@ class TokenLMConfig:
                              f"({self.frames_per_semantic}) for the coarse stage")
         if not self.frame_rate > 0:
             raise ValueError(f"TokenLMConfig.frame_rate must be > 0, got {self.frame_rate}")
+        if self.tempo_dim < 0 or (self.tempo_dim and self.stage != "semantic"):
+            raise ValueError(f"TokenLMConfig.tempo_dim must be >= 0, and 0 outside the semantic stage; got "
+                             f"{self.tempo_dim} for the {self.stage} stage")
 
     @property
     def head_dim(self) -> int:
@@ -483,18 +489,28 @@ class SemanticLM(TokenLM):
         self.cond = CodebookEmbedding(c.cond_levels, c.cond_codebook_size, c.d_model, c.cond_embed_dim)
         self.specials = nn.Embedding(1, c.d_model)
         self.semantic = CodebookEmbedding(1, c.semantic_vocab, c.d_model)
+        self.tempo = nn.Linear(c.tempo_dim, c.d_model, bias=False) if c.tempo_dim else None
         self._init_weights()
+        if self.tempo is not None:  # silent until trained: a tempo input changes nothing at first
+            nn.init.zeros_(self.tempo.weight)
 
-    def embed(self, cond: Tensor, semantic: Tensor) -> Tensor:
-        """cond `[B, Q]`, semantic `[B, N]` -> inputs `[B, Q + 1 + N, D]`."""
+    def embed(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None) -> Tensor:
+        """cond `[B, Q]`, semantic `[B, N]`, tempo features `[B, tempo_dim]` (None: none asked) -> inputs
+        `[B, Q + 1 + N, D]`; the tempo enters through the [SEM] token."""
         b = cond.shape[0]
-        return torch.cat([self._cond_prefix(cond), self._special(self.SEM, b),
+        start = self._special(self.SEM, b)  # [B, 1, D]
+        if tempo is not None and self.tempo is not None:
+            if tempo.shape != (b, self.config.tempo_dim):
+                raise ValueError(f"tempo features must be shaped [{b}, {self.config.tempo_dim}], got {list(tempo.shape)}")
+            start = start + self.tempo(tempo.to(start.dtype))[:, None]
+        return torch.cat([self._cond_prefix(cond), start,
                           self.semantic(semantic.clamp(min=0)[..., None])[:, :, 0]], dim=1)
 
-    def forward(self, cond: Tensor, semantic: Tensor) -> LMOutput:
-        """Teacher-forced pass: cond `[B, Q]`, semantic `[B, N]` (IGNORE = padding) -> logits `[B, N, V]`."""
+    def forward(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None) -> LMOutput:
+        """Teacher-forced pass: cond `[B, Q]`, semantic `[B, N]` (IGNORE = padding), tempo features `[B, T]` or
+        None -> logits `[B, N, V]`."""
         q = self.config.cond_levels
-        h = self.run(self.embed(cond, semantic[:, :-1]))  # position Q + i predicts s_{i+1}
+        h = self.run(self.embed(cond, semantic[:, :-1], tempo))  # position Q + i predicts s_{i+1}
         logits = self.semantic.logits(h[:, q:, None])[:, :, 0]  # [B, N, V]
         return LMOutput(logits, semantic)
 
@@ -502,11 +518,13 @@ class SemanticLM(TokenLM):
     def generate(self, cond: Tensor, length: int, *, prompt: Tensor | None = None, uncond: Tensor | None = None,
                  guidance_scale: float = 1.0, sampling: SamplingParams | None = None,
                  generators: Sequence[torch.Generator] | None = None, context_fraction: float = 0.5,
-                 on_step: Callable[[], Any] | None = None) -> Tensor:
+                 on_step: Callable[[], Any] | None = None, tempo: Tensor | None = None) -> Tensor:
         """Semantic tokens `[B, length]`, the first P of them `prompt` `[B, P]` (continuation).
 
         Args:
             cond: conditioning tokens `[B, Q]`.
+            tempo: tempo features `[B, tempo_dim]` (gen/tempo.py) where the LM takes them; the guidance branch
+                gets none.
             length: total tokens wanted (prompt included).
             uncond: the guidance prefix `[B, Q]` (default: the null prefix); used when guidance_scale != 1.
             guidance_scale: classifier-free guidance; 1 disables it (no batch doubling).
@@ -519,12 +537,12 @@ class SemanticLM(TokenLM):
         sampler = _Sampler(sampling, generators, cond.shape[0], guidance_scale)
         for context, new in plan_windows(length, tokens.shape[1], self.config.window, context_fraction):
             ctx = tokens[:, tokens.shape[1] - context:]
-            tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step)], dim=1)
+            tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step, tempo)], dim=1)
         return tokens
 
     def _window(self, cond: Tensor, uncond: Tensor | None, ctx: Tensor, new: int, sampler: _Sampler,
-                on_step: Callable[[], Any] | None) -> Tensor:
-        x = self.embed(cond, ctx)  # [B, T0, D]
+                on_step: Callable[[], Any] | None, tempo: Tensor | None = None) -> Tensor:
+        x = self.embed(cond, ctx, tempo)  # [B, T0, D]
         if sampler.cfg:
             x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(cond.shape[0]), ctx), x])
         cache = self.new_cache(x.shape[0], x.shape[1] + new - 1)
@@ -803,7 +821,7 @@ STAGE_CLASSES: dict[str, type[TokenLM]] = {"semantic": SemanticLM, "coarse": Coa
 # the grown model computes what it did); `n_coarse` (larger only) appends a level's rows to the acoustic table
 # (at zero: in the delay pattern the old levels' predictions are unchanged); `coarse_pattern` keeps every parameter and re-lays out the sequence, so the model starts from what
 # its blocks and tables learned but must re-learn positions (token model v5)
-GROWABLE = ("aligned_semantic", "coarse_pattern", "n_coarse")
+GROWABLE = ("aligned_semantic", "coarse_pattern", "n_coarse", "tempo_dim")
 
 
 def grow_lm(lm: TokenLM, **changes: Any) -> TokenLM:

@@ -437,14 +437,18 @@ class Pipeline(ABC):
     # -------------------------------------------------------------------------------------- finish
 
     def rank_by_clap(self, conditioner: Any, audios: Tensor, prompts: list[str], seeds: list[int | None],
-                     num_waveforms_per_prompt: int, rerank: bool
+                     num_waveforms_per_prompt: int, rerank: bool, score: bool = False
                      ) -> tuple[Tensor, list[int | None], list[float] | None]:
-        """The CLAP score of each output `[B, C, T]` with its prompt (`prompts`: one per output) and, with
-        `rerank`, each prompt's candidates ordered best first. No scores without an audio tower."""
+        """The CLAP score of each output `[B, C, T]` with its prompt (`prompts`: one per output) when `score` is
+        asked or candidates are to be re-ranked (`rerank` with several per prompt), and then each prompt's
+        candidates ordered best first. No scores without an audio tower. Scores cost the CLAP audio tower on every
+        output (22 ms per 5 s clip of the default on 2 threads), so a single output is not scored unless asked."""
         n = num_waveforms_per_prompt
         if not conditioner.has_audio_tower:
             if n > 1 and rerank:
                 log.info("this CLAP has no audio tower (text-only, AudioLDM); candidates are not re-ranked")
+            return audios, seeds, None
+        if not score and not (rerank and n > 1):
             return audios, seeds, None
         scores = conditioner.score(prompts, audios, self.sample_rate).tolist()
         if rerank and n > 1:

@@ -52,6 +52,7 @@ from soundsmith.core.weights import config_from_dict, weights_fingerprint
 from soundsmith.gen import schedulers
 from soundsmith.gen.conditioners import ClapConditioner, cfg_token_states
 from soundsmith.gen.latent_edits import LatentEdit, paste_back, plan_edit
+from soundsmith.gen.tempo import TempoConditioner, TempoReader
 from soundsmith.gen.windows import blend_windows
 from torch import Tensor
 
@@ -247,6 +248,7 @@ class LDMPipeline(Pipeline):
         inpaint: Sequence[tuple[float, float]] | tuple[float, float] | None = None,
         batch_size: int | None = None,
         rerank: bool = True,
+        clap_score: bool = False,
     ) -> AudioOutput:
         """Generate audio for `prompt`.
 
@@ -277,6 +279,8 @@ class LDMPipeline(Pipeline):
             batch_size: outputs per model batch (default: all, up to 64). Does not change the result
                 beyond floating-point batching (1e-5).
             rerank: order each prompt's candidates by CLAP score (default True).
+            clap_score: give each output's CLAP score with its prompt (`clap_scores`, the sidecar's
+                `clap_score`) even when nothing is re-ranked (default False: one output per prompt is not scored).
         """
         cfg = self.config
         # 1. check inputs; read and encode the input clip ------------------------------------------
@@ -324,7 +328,8 @@ class LDMPipeline(Pipeline):
 
         # 5. CLAP scores; candidates of each prompt ordered best first -----------------------------
         audios, seeds, scores = self.rank_by_clap(self.conditioner, audios, out_prompts, seeds,
-                                                  num_waveforms_per_prompt, rerank)
+                                                  num_waveforms_per_prompt, rerank,
+                                                  clap_score)
 
         # 6. finish: float32 CPU audio, watermark last ---------------------------------------------
         # inpainting / outpainting keep the input clip sample-exact, so they keep its level too
@@ -338,6 +343,8 @@ class LDMPipeline(Pipeline):
             "latent_frames": frames, "windowed": frames > self._window_frames(),
             "vocoder": self.codec.vocoder.spec(), **self.run_record(watermark, level, watermarked),
         }
+        if isinstance(self.conditioner, TempoConditioner):  # the tempo each output's prompt was read to ask for
+            parameters["tempo_bpm"] = self.conditioner.read_tempo(out_prompts)
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, scores, parameters)
 
     # --------------------------------------------------------------------------------- sampling
@@ -453,9 +460,13 @@ class LDMPipeline(Pipeline):
         else:
             save_vocoder_files(voc, folder, dtype=dt)
         self.conditioner.save_pretrained(folder / "clap", dtype=dt)
+        components = dict(LDMConfig().components)
+        if isinstance(self.conditioner, TempoConditioner):  # the tempo reader beside the CLAP
+            self.conditioner.reader.save_pretrained(folder / "tempo")
+            components["tempo"] = "tempo"
         schedulers.make_scheduler(self.config.scheduler, self.noise_schedule).save_pretrained(str(folder / "scheduler"))
         _merge_json(folder / "scheduler" / "scheduler_config.json", self.noise_schedule)
-        config = dataclasses.replace(self.config, components=LDMConfig().components,
+        config = dataclasses.replace(self.config, components=components,
                                      mel=self.codec.vae.config.mel.to_dict(), vocoder=voc.spec())
         self.write_config(folder, config)
         return folder
@@ -531,6 +542,11 @@ def _load_ours(folder: Path, vocoder: str | dict[str, Any] | None = None,
     mel = None if config.mel is None else config_from_dict(MelConfig, config.mel, f"{config_path} 'mel'")
     codec = MelLatentCodec.from_parts(parts["vae"], spec, base_dir=parts["vae"].parent, mel=mel)
     conditioner = ClapConditioner.from_pretrained(parts["clap"], null_condition=config.null_condition)
+    if "tempo" in parts:  # a tempo-conditioned UNet (gen/tempo.py): its reader wraps the CLAP
+        try:
+            conditioner = TempoConditioner(conditioner, TempoReader.from_pretrained(parts["tempo"]))
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{config_path}: part 'tempo': {err}") from None
     schedule = read_json_object(parts["scheduler"] / "scheduler_config.json")
     config = dataclasses.replace(config, vocoder=codec.vocoder.spec())
     pipe = LDMPipeline(unet, codec, conditioner, schedule, config, name_or_path=str(folder))

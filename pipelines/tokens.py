@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 BACKEND = "tokens"
 STAGES = ("semantic", "coarse", "fine")
-PARTS = ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm", "codec")
+PARTS = ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm", "codec", "tempo")
+OPTIONAL_PARTS = ("fine_lm", "tempo")  # tempo: the prompt's tempo reader (gen/tempo.py) for a tempo-aware semantic LM
 MAX_GUIDANCE = 100.0
 MAX_SEMANTIC_CANDIDATES = 64
 SILENCE = 1e-4  # peak below which an audio prompt counts as silent
@@ -100,7 +101,7 @@ class TokenConfig:
             if unknown:
                 raise ValueError(f"{name}: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
         resolve_sampling(self, None, None, None)  # every default in range
-        missing = [p for p in PARTS if p != "fine_lm" and p not in self.components]
+        missing = [p for p in PARTS if p not in OPTIONAL_PARTS and p not in self.components]
         if missing:
             raise ValueError(f"components: part {missing[0]!r} missing (parts: {', '.join(PARTS)})")
 
@@ -164,8 +165,10 @@ class TokenPipeline(Pipeline):
     adapter_components = {"semantic_lm": "semantic_lm", "coarse_lm": "coarse_lm", "fine_lm": "fine_lm"}
 
     def __init__(self, conditioner: Any, cond_rvq: Any, kmeans: Any, semantic_lm: Any, coarse_lm: Any,
-                 fine_lm: Any | None, codec: Any, config: TokenConfig | None = None, *, name_or_path: str = ""):
+                 fine_lm: Any | None, codec: Any, config: TokenConfig | None = None, *, name_or_path: str = "",
+                 tempo_reader: Any = None):
         super().__init__()
+        self.tempo_reader = tempo_reader  # TempoReader or None: reads the tempo a prompt asks for
         self.conditioner = conditioner
         self.cond_rvq = cond_rvq.eval()
         self.kmeans = kmeans
@@ -308,6 +311,7 @@ class TokenPipeline(Pipeline):
         audio_prompt: Any = None,
         batch_size: int | None = None,
         rerank: bool = True,
+        clap_score: bool = False,
         num_inference_steps: int | None = None,
         scheduler: str | None = None,
         semantic_candidates: int | None = None,
@@ -341,6 +345,8 @@ class TokenPipeline(Pipeline):
                 long, shorter than duration_s, not silent.
             batch_size: outputs per model batch (default: all, up to 64).
             rerank: order each prompt's candidates by CLAP score (default True).
+            clap_score: give each output's CLAP score with its prompt (`clap_scores`, the sidecar's
+                `clap_score`) even when nothing is re-ranked (default False: one output per prompt is not scored).
             num_inference_steps, scheduler: diffusion settings; the token backend has none (an error if given).
             semantic_candidates: semantic plans sampled per output, in [1, 64] (default: config's). Each plan's
                 tokens are k-means centroids in our CLAP's frame-feature space, so CLAP's audio head embeds a
@@ -366,6 +372,13 @@ class TokenPipeline(Pipeline):
         # 3. condition: CLAP text embeddings -> conditioning tokens [B, Q] ---------------------------
         text = self.conditioner.embed_text(prompts).float()  # [P, D]
         cond = self._tokenize_cond(text)[source]  # [B, Q]
+        bpms, tempo = None, None  # the tempo each prompt asks for, as the semantic LM's tempo features [B, T]
+        if self.tempo_reader is not None and self.semantic_lm.config.tempo_dim:
+            from soundsmith.gen.tempo import tempo_features
+
+            read = self.tempo_reader.read(prompts, text)
+            bpms = [read[i] for i in source]
+            tempo = tempo_features(bpms)
         text = text[source]  # [B, D]: what the semantic plans are ranked against
         uncond = None  # the guidance prefix: the null tokens, or a negative prompt's tokens
         distinct = list(dict.fromkeys(n for n in out_negatives if n is not None))
@@ -387,13 +400,14 @@ class TokenPipeline(Pipeline):
                 codes = self._sample(cond[idx], None if uncond is None else uncond[idx], guidance, sampling,
                                      [generators[i] for i in idx], n_semantic, frames,
                                      None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
-                                     progress.step, text[idx], candidates)
+                                     progress.step, text[idx], candidates, None if tempo is None else tempo[idx])
                 waves.append(self.codec.decode(codes.to(self.device), num_samples=num_samples))  # [b, C, T]
         audios = torch.cat(waves)  # [B, C, T]
 
         # 6. CLAP scores; candidates of each prompt ordered best first -----------------------------
         audios, seeds, scores = self.rank_by_clap(self.conditioner, audios, out_prompts, seeds,
-                                                  num_waveforms_per_prompt, rerank)
+                                                  num_waveforms_per_prompt, rerank,
+                                                  clap_score)
 
         # 7. finish: float32 CPU audio, watermark last ---------------------------------------------
         audios, level = self.normalize_loudness(audios, loudness_lufs)
@@ -412,6 +426,8 @@ class TokenPipeline(Pipeline):
             "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
             **self.run_record(watermark, level, watermarked),
         }
+        if bpms is not None:  # the tempo each output's prompt was read to ask for
+            parameters["tempo_bpm"] = bpms
         return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
                            {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
 
@@ -420,9 +436,9 @@ class TokenPipeline(Pipeline):
     def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
                 generators: list[torch.Generator], n_semantic: int, frames: int,
                 prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor | None = None,
-                candidates: int = 1) -> Tensor:
+                candidates: int = 1, tempo: Tensor | None = None) -> Tensor:
         """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`; `text` `[b, D]` ranks
-        `candidates` semantic plans per output."""
+        `candidates` semantic plans per output; `tempo` `[b, T]`: the semantic LM's tempo features."""
         device, k = self.device, self.coarse_lm.config.n_coarse
         cond = cond.to(device)
         uncond = None if uncond is None else uncond.to(device)
@@ -435,7 +451,7 @@ class TokenPipeline(Pipeline):
         guided = self.config.guided_stages
         semantic = self._semantic_plan(cond, uncond, sem_prompt, guidance if "semantic" in guided else 1.0,
                                        sampling["semantic"], generators, n_semantic, on_step, text,
-                                       candidates)  # [b, N]
+                                       candidates, None if tempo is None else tempo.to(device))  # [b, N]
         coarse = self.coarse_lm.generate(
             cond, semantic, frames, prompt=coarse_prompt, uncond=uncond,
             guidance_scale=guidance if "coarse" in guided else 1.0,
@@ -449,7 +465,7 @@ class TokenPipeline(Pipeline):
 
     def _semantic_plan(self, cond: Tensor, uncond: Tensor | None, prompt: Tensor | None, guidance: float,
                        sampling: Any, generators: list[torch.Generator], n_semantic: int, on_step: Callable[[], Any],
-                       text: Tensor | None, candidates: int) -> Tensor:
+                       text: Tensor | None, candidates: int, tempo: Tensor | None = None) -> Tensor:
         """Semantic tokens `[b, N]`: the best of `candidates` plans per output by CLAP similarity to `text`.
 
         All plans of a chunk are one batch (the step count, and so the progress bar, does not change). Plan 0
@@ -462,7 +478,7 @@ class TokenPipeline(Pipeline):
         plans = self.semantic_lm.generate(
             repeat(cond), n_semantic, prompt=repeat(prompt), uncond=repeat(uncond), guidance_scale=guidance,
             sampling=sampling, generators=plan_generators, context_fraction=self.config.context_fraction,
-            on_step=on_step)  # [b * k, N]
+            on_step=on_step, tempo=repeat(tempo))  # [b * k, N]
         if k == 1:
             return plans
         audio = self.kmeans.audio_embedding(plans).to(text.device)  # [b * k, D], L2-normalised
@@ -568,10 +584,11 @@ class TokenPipeline(Pipeline):
             "coarse_lm": lambda f: self.coarse_lm.save_pretrained(f, dtype=dt),
             "fine_lm": lambda f: self.fine_lm.save_pretrained(f, dtype=dt),
             "codec": lambda f: self.codec.save_pretrained(f, dtype=dt),
+            "tempo": lambda f: self.tempo_reader.save_pretrained(f),
         }
         components = {}
         for part, write in writers.items():
-            if part == "fine_lm" and self.fine_lm is None:
+            if (part == "fine_lm" and self.fine_lm is None) or (part == "tempo" and self.tempo_reader is None):
                 continue
             if part in link:
                 components[part] = os.path.relpath(normalized(link[part]), normalized(folder))
@@ -634,7 +651,7 @@ class TokenPipeline(Pipeline):
         from soundsmith.gen.token_lm import CoarseLM, FineLM, SemanticLM
 
         unknown = sorted(set(parts) - set(PARTS))
-        missing = sorted(set(PARTS) - set(parts) - {"fine_lm"})
+        missing = sorted(set(PARTS) - set(parts) - set(OPTIONAL_PARTS))
         if unknown or missing:
             bad = f"unknown part {unknown[0]!r}" if unknown else f"part {missing[0]!r} is missing"
             raise ValueError(f"{where}: {bad} (parts: {', '.join(PARTS)})")
@@ -650,8 +667,16 @@ class TokenPipeline(Pipeline):
         coarse_lm = CoarseLM.from_pretrained(paths["coarse_lm"])
         fine_lm = FineLM.from_pretrained(paths["fine_lm"]) if "fine_lm" in paths else None
         codec = load_acoustic_codec(paths["codec"], tree=tree, **({"vocoder": vocoder} if vocoder is not None else {}))
+        tempo_reader = None
+        if "tempo" in paths:
+            from soundsmith.gen.tempo import TempoReader
+
+            try:
+                tempo_reader = TempoReader.from_pretrained(paths["tempo"])
+            except (FileNotFoundError, ValueError) as err:
+                raise ValueError(f"{where}: part 'tempo': {err}") from None
         pipe = cls(conditioner, cond_rvq, kmeans, semantic_lm, coarse_lm, fine_lm, codec, config,
-                   name_or_path=name_or_path or where)
+                   name_or_path=name_or_path or where, tempo_reader=tempo_reader)
         pipe.check_fingerprints(where, recorded)  # each LM's trained_with: parts from other runs are refused
         return pipe
 

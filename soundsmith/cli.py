@@ -154,6 +154,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UsageError(f"--semantic-candidates applies to soundsmith token models (--backend tokens), not to "
                          f"the {pipe.backend} model {model}")
     kwargs.update(given)
+    if args.clap_score:
+        import inspect
+
+        if "clap_score" not in inspect.signature(pipe.__call__).parameters:
+            raise UsageError(f"--clap-score applies to soundsmith models (ldm, tokens), not to {model}")
+        kwargs["clap_score"] = True
     if manifest is not None and manifest.done:
         print(f"soundsmith: resuming: {len(manifest.done)} of {len(prompts) * args.num} clips are already in {out}",
               file=sys.stderr)
@@ -506,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model precision (default: fp32)")
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
     p.add_argument("--no-watermark", action="store_true", help="skip the generation watermark")
+    p.add_argument("--clap-score", action="store_true", help="score every output with its prompt in the model's CLAP "
+                   "space (the sidecar's clap_score; costs the CLAP audio tower per clip). Candidates of --num > 1 are "
+                   "always scored, to rank them")
     p.add_argument("--vocoder", default=None, choices=vocoder_names(), help="mel -> wave decoder replacing the "
                    "model's own (mel-path models; default: the one its config.json names)")
     from soundsmith.codecs.audio import DEFAULT_LOUDNESS_LUFS

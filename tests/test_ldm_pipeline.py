@@ -48,7 +48,10 @@ def test_any_duration_and_output(pipe):
     out = pipe("rain on a roof", duration_s=0.3, seed=0)
     assert out.audios.shape == (1, 1, int(0.3 * SR)) and out.sample_rate == SR
     assert torch.isfinite(out.audios).all() and out.audios.std() > 1e-3
-    assert out.prompts == ["rain on a roof"] and out.seeds == [0] and len(out.clap_scores) == 1
+    assert out.prompts == ["rain on a roof"] and out.seeds == [0] and out.clap_scores is None  # scored when asked
+    scored = pipe("rain on a roof", duration_s=0.3, seed=0, clap_score=True)
+    assert len(scored.clap_scores) == 1 and torch.equal(scored.audios, out.audios)
+    assert scored.metadata(0)["clap_score"] == scored.clap_scores[0] and "clap_score" not in out.metadata(0)
     p = out.parameters
     assert (p["mode"], p["scheduler"], p["num_inference_steps"], p["dtype"]) == ("text-to-audio", "dpmsolver++", 3, "fp32")
     assert p["watermarked"] is False and p["windowed"] is False

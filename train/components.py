@@ -58,6 +58,12 @@ def _mel_adapter() -> Callable:
     return train
 
 
+def _tempo_reader() -> Callable:
+    from .train_tempo_reader import train
+
+    return train
+
+
 def _mel_rvq() -> Callable:
     from .train_mel_rvq import train
 
@@ -77,5 +83,6 @@ def _token_lm(stage: str) -> Callable[[], Callable]:
 COMPONENTS: dict[str, Callable[[], Callable]] = {"vae": _vae, "vocoder": _vocoder, "clap": _clap, "codec": _codec,
                                                  "unet": _unet}
 COMPONENTS.update({"mel-adapter": _mel_adapter})  # the universal HiFi-GAN's input mapping
+COMPONENTS.update({"tempo-reader": _tempo_reader})  # the prompt's tempo, for tempo-conditioned UNets
 COMPONENTS.update({"cond-rvq": _cond_rvq, "kmeans": _kmeans, "mel-rvq": _mel_rvq})  # the token backend's tokenizers
 COMPONENTS.update({f"{stage}-lm": _token_lm(stage) for stage in ("semantic", "coarse", "fine")})  # its three LMs

@@ -289,6 +289,14 @@ def canonical_split(name: str) -> str:
     return SPLIT_ALIASES.get(name, name)
 
 
+def clip_tempi(root: str | os.PathLike, split: str) -> list[float | None]:
+    """Each clip's BPM (`tempo_bpm` label; None where a clip has none) in the split's order: the order of
+    `AudioCaptionDataset(root, split=split)` and of the latent and token caches built from it."""
+    _, records = read_records(root)
+    return [float(r.labels["tempo_bpm"]) if isinstance(r.labels.get("tempo_bpm"), (int, float)) else None
+            for r in select_split(records, split, Path(root))]
+
+
 def select_split(records: list[Record], split: str | None, root: Path) -> list[Record]:
     """The records of one split (None: all). Raises a ValueError if none are left."""
     if split is None:

@@ -285,6 +285,10 @@ class ModelFolderExport:
         save_safetensors({k: v.to(dt) if v.is_floating_point() else v for k, v in unet.state_dict().items()},
                          folder / "unet" / "diffusion_pytorch_model.safetensors")
         components = {"unet": "unet", **{name: _relative(target, folder) for name, target in parts.items()}}
+        reader = getattr(pipe.conditioner, "reader", None)  # a tempo-conditioned UNet's reader (gen/tempo.py)
+        if reader is not None:
+            reader.save_pretrained(folder / "tempo")
+            components["tempo"] = "tempo"
         write_json(folder / "config.json", {**self.init.raw_config, "components": components})
         return folder
 
@@ -295,7 +299,8 @@ class ModelFolderExport:
         lms = {name: getattr(pipe, name) for name in ("semantic_lm", "coarse_lm", "fine_lm")}
         lms[self.init.component] = self.model
         full = TokenPipeline(pipe.conditioner, pipe.cond_rvq, pipe.kmeans, lms["semantic_lm"], lms["coarse_lm"],
-                             lms["fine_lm"], pipe.codec, pipe.config, name_or_path=str(self.init.folder))
+                             lms["fine_lm"], pipe.codec, pipe.config, name_or_path=str(self.init.folder),
+                             tempo_reader=getattr(pipe, "tempo_reader", None))
         links, _ = self._links(folder, skip=self.init.component)  # the others are written into the folder
         return full.save_pretrained(folder, dtype=dtype, link=links)
 

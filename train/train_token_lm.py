@@ -47,6 +47,7 @@ from soundsmith.core.run_lock import releases_folder_locks
 
 from .checkpoint import ResumableSampler, resume_point
 from .config import CONFIGS, bounded, load_config
+from .datasets import clip_tempi
 from .ema import EMA
 from .finetune import (
     AdapterExport,
@@ -105,6 +106,11 @@ class TokenLMTrainConfig(FinetuneConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.9
     cache_batch: int = bounded(16, 1)  # clips per tokenizer call while building the cache
     mixed_precision: str = bounded("bf16", choices=("no", "fp16", "bf16"))  # GPU only; CPU runs fp32
     num_valid_batches: int = bounded(4, 1)  # batches of valid crops (fixed) per evaluation
+    # semantic LM with a tempo input (model field tempo_dim, gen/tempo.py): each music clip's own tempo, dropped to
+    # "no tempo" with this probability (and with a dropped condition); with init, `tempo_reader` (a folder of
+    # `soundsmith train tempo-reader`) is exported with the model so the pipeline reads tempo from prompts
+    tempo_dropout: float = bounded(0.3, 0.0, 1.0)
+    tempo_reader: str | None = None
 
 
 # ------------------------------------------------------------------------------------------- batches
@@ -118,9 +124,13 @@ class TokenCrops:
     """
 
     def __init__(self, stage: str, cache: dict[str, Any], lm: Any, *, cond_dropout: float = 0.0,
-                 text_cond_prob: float = 0.0, short_crop_prob: float = 0.0, where: str = "data"):
+                 text_cond_prob: float = 0.0, short_crop_prob: float = 0.0, where: str = "data",
+                 tempo: list[float | None] | None = None, tempo_dropout: float = 0.0):
         c = lm.config
         self.stage, self.cache, self.config = stage, cache, c
+        # each cached clip's BPM, for a semantic LM with a tempo input (None: the batches carry no tempo)
+        self.tempo = tempo if stage == "semantic" and getattr(c, "tempo_dim", 0) else None
+        self.tempo_dropout = tempo_dropout
         self.null = c.cond_codebook_size
         self.cond_dropout, self.text_cond_prob, self.short_crop_prob = cond_dropout, text_cond_prob, short_crop_prob
         self.multiple = c.frames_per_semantic if stage == "coarse" else 1
@@ -159,6 +169,13 @@ class TokenCrops:
         batch: dict[str, Any] = {}
         if self.stage in ("semantic", "coarse"):
             batch["cond"] = torch.stack([self._cond(i, rng, cond) for i in clips])  # [B, Q]
+            if self.tempo is not None:  # [B, tempo_dim]: none where the condition is null or the tempo dropped
+                from soundsmith.gen.tempo import tempo_features
+
+                null = (batch["cond"] == self.null).all(dim=1).tolist()
+                batch["tempo"] = tempo_features([
+                    None if is_null or (cond == "random" and rng.random() < self.tempo_dropout) else self.tempo[i]
+                    for i, is_null in zip(clips, null)])
             r = self.config.frames_per_semantic if self.stage == "coarse" else 1
             sem = self.cache["semantic"]
             batch["semantic"] = torch.stack([sem.clip(i)[s // r: (s + length) // r] for i, s in zip(clips, starts)])
@@ -227,6 +244,13 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
         found = {"clap": pipe.conditioner.model, "cond_rvq": pipe.cond_rvq, "kmeans": pipe.kmeans, "codec": pipe.codec}
         parts = TokenParts(**{p: part for p, part in found.items() if p in wanted})
         lm_config = dataclasses.replace(init.model.config, **grow)
+        if cfg.tempo_reader is not None:  # exported with the model: the pipeline reads the prompts' tempo with it
+            from soundsmith.gen.tempo import TempoReader
+
+            try:
+                pipe.tempo_reader = TempoReader.from_pretrained(cfg.tempo_reader)
+            except (FileNotFoundError, ValueError) as err:
+                raise ValueError(f"{config}: field 'tempo_reader': {err}") from None
     root = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / "token-cache"
     caches = {split: token_cache(data, split, parts, kinds, root=root, n_captions=cfg.n_captions, seed=cfg.seed,
                                  batch_size=cfg.cache_batch) for split in ("train", "valid") if split in _splits(data)}
@@ -259,9 +283,12 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
         objects["scaler"] = accelerator.scaler
 
     # 4. data: crops of the cached tokens in a resumable order; fixed validation crops ---------------
+    tempi = {split: clip_tempi(data, split) if split in _splits(data) else None for split in ("train", "valid")}
     crops = TokenCrops(stage, caches["train"], model, cond_dropout=cfg.cond_dropout, text_cond_prob=cfg.text_cond_prob,
-                       short_crop_prob=cfg.short_crop_prob, where=f"{data} (train)")
-    valid = TokenCrops(stage, caches["valid"], model, where=f"{data} (valid)")
+                       short_crop_prob=cfg.short_crop_prob, where=f"{data} (train)", tempo=tempi["train"],
+                       tempo_dropout=cfg.tempo_dropout)
+    valid = TokenCrops(stage, caches["valid"], model, where=f"{data} (valid)",
+                       tempo=tempi["valid"] if tempi["valid"] is not None else tempi["train"])
     valid_batches = _valid_batches(stage, valid, cfg.batch_size, cfg.num_valid_batches)
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
@@ -395,7 +422,8 @@ def _valid_batches(stage: str, valid: TokenCrops, batch_size: int, count: int) -
 def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torch.device) -> dict[str, float]:
     """Mean loss and accuracy per condition kind: valid/loss (audio conditions, or none for the fine LM),
     valid/loss_text, valid/loss_null, and the same for accuracy; for the acoustic stages also the loss of each
-    codec level under audio conditions, valid/loss_l1, valid/loss_l2, ..."""
+    codec level under audio conditions, valid/loss_l1, valid/loss_l2, ...; for a semantic LM with a tempo input
+    also valid/loss_no_tempo (the audio-conditioned crops without their tempo)."""
     sums: dict[str, list[float]] = {}
     levels: list[list[float]] = []
     for mode, batch in batches:
@@ -407,6 +435,12 @@ def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torc
         entry[2] += 1
         if not suffix:
             levels.append(output.level_losses())
+        if "tempo" in batch and not suffix:  # what the tempo input is worth: the same crops without it
+            plain = model(**{k: v.to(device) for k, v in batch.items() if k != "tempo"})
+            tempo_entry = sums.setdefault("_no_tempo", [0.0, 0.0, 0.0])
+            tempo_entry[0] += plain.loss().item()
+            tempo_entry[1] += plain.accuracy()
+            tempo_entry[2] += 1
     metrics = {}
     for suffix, (loss, acc, n) in sums.items():
         metrics[f"valid/loss{suffix}"] = loss / n

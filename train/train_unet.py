@@ -41,10 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 from soundsmith.core.run_lock import releases_folder_locks
+from soundsmith.gen.tempo import TEMPO_DIM, TempoConditioner, TempoReader, grow_unet_for_tempo
 from torch import Tensor
 
 from .checkpoint import ResumableSampler, resume_point
 from .config import CONFIGS, bounded, config_to_dict, load_config
+from .datasets import clip_tempi
 from .ema import EMA
 from .finetune import (
     AdapterExport,
@@ -101,6 +103,12 @@ class UNetTrainConfig(FinetuneConfig, max_steps=20000, batch_size=16, lr=2e-4, b
     cond_dropout: float = bounded(0.1, 0.0, 1.0)  # condition -> zeros (the unconditional embedding)
     sample_posterior: bool = True  # z = mean + std * eps (else the posterior mean)
     captions_per_clip: int = bounded(4, 1, 64)  # caption embeddings cached per clip (drawn from the labels)
+    # tempo conditioning (gen/tempo.py): a tempo reader folder (`soundsmith train tempo-reader`) turns it on; the
+    # UNet then also takes the tempo features of each music clip's own tempo, dropped to "no tempo" with
+    # probability `tempo_dropout` (so prompts that name no tempo still work). With --init a UNet without the
+    # input is grown (new weights at zero) and the reader is exported with the model.
+    tempo_reader: str | None = None
+    tempo_dropout: float = bounded(0.3, 0.0, 1.0)
     # beat-synchronous mixup of music clips (MusicLDM; train/mixup.py): "latent" mixes cached latents on the
     # fly, "audio" caches rendered mixtures; "none" (default) trains on the clips as they are
     mixup: str = bounded("none", choices=("none", "latent", "audio"))
@@ -156,10 +164,15 @@ def load_parts(cfg: UNetTrainConfig, where: str) -> tuple[Any, Any]:
 
 
 def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConfig, g: torch.Generator,
-               mixup: Any = None, null: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
+               mixup: Any = None, null: Tensor | None = None, tempo: list[float | None] | None = None
+               ) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
     """Latent windows `[B, C, crop, F']`, frame mask `[B, crop]`, conditions `[B, D]` and the caption of
     each text-conditioned example (None otherwise: audio-conditioned or dropped). A dropped condition is
     `null` (`[D]`, the pipeline's unconditional embedding: the CLAP embedding of "" for AudioLDM), default zeros.
+
+    With `tempo` (each cached clip's BPM, None where it has none) the conditions are `[B, D + TEMPO_DIM]`: the
+    CLAP part, then the clip's tempo features (gen/tempo.py), zeros when the condition is dropped or, with
+    probability `cfg.tempo_dropout`, the tempo alone (a mixture's partners are within 5 % of its tempo).
 
     With `cfg.mixup` on and a `mixup` index (train/mixup.py `MixupIndex`), each mixable example is
     replaced by a beat-synchronous mixture with probability `cfg.mixup_prob`.
@@ -172,6 +185,7 @@ def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConf
     if null is not None:
         cond[:] = null
     texts: list[str | None] = []
+    bpms: list[float | None] = []
     for b, i in enumerate(idx):
         n = cache.frames(i)
         start = int(torch.randint(0, max(1, n - crop + 1), (1,), generator=g))
@@ -198,6 +212,13 @@ def make_batch(cache: LatentCache, idx: list[int], crop: int, cfg: UNetTrainConf
             text = mixup.mix_example(cache, z, cond, b, i, start, width, use_audio=use_audio, dropped=dropped,
                                      sample_posterior=cfg.sample_posterior, alpha=cfg.mixup_alpha, g=g)
         texts.append(text)  # dropped: zeros, the unconditional embedding the pipeline uses
+        if tempo is not None:
+            tempo_dropped = float(torch.rand((), generator=g)) < cfg.tempo_dropout
+            bpms.append(None if dropped or tempo_dropped else tempo[i])
+    if tempo is not None:
+        from soundsmith.gen.tempo import tempo_features
+
+        cond = torch.cat([cond, tempo_features(bpms)], dim=1)  # [B, D + TEMPO_DIM]
     return z, mask, cond, texts
 
 
@@ -261,6 +282,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         codec, conditioner = init.pipe.codec, init.pipe.conditioner
         codec.eval().requires_grad_(False)
         conditioner.model.eval().requires_grad_(False)
+    conditioner, reader = _tempo_parts(cfg, conditioner, str(config))  # the CLAP conditioner; the tempo reader
     frame_s = codec.samples_per_latent_frame / codec.sample_rate
     crop = max(1, round(cfg.crop_seconds / frame_s))
     unet_cfg = None
@@ -268,7 +290,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         try:
             unet_cfg = UNetConfig.from_dict({"latent_channels": codec.vae.config.latent_channels,
                                              "latent_bins": codec.vae.config.n_mels // codec.vae.config.downsample_factor,
-                                             "condition_dim": conditioner.dim, "sample_frames": crop, **cfg.model},
+                                             "condition_dim": conditioner.dim + (TEMPO_DIM if reader else 0),
+                                             "sample_frames": crop, **cfg.model},
                                             where=f"{config}: field 'model'")
         except (TypeError, ValueError) as err:
             raise ValueError(f"{config}: field 'model': {err}") from None
@@ -280,7 +303,12 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     accelerator.wait_for_everyone()
     train_cache = build_cache(codec, conditioner, Path(data), "train", cache_dir,
                               captions_per_clip=cfg.captions_per_clip, seed=cfg.seed)
-    valid_cache = _valid_cache(codec, conditioner, Path(data), cache_dir, cfg, is_main, accelerator) or train_cache
+    valid_cache = _valid_cache(codec, conditioner, Path(data), cache_dir, cfg, is_main, accelerator)
+    tempo = valid_tempo = None
+    if reader is not None:  # each cached clip's own tempo (the caches hold the splits' clips in order)
+        tempo = clip_tempi(Path(data), "train")
+        valid_tempo = tempo if valid_cache is None else clip_tempi(Path(data), "valid")
+    valid_cache = valid_cache or train_cache
     mixup = None
     if cfg.mixup != "none":  # beat index (+ rendered mixtures for "audio"), built once by the main process
         if is_main:
@@ -294,6 +322,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         noise_schedule = default_noise_schedule(cfg.prediction_type)
     else:  # a copy of the init UNet (+ a LoRA adapter: then only the adapter trains)
         unet = prepare_model(init, cfg)
+        if reader is not None and unet.config.projection_class_embeddings_input_dim == conditioner.dim:
+            unet = grow_unet_for_tempo(unet).train()
+            log.info("grew the init's UNet by %d tempo inputs (new weights start at zero)", TEMPO_DIM)
         noise_schedule = dict(init.pipe.noise_schedule)
     log.info("UNet: %.2f M parameters (%.1f MB in fp16), %.2f M trained", num_parameters(unet) / 1e6,
              num_parameters(unet) * 2 / 1e6, sum(p.numel() for p in trainable(unet)) / 1e6)
@@ -319,6 +350,9 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     use_tokens = unet_cfg.cross_attention if init is None else bool(init.pipe.config.cross_attention)
     null = None if init is None else conditioner.null_embedding(1)[0].float().cpu()  # what dropped conditions become
     pipe_config = None if init is None else init.pipe.config  # samples with the init model's settings
+    sampling_conditioner = conditioner if reader is None else TempoConditioner(conditioner, reader)
+    if init is not None:  # the export writes the init's parts with this conditioner (and its reader)
+        init.pipe.conditioner = sampling_conditioner
 
     # 6. the loop ------------------------------------------------------------------------------------
     running = {"loss": 0.0}
@@ -327,7 +361,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             idx = [i for i, _ in next(batch_iter)]
             batches += 1
             g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # from the restored global RNG
-            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g, mixup, null)
+            z0, mask, cond, texts = make_batch(train_cache, idx, crop, cfg, g, mixup, null, tempo)
             tokens = conditioner.token_states(texts) if use_tokens else None
             with no_sync(accelerator, model, sync=micro == cfg.grad_accum - 1), accelerator.autocast():
                 loss = diffusion_loss(model, scheduler, z0.to(device), mask, cond.to(device), tokens, cfg, g)
@@ -349,8 +383,8 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
             if is_main:  # validation draws only from its own generators, so resuming stays exact
                 ema.copy_to(ema_model)
                 logger.log(step, {"valid/loss": validation_loss(ema_model, scheduler, valid_cache, crop, cfg,
-                                                                conditioner, device, use_tokens)})
-                _write_samples(out / "samples" / f"step-{step:09d}", ema_model, codec, conditioner,
+                                                                conditioner, device, use_tokens, valid_tempo)})
+                _write_samples(out / "samples" / f"step-{step:09d}", ema_model, codec, sampling_conditioner,
                                noise_schedule, cfg, crop, logger, step, pipe_config)
             accelerator.wait_for_everyone()
 
@@ -364,7 +398,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
     if is_main:
         ema.copy_to(ema_model)
         if init is None:
-            export = _pipeline(ema_model, codec, conditioner, noise_schedule, cfg, crop)
+            export = _pipeline(ema_model, codec, sampling_conditioner, noise_schedule, cfg, crop)
         elif cfg.lora_rank is not None:
             export = AdapterExport(ema_model, init, extra={"steps": step, "data": str(Path(data).resolve())})
         else:
@@ -391,6 +425,25 @@ def _init_config(cfg: UNetTrainConfig, init: InitModel, where: str) -> UNetTrain
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
+def _tempo_parts(cfg: UNetTrainConfig, conditioner: Any, where: str) -> tuple[Any, Any]:
+    """(the plain CLAP conditioner, the tempo reader or None): the config's reader, else the init model's."""
+    reader = None
+    if isinstance(conditioner, TempoConditioner):  # fine-tuning a tempo-conditioned model
+        conditioner, reader = conditioner.inner, conditioner.reader
+    if cfg.tempo_reader is not None:
+        try:
+            reader = TempoReader.from_pretrained(cfg.tempo_reader)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{where}: field 'tempo_reader': {err}") from None
+        if reader.config.dim != conditioner.dim:
+            raise ValueError(f"{where}: field 'tempo_reader' reads {reader.config.dim}-d CLAP embeddings but the CLAP "
+                             f"gives {conditioner.dim}-d")
+    if reader is not None and cfg.lora_rank is not None:
+        raise ValueError(f"{where}: tempo conditioning trains a new UNet input; it cannot be a LoRA run (drop "
+                         "lora_rank or tempo_reader)")
+    return conditioner, reader
+
+
 def _valid_cache(codec: Any, conditioner: Any, data: Path, cache_dir: Path, cfg: UNetTrainConfig, is_main: bool,
                  accelerator: Any) -> LatentCache | None:
     try:
@@ -405,16 +458,18 @@ def _valid_cache(codec: Any, conditioner: Any, data: Path, cache_dir: Path, cfg:
 
 @torch.no_grad()
 def validation_loss(unet: Any, scheduler: Any, cache: LatentCache, crop: int, cfg: UNetTrainConfig,
-                    conditioner: Any, device: torch.device, use_tokens: bool = False) -> float:
-    """Mean loss over `num_valid_batches` fixed batches (fixed crops, timesteps and noise)."""
+                    conditioner: Any, device: torch.device, use_tokens: bool = False,
+                    tempo: list[float | None] | None = None) -> float:
+    """Mean loss over `num_valid_batches` fixed batches (fixed crops, timesteps and noise; tempo always given)."""
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     fixed = UNetTrainConfig(**{**config_to_dict(cfg), "cond_dropout": 0.0, "sample_posterior": False,
+                               "tempo_dropout": 0.0,
                                "condition": "text" if cfg.condition != "audio" else "audio"})
     total, n = 0.0, 0
     size = min(cfg.batch_size, len(cache))
     for k in range(cfg.num_valid_batches):
         idx = [(k * size + j) % len(cache) for j in range(size)]
-        z0, mask, cond, texts = make_batch(cache, idx, crop, fixed, g)
+        z0, mask, cond, texts = make_batch(cache, idx, crop, fixed, g, tempo=tempo)
         tokens = conditioner.token_states(texts) if use_tokens else None
         total += diffusion_loss(unet, scheduler, z0.to(device), mask, cond.to(device), tokens, fixed, g).item()
         n += 1
@@ -453,7 +508,7 @@ def _write_samples(folder: Path, unet: Any, codec: Any, conditioner: Any, noise_
         return
     pipe = _pipeline(unet, codec, conditioner, noise_schedule, cfg, crop, config).to(next(unet.parameters()).device)
     out = pipe(list(cfg.sample_prompts), duration_s=cfg.sample_seconds, num_inference_steps=cfg.sample_steps,
-               seed=0, watermark=False)
+               seed=0, watermark=False, clap_score=True)
     scores = []
     for i, prompt in enumerate(out.prompts):
         wave = out.audios[i]  # [1, T]
