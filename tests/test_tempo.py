@@ -283,3 +283,35 @@ def test_token_pipeline_reads_tempo_and_round_trips(tmp_path):
     assert loaded.tempo_reader is not None
     again = loaded(["a fast reel", "a reel"], seed=0, watermark=False, loudness_lufs=None)
     assert torch.allclose(again.audios, out.audios, atol=1e-4)
+
+
+def test_unet_finetune_grows_the_tempo_input_and_exports_the_reader(tmp_path):
+    from soundsmith.train.components import COMPONENTS
+    from train_helpers import write_config
+
+    corpus = write_labelled_corpus(tmp_path / "corpus")
+    init = tiny_pipeline().save_pretrained(tmp_path / "models" / "init")
+    reader = _reader(32)
+    reader.bias.fill_(10.0)
+    reader_dir = reader.save_pretrained(tmp_path / "reader")
+    values = {"init": str(init), "tempo_reader": str(reader_dir), "max_steps": 2, "batch_size": 2,
+              "crop_seconds": 0.32, "warmup_steps": 1, "log_every": 1, "eval_every": 2, "save_every": 2,
+              "num_valid_batches": 1, "sample_prompts": ["a fast tone"], "sample_steps": 2, "sample_seconds": 0.32,
+              "captions_per_clip": 1}
+    train = COMPONENTS["unet"]()
+    export = train(config=write_config(tmp_path / "unet.json", values), data=corpus, out=tmp_path / "run")
+    pipe = load_pipeline(export)
+    pipe.progress_bar = False
+    assert isinstance(pipe.conditioner, TempoConditioner)
+    assert pipe.unet.config.projection_class_embeddings_input_dim == 32 + TEMPO_DIM
+    out = pipe("a fast tone at 120 bpm", duration_s=0.5, seed=0)
+    assert out.parameters["tempo_bpm"] == [120.0] and torch.isfinite(out.audios).all()
+
+    lora = write_config(tmp_path / "lora.json", {**values, "lora_rank": 4})
+    with pytest.raises(ValueError, match="LoRA run cannot train"):
+        train(config=lora, data=corpus, out=tmp_path / "run2")
+    assert not (tmp_path / "run2" / "cache").exists()  # refused before the latent cache
+    # a model that has the input already takes a LoRA run, tempo batches included
+    values_lora = {**values, "init": str(export), "tempo_reader": None, "lora_rank": 4}
+    adapter = train(config=write_config(tmp_path / "lora2.json", values_lora), data=corpus, out=tmp_path / "run3")
+    assert (adapter / "adapter_config.json").is_file()

@@ -283,6 +283,12 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         codec.eval().requires_grad_(False)
         conditioner.model.eval().requires_grad_(False)
     conditioner, reader = _tempo_parts(cfg, conditioner, str(config))  # the CLAP conditioner; the tempo reader
+    # an init UNet without the tempo input grows one (new weights at zero), which only a full fine-tune can train
+    grow = (init is not None and reader is not None
+            and init.pipe.unet.config.projection_class_embeddings_input_dim == conditioner.dim)
+    if grow and cfg.lora_rank is not None:
+        raise ValueError(f"{config}: field 'tempo_reader' gives the UNet of {init.folder} a new tempo input, which a "
+                         "LoRA run cannot train (drop lora_rank, or start from a tempo-conditioned model)")
     frame_s = codec.samples_per_latent_frame / codec.sample_rate
     crop = max(1, round(cfg.crop_seconds / frame_s))
     unet_cfg = None
@@ -322,7 +328,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
         noise_schedule = default_noise_schedule(cfg.prediction_type)
     else:  # a copy of the init UNet (+ a LoRA adapter: then only the adapter trains)
         unet = prepare_model(init, cfg)
-        if reader is not None and unet.config.projection_class_embeddings_input_dim == conditioner.dim:
+        if grow:
             unet = grow_unet_for_tempo(unet).train()
             log.info("grew the init's UNet by %d tempo inputs (new weights start at zero)", TEMPO_DIM)
         noise_schedule = dict(init.pipe.noise_schedule)
@@ -438,9 +444,6 @@ def _tempo_parts(cfg: UNetTrainConfig, conditioner: Any, where: str) -> tuple[An
         if reader.config.dim != conditioner.dim:
             raise ValueError(f"{where}: field 'tempo_reader' reads {reader.config.dim}-d CLAP embeddings but the CLAP "
                              f"gives {conditioner.dim}-d")
-    if reader is not None and cfg.lora_rank is not None:
-        raise ValueError(f"{where}: tempo conditioning trains a new UNet input; it cannot be a LoRA run (drop "
-                         "lora_rank or tempo_reader)")
     return conditioner, reader
 
 
