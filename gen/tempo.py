@@ -170,10 +170,10 @@ class TempoConditioner:
     tempo too. Everything else (`score`, `model`, `fingerprint`: the CLAP's, which a UNet records as the CLAP it
     was trained with) is the wrapped conditioner's."""
 
-    def __init__(self, inner: Any, reader: TempoReader):
+    def __init__(self, inner: Any, reader: TempoReader, scale: float = 1.0):
         if reader.config.dim != inner.dim:
             raise ValueError(f"the tempo reader reads {reader.config.dim}-d embeddings but the CLAP gives {inner.dim}-d")
-        self.inner, self.reader = inner, reader
+        self.inner, self.reader, self.scale = inner, reader, float(scale)
 
     def __getattr__(self, name: str) -> Any:  # only reached for what this class does not define
         return getattr(self.__dict__["inner"], name)
@@ -196,10 +196,13 @@ class TempoConditioner:
         found = iter(self.reader.read(real, emb))
         return [None if t is None else next(found) for t in texts]
 
-    def embed_prompts(self, texts: Sequence[str | None]) -> Tensor:
+    def embed_prompts(self, texts: Sequence[str | None], tempo_scale: float | None = None) -> Tensor:
+        """`[B, D + TEMPO_DIM]`: the CLAP embeddings, then the tempo features times `tempo_scale` (default
+        `self.scale`). A UNet's class embedding is linear in them, so the scale strengthens the learned tempo
+        direction the way a guidance scale strengthens the prompt, at no cost (0: the tempo is ignored)."""
         clap = self.inner.embed_prompts(texts)  # [B, D]
         tempo = tempo_features(self.read_tempo(texts, clap)).to(clap.device, clap.dtype)  # [B, TEMPO_DIM]
-        return torch.cat([clap, tempo], dim=-1)
+        return torch.cat([clap, tempo * (self.scale if tempo_scale is None else float(tempo_scale))], dim=-1)
 
     def null_embedding(self, n: int) -> Tensor:
         null = self.inner.null_embedding(n)

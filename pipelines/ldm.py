@@ -64,6 +64,7 @@ BACKEND = "ldm"
 DIFFUSERS_PIPELINES = ("AudioLDMPipeline", "MusicLDMPipeline")
 MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
+MAX_TEMPO_SCALE = 20.0
 SCHEDULERS = schedulers.SCHEDULERS  # the sampler names (the app lists a backend module's SCHEDULERS)
 
 
@@ -84,6 +85,8 @@ class LDMConfig:
     null_condition: str = "zeros"  # unconditional embedding: "zeros" (ours: condition dropout to 0) or
     #                                "empty_text" (AudioLDM/MusicLDM: the CLAP embedding of "")
     cross_attention: bool = False  # the UNet attends to the prompt's token states (UNetConfig.cross_attention)
+    # a tempo-conditioned UNet (a `tempo` part, gen/tempo.py): the default scale of the prompt's tempo features
+    tempo_scale: float = 1.0
     components: dict[str, str] = field(default_factory=lambda: {
         "unet": "unet", "vae": "vae", "clap": "clap", "scheduler": "scheduler"})
     # the vocoder by registry name + parameters (codecs/vocoders.py), paths relative to the VAE's folder;
@@ -101,6 +104,7 @@ class LDMConfig:
         check_float("window_overlap_s", self.window_overlap_s, 0.0, self.window_s / 2)
         check_float("max_duration_s", self.max_duration_s, 0.0, 24 * 3600.0, low_open=True)
         check_float("duration_s", self.duration_s, 0.0, self.max_duration_s, low_open=True)
+        check_float("tempo_scale", self.tempo_scale, 0.0, MAX_TEMPO_SCALE)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,6 +253,7 @@ class LDMPipeline(Pipeline):
         batch_size: int | None = None,
         rerank: bool = True,
         clap_score: bool = False,
+        tempo_scale: float | None = None,
     ) -> AudioOutput:
         """Generate audio for `prompt`.
 
@@ -281,12 +286,19 @@ class LDMPipeline(Pipeline):
             rerank: order each prompt's candidates by CLAP score (default True).
             clap_score: give each output's CLAP score with its prompt (`clap_scores`, the sidecar's
                 `clap_score`) even when nothing is re-ranked (default False: one output per prompt is not scored).
+            tempo_scale: for a tempo-conditioned model, how strongly the tempo the prompt asks for is followed,
+                in [0, 20] (default: config.tempo_scale; 0 ignores it). Others refuse it.
         """
         cfg = self.config
         # 1. check inputs; read and encode the input clip ------------------------------------------
         prompts, negatives, steps, guidance, sampler_name, sampler = self.check_inputs(
             prompt, negative_prompt, num_waveforms_per_prompt, duration_s, num_inference_steps, guidance_scale,
             scheduler, loudness_lufs, audio, strength, inpaint, batch_size)
+        if tempo_scale is not None:
+            if not isinstance(self.conditioner, TempoConditioner):
+                raise ValueError(f"tempo_scale applies to tempo-conditioned models (a 'tempo' part); "
+                                 f"{self.name_or_path or 'this model'} has none")
+            check_float("tempo_scale", tempo_scale, 0.0, MAX_TEMPO_SCALE)
         self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         clip, clip_name = (None, None) if audio is None else self._read_clip(audio, audio_sample_rate, len(prompts))
         edit = plan_edit(self.codec, clip, duration_s=duration_s, default_s=cfg.duration_s, strength=strength,
@@ -304,8 +316,10 @@ class LDMPipeline(Pipeline):
         generators, seeds = self.make_generators(n_out, seed, generator)
 
         # 3. condition: CLAP embeddings [B, D] (+ token states for cross-attention) ----------------
-        cond = self.conditioner.embed_prompts(prompts)[source]  # [B, D]
-        uncond = self.conditioner.embed_prompts(out_negatives) if do_cfg else None  # [B, D]
+        tempo_kw = {} if not isinstance(self.conditioner, TempoConditioner) else {
+            "tempo_scale": cfg.tempo_scale if tempo_scale is None else tempo_scale}
+        cond = self.conditioner.embed_prompts(prompts, **tempo_kw)[source]  # [B, D]
+        uncond = self.conditioner.embed_prompts(out_negatives, **tempo_kw) if do_cfg else None  # [B, D]
         tokens = None
         if self.cross_attention:
             tokens = (self.conditioner.token_states(out_prompts),
@@ -343,8 +357,9 @@ class LDMPipeline(Pipeline):
             "latent_frames": frames, "windowed": frames > self._window_frames(),
             "vocoder": self.codec.vocoder.spec(), **self.run_record(watermark, level, watermarked),
         }
-        if isinstance(self.conditioner, TempoConditioner):  # the tempo each output's prompt was read to ask for
+        if tempo_kw:  # the tempo each output's prompt was read to ask for, and its scale
             parameters["tempo_bpm"] = self.conditioner.read_tempo(out_prompts)
+            parameters["tempo_scale"] = tempo_kw["tempo_scale"]
         return AudioOutput(audios, self.sample_rate, out_prompts, seeds, scores, parameters)
 
     # --------------------------------------------------------------------------------- sampling

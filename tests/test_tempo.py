@@ -315,3 +315,21 @@ def test_unet_finetune_grows_the_tempo_input_and_exports_the_reader(tmp_path):
     values_lora = {**values, "init": str(export), "tempo_reader": None, "lora_rank": 4}
     adapter = train(config=write_config(tmp_path / "lora2.json", values_lora), data=corpus, out=tmp_path / "run3")
     assert (adapter / "adapter_config.json").is_file()
+
+
+def test_tempo_scale_strengthens_the_tempo_and_is_refused_elsewhere():
+    pipe = _tempo_pipeline()
+    with torch.no_grad():
+        pipe.unet.class_embedding.weight[:, -TEMPO_DIM:].normal_()  # a trained tempo input
+    c = pipe.conditioner
+    d = c.inner.dim
+    assert torch.allclose(c.embed_prompts(["a fast reel"], tempo_scale=2.0)[:, d:],
+                          2 * c.embed_prompts(["a fast reel"])[:, d:])
+    kw = {"duration_s": 0.5, "seed": 0, "watermark": False, "loudness_lufs": None}
+    none = pipe("a fast reel", tempo_scale=0.0, **kw)
+    assert none.parameters["tempo_scale"] == 0.0
+    assert not torch.allclose(pipe("a fast reel", tempo_scale=4.0, **kw).audios, none.audios)
+    with pytest.raises(ValueError, match="tempo_scale must be a finite number in \\[0, 20\\]"):
+        pipe("a fast reel", tempo_scale=50.0, **kw)
+    with pytest.raises(ValueError, match="tempo_scale applies to tempo-conditioned models"):
+        tiny_pipeline()("a fast reel", tempo_scale=1.0, **kw)
