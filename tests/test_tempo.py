@@ -333,3 +333,22 @@ def test_tempo_scale_strengthens_the_tempo_and_is_refused_elsewhere():
         pipe("a fast reel", tempo_scale=50.0, **kw)
     with pytest.raises(ValueError, match="tempo_scale applies to tempo-conditioned models"):
         tiny_pipeline()("a fast reel", tempo_scale=1.0, **kw)
+
+
+def test_tempo_control_measures_a_click_track():
+    """benchmarks/tempo_control.py's two measures on clicks at 120 BPM: 2 onsets per second, tempo 120 (or its
+    half or double), which `within` accepts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "tempo_control.py"
+    spec = importlib.util.spec_from_file_location("tempo_control_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sr = 16000
+    wave = np.zeros(5 * sr, dtype=np.float32)
+    for start in range(0, len(wave), sr // 2):  # a 5 ms noise click every 0.5 s
+        wave[start:start + 80] = np.random.default_rng(start).standard_normal(80)
+    assert abs(bench.onset_rate(wave, sr) - 2.0) <= 0.2
+    assert bench.within(bench.estimate_bpm(wave, sr), 120.0, octaves=True)
+    assert bench.within(63.0, 60.0) and not bench.within(70.0, 60.0) and bench.within(125.0, 60.0, octaves=True)
