@@ -36,7 +36,7 @@ from soundsmith.core.run_lock import (
 )
 
 from .checkpoint import META_FILE
-from .config import config_to_dict, save_config
+from .config import config_to_dict, load_config, save_config
 
 CHANGES_FILE = "config_changes.jsonl"
 RUN_FILE = "run.json"  # what the run was started with besides its config: the data folder
@@ -98,6 +98,20 @@ class RunFolder:
         write_json(self.out / RUN_FILE, {"data": str(self.data.resolve())})
         if self.changes:
             record_changes(self.out, self.changes, self.step)
+
+
+def refit_config(out: str | os.PathLike, resume: bool, config: str | os.PathLike | None, config_class: type,
+                 overrides: Any, what: str) -> tuple[Path, Any]:
+    """(run folder, config) of a closed-form fit (no optimizer state: `--resume` refits): an earlier run's export is
+    refused without --resume, and a resumed run without --config reads its saved config.json."""
+    from soundsmith.core.run_lock import check_output_dir_arg
+
+    out = check_output_dir_arg(out)
+    if not resume and (out / "export").exists():
+        raise ValueError(f"{out} already holds a {what} run; pass --resume to refit it or choose another --out")
+    if config is None:
+        config = out / "config.json" if resume and (out / "config.json").is_file() else None
+    return out, load_config(config_class, config, overrides)
 
 
 def check_training_data(data: Path) -> None:

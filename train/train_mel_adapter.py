@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.core.run_lock import check_output_dir_arg, releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 from torch import Tensor
 
-from .config import Config, bounded, load_config
+from .config import Config, bounded
 from .metrics_log import MetricsLogger, progress_bar
-from .run_folder import RunFolder
+from .run_folder import RunFolder, refit_config
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
 
     from .datasets import read_records, select_split
 
-    out = check_output_dir_arg(out)
-    if not resume and (out / "export").exists():
-        raise ValueError(f"{out} already holds a mel-adapter run; pass --resume to refit it or choose another --out")
-    if config is None:
-        config = out / "config.json" if resume and (out / "config.json").is_file() else None
-    cfg = load_config(MelAdapterTrainConfig, config, overrides)
+    out, cfg = refit_config(out, resume, config, MelAdapterTrainConfig, overrides, "mel-adapter")
     run = RunFolder(out, cfg, data=data, resume=resume, force_change=force_change)
     n_train = cfg.num_clips if max_steps is None else min(cfg.num_clips, int(max_steps))
     _, records = read_records(data)

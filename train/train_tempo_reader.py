@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from soundsmith.core.run_lock import check_output_dir_arg, releases_folder_locks
+from soundsmith.core.run_lock import releases_folder_locks
 
-from .config import Config, bounded, load_config
+from .config import Config, bounded
 from .metrics_log import MetricsLogger
-from .run_folder import RunFolder
+from .run_folder import RunFolder, refit_config
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,7 @@ def train(config: str | os.PathLike | None = None, data: str | os.PathLike = "da
 
     from .datasets import read_records, select_split
 
-    out = check_output_dir_arg(out)
-    if not resume and (out / "export").exists():
-        raise ValueError(f"{out} already holds a tempo-reader run; pass --resume to refit it or choose another --out")
-    if config is None:
-        config = out / "config.json" if resume and (out / "config.json").is_file() else None
-    cfg = load_config(TempoReaderTrainConfig, config, overrides)
+    out, cfg = refit_config(out, resume, config, TempoReaderTrainConfig, overrides, "tempo-reader")
     clap_dir = Path(cfg.clap)
     if not (clap_dir / "config.json").is_file():
         raise FileNotFoundError(f"field 'clap': {clap_dir} is not a CLAP folder (no config.json)")
