@@ -225,3 +225,45 @@ def grow_unet_for_tempo(unet: Any) -> Any:
     state["class_embedding.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], TEMPO_DIM)], dim=1)
     grown.load_state_dict(state)
     return grown.to(weight.device, weight.dtype)
+
+
+# ------------------------------------------------------------------------------------------ beat grids
+
+BEAT_HARMONICS = 4
+BEAT_DIM = 1 + 2 * BEAT_HARMONICS  # 1 flag + (cos, sin) of 1..4 times the beat phase
+
+
+def grid_beats(bpm: float, seconds: float) -> list[float]:
+    """An even beat grid at `bpm` from time 0 to past `seconds` (the grid a generated clip is asked to follow)."""
+    period = 60.0 / float(bpm)
+    return [k * period for k in range(int(seconds / period) + 2)]
+
+
+def beat_phase(beats: Sequence[float], times: Tensor) -> Tensor:
+    """The beat phase in [0, 1) at each of `times` `[S]` (seconds): 0 on a beat, 0.5 halfway to the next. Before
+    the first beat and after the last, the nearest inter-beat period continues the grid. Needs >= 2 beats."""
+    b = torch.as_tensor(sorted(float(t) for t in beats), dtype=torch.float64)
+    if b.numel() < 2:
+        raise ValueError(f"a beat phase needs at least 2 beats, got {b.numel()}")
+    t = times.to(torch.float64)
+    k = (torch.searchsorted(b, t, right=True) - 1).clamp(0, b.numel() - 2)  # the beat interval of each time
+    start, period = b[k], b[k + 1] - b[k]
+    return torch.remainder((t - start) / period.clamp(min=1e-3), 1.0).float()
+
+
+def beat_features(beats: Sequence[float] | None, frames: int, frame_rate: float) -> Tensor:
+    """Per-frame beat features `[frames, BEAT_DIM]` for frames of `1 / frame_rate` s (frame i centred at
+    (i + 0.5) / frame_rate): a flag, then cos and sin of 2 pi h times the beat phase for h = 1..BEAT_HARMONICS,
+    so a linear map of them can peak sharply on the beat. No beats (None, or fewer than 2): zeros, "no tempo".
+
+    Why per frame and not one tempo vector: a token LM given the tempo once (tempo_dim) learnt nothing from it
+    (its valid loss was the same without it), because after a few beats the context already tells the tempo;
+    a phase at every frame says where the next onset falls, which the context cannot."""
+    out = torch.zeros(frames, BEAT_DIM)
+    if beats is None or len(beats) < 2 or frames < 1:
+        return out
+    phase = beat_phase(beats, (torch.arange(frames, dtype=torch.float64) + 0.5) / frame_rate)  # [S]
+    angles = 2 * math.pi * phase[:, None] * torch.arange(1, BEAT_HARMONICS + 1)  # [S, H]
+    out[:, 0] = 1.0
+    out[:, 1::2], out[:, 2::2] = torch.cos(angles), torch.sin(angles)
+    return out

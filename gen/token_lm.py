@@ -93,6 +93,9 @@ class TokenLMConfig:
     # semantic stage: width of the tempo features (gen/tempo.py, 16) added to the [SEM] token through a linear map,
     # so the plan can follow a requested tempo; 0 = no tempo input (the prefix alone)
     tempo_dim: int = 0
+    # coarse stage: width of the per-frame beat features (gen/tempo.py beat_features, 9) added at every acoustic
+    # position through a linear map, so the codes follow a beat grid (the requested tempo); 0 = none
+    beat_dim: int = 0
     window: int = 125  # training crop: semantic tokens (semantic stage) or codec frames (coarse, fine)
     frame_rate: float = 25.0  # tokens (semantic stage) or codec frames per second, for lengths in seconds
     trained_with: dict[str, str] = field(default_factory=dict)  # fingerprints of the parts the data came from
@@ -125,6 +128,9 @@ class TokenLMConfig:
         if self.tempo_dim < 0 or (self.tempo_dim and self.stage != "semantic"):
             raise ValueError(f"TokenLMConfig.tempo_dim must be >= 0, and 0 outside the semantic stage; got "
                              f"{self.tempo_dim} for the {self.stage} stage")
+        if self.beat_dim < 0 or (self.beat_dim and self.stage != "coarse"):
+            raise ValueError(f"TokenLMConfig.beat_dim must be >= 0, and 0 outside the coarse stage; got "
+                             f"{self.beat_dim} for the {self.stage} stage")
 
     @property
     def head_dim(self) -> int:
@@ -578,7 +584,10 @@ class CoarseLM(TokenLM):
         self.semantic = CodebookEmbedding(1, c.semantic_vocab, c.d_model)
         self.acoustic = CodebookEmbedding(c.n_coarse, c.acoustic_codebook_size, c.d_model, c.acoustic_embed_dim)
         self.aligned = nn.Embedding(c.semantic_vocab, c.d_model) if c.aligned_semantic else None
+        self.beat = nn.Linear(c.beat_dim, c.d_model, bias=False) if c.beat_dim else None
         self._init_weights()
+        if self.beat is not None:  # silent until trained: a beat input changes nothing at first
+            nn.init.zeros_(self.beat.weight)
         self.register_buffer("delays", torch.arange(c.n_coarse), persistent=False)
 
     @property
@@ -589,54 +598,68 @@ class CoarseLM(TokenLM):
         """Sampling steps to add `new` frames in one window."""
         return new + self.config.max_delay if self.delay_pattern else new * self.config.n_coarse
 
-    def aligned_embedding(self, semantic: Tensor, first: int, count: int) -> Tensor | float:
+    def aligned_embedding(self, semantic: Tensor, first: int, count: int, beat: Tensor | None = None
+                          ) -> Tensor | float:
         """What acoustic-segment positions first..first+count-1 add (position 0 is [AC], position p > 0 the
-        code a(p-1)): the aligned embedding of the semantic token of the frame each position predicts,
-        `[B, count, D]`; 0.0 without `aligned_semantic`. `semantic` `[B, N]` starts at the window's frame 0."""
-        if self.aligned is None:
-            return 0.0
+        code a(p-1)): the aligned embedding of the semantic token of the frame each position predicts, plus
+        the beat features of that frame through `beat` (`[B, F, beat_dim]` or None: no beat), `[B, count, D]`;
+        0.0 with neither. `semantic` `[B, N]` and `beat` start at the window's frame 0."""
         c = self.config
+        use_beat = beat is not None and self.beat is not None
+        if self.aligned is None and not use_beat:
+            return 0.0
         frames = torch.arange(first, first + count, device=semantic.device)  # the frame (level 1) each predicts
         if not self.delay_pattern:
             frames = frames // c.n_coarse
-        index = (frames // c.frames_per_semantic).clamp(max=semantic.shape[1] - 1)  # the last code predicts none
-        return self.aligned(semantic[:, index])  # [B, count, D]
+        out: Tensor | float = 0.0
+        if self.aligned is not None:
+            index = (frames // c.frames_per_semantic).clamp(max=semantic.shape[1] - 1)  # the last code predicts none
+            out = self.aligned(semantic[:, index])  # [B, count, D]
+        if use_beat:
+            if beat.dim() != 3 or beat.shape[0] != semantic.shape[0] or beat.shape[2] != c.beat_dim:
+                raise ValueError(f"beat features must be shaped [{semantic.shape[0]}, frames, {c.beat_dim}], got "
+                                 f"{list(beat.shape)}")
+            out = out + self.beat(beat[:, frames.clamp(max=beat.shape[1] - 1)].to(self.beat.weight.dtype))
+        return out
 
-    def embed(self, cond: Tensor, semantic: Tensor, coarse: Tensor) -> Tensor:
-        """cond `[B, Q]`, semantic `[B, N]`, coarse `[B, S, Kc]` (frame-major) -> `[B, Q + 2 + N + S * Kc, D]`."""
+    def embed(self, cond: Tensor, semantic: Tensor, coarse: Tensor, beat: Tensor | None = None) -> Tensor:
+        """cond `[B, Q]`, semantic `[B, N]`, coarse `[B, S, Kc]` (frame-major), beat `[B, S, beat_dim]` or None ->
+        `[B, Q + 2 + N + S * Kc, D]`."""
         b = cond.shape[0]
         acoustic = self.acoustic(coarse).flatten(1, 2)  # [B, S * Kc, D], a(1,1) a(1,2) ... a(2,1) ...
         segment = torch.cat([self._special(self.AC, b), acoustic], dim=1)  # [B, 1 + S * Kc, D]
-        segment = segment + self.aligned_embedding(semantic, 0, segment.shape[1])
+        segment = segment + self.aligned_embedding(semantic, 0, segment.shape[1], beat)
         return torch.cat([self._prefix(cond, semantic), segment], dim=1)
 
-    def delay_segment(self, semantic: Tensor, previous: Tensor, first: int) -> Tensor:
+    def delay_segment(self, semantic: Tensor, previous: Tensor, first: int, beat: Tensor | None = None) -> Tensor:
         """Delay pattern: acoustic-segment inputs at positions first..first+P-1 from `previous` `[B, P, Kc]`,
         the slot codes of the position before each -> `[B, P, D]` ([AC] added at position 0)."""
         x = self.acoustic(previous).sum(2)  # [B, P, D]
         if first == 0:
             x = torch.cat([x[:, :1] + self._special(self.AC, x.shape[0]), x[:, 1:]], dim=1)
-        return x + self.aligned_embedding(semantic, first, x.shape[1])
+        return x + self.aligned_embedding(semantic, first, x.shape[1], beat)
 
     def _prefix(self, cond: Tensor, semantic: Tensor) -> Tensor:
         """[cond Q][SEM] s_1 ... s_N -> `[B, Q + 1 + N, D]`."""
         return torch.cat([self._cond_prefix(cond), self._special(self.SEM, cond.shape[0]),
                           self.semantic(semantic[..., None])[:, :, 0]], dim=1)
 
-    def forward(self, cond: Tensor, semantic: Tensor, coarse: Tensor) -> LMOutput:
-        """cond `[B, Q]`, semantic `[B, N]`, coarse codes `[B, Kc, S]` -> logits `[B, S, Kc, V]` (flat) or
-        `[B, S + Kc - 1, Kc, V]` with targets in delay slots, IGNORE where a slot holds no frame (delay)."""
+    def forward(self, cond: Tensor, semantic: Tensor, coarse: Tensor, beat: Tensor | None = None) -> LMOutput:
+        """cond `[B, Q]`, semantic `[B, N]`, coarse codes `[B, Kc, S]`, beat features `[B, S, beat_dim]` (None:
+        no beat) -> logits `[B, S, Kc, V]` (flat) or `[B, S + Kc - 1, Kc, V]` with targets in delay slots,
+        IGNORE where a slot holds no frame (delay)."""
         b, k, s = coarse.shape
         if self.delay_pattern:
             none = self.acoustic.none
             slots = delay_slots(coarse, self.delays, s + k - 1, none)  # [B, P, Kc], the targets
             previous = F.pad(slots, (0, 0, 1, 0), value=none)[:, :-1]
-            h = self.run(torch.cat([self._prefix(cond, semantic), self.delay_segment(semantic, previous, 0)], dim=1))
+            h = self.run(torch.cat([self._prefix(cond, semantic), self.delay_segment(semantic, previous, 0, beat)],
+                                   dim=1))
             start = self.config.cond_levels + 1 + semantic.shape[1]
             logits = self.acoustic.logits(h[:, start:, None].expand(-1, -1, k, -1))  # [B, P, Kc, V]
             return LMOutput(logits, slots.masked_fill(slots == none, IGNORE))
         frames = coarse.transpose(1, 2)  # [B, S, Kc]
-        h = self.run(self.embed(cond, semantic, frames)[:, :-1])  # the last code predicts nothing
+        h = self.run(self.embed(cond, semantic, frames, beat)[:, :-1])  # the last code predicts nothing
         start = self.config.cond_levels + 1 + semantic.shape[1]  # the [AC] position predicts a(1,1)
         logits = self.acoustic.logits(h[:, start:].reshape(b, s, k, -1))  # [B, S, Kc, V]
         return LMOutput(logits, frames)
@@ -645,11 +668,13 @@ class CoarseLM(TokenLM):
     def generate(self, cond: Tensor, semantic: Tensor, frames: int, *, prompt: Tensor | None = None,
                  uncond: Tensor | None = None, guidance_scale: float = 1.0, sampling: SamplingParams | None = None,
                  generators: Sequence[torch.Generator] | None = None, context_fraction: float = 0.5,
-                 on_step: Callable[[], Any] | None = None) -> Tensor:
+                 on_step: Callable[[], Any] | None = None, beat: Tensor | None = None) -> Tensor:
         """Coarse codes `[B, Kc, frames]`, the first P frames `prompt` `[B, Kc, P]`.
 
         `semantic` `[B, >= frames / frames_per_semantic]` covers the whole span; each window reads the
-        semantic tokens of its own frames. Other arguments as `SemanticLM.generate`.
+        semantic tokens of its own frames. `beat` `[B, >= frames, beat_dim]` (gen/tempo.py beat_features): the
+        beat grid to follow, read the same way (None: none; both halves of a guidance batch read it). Other
+        arguments as `SemanticLM.generate`.
         """
         r, k = self.config.frames_per_semantic, self.config.n_coarse
         need = -(-frames // r)
@@ -663,23 +688,26 @@ class CoarseLM(TokenLM):
         for context, new in plan_windows(frames, codes.shape[1], self.config.window, context_fraction, multiple=r):
             begin = codes.shape[1] - context  # a multiple of r: the window starts on a semantic token
             sem = semantic[:, begin // r: -(-(codes.shape[1] + new) // r)]
-            codes = torch.cat([codes, self._window(cond, uncond, sem, codes[:, begin:], new, sampler, on_step)], dim=1)
+            grid = None if beat is None else beat[:, begin: codes.shape[1] + new]
+            codes = torch.cat([codes, self._window(cond, uncond, sem, codes[:, begin:], new, sampler, on_step, grid)],
+                              dim=1)
         return codes.transpose(1, 2)  # [B, Kc, frames]
 
     def _window(self, cond: Tensor, uncond: Tensor | None, sem: Tensor, ctx: Tensor, new: int, sampler: _Sampler,
-                on_step: Callable[[], Any] | None) -> Tensor:
+                on_step: Callable[[], Any] | None, beat: Tensor | None = None) -> Tensor:
         if self.delay_pattern:
-            return self._delay_window(cond, uncond, sem, ctx, new, sampler, on_step)
+            return self._delay_window(cond, uncond, sem, ctx, new, sampler, on_step, beat)
         k = self.config.n_coarse
-        x = self.embed(cond, sem, ctx)  # [B, T0, D]
+        x = self.embed(cond, sem, ctx, beat)  # [B, T0, D]
         if sampler.cfg:
-            x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(cond.shape[0]), sem, ctx), x])
+            x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(cond.shape[0]), sem, ctx, beat),
+                           x])
         steps = new * k
         cache = self.new_cache(x.shape[0], x.shape[1] + steps - 1)
         h = self.run(x, cache)[:, -1]
         pos, out = x.shape[1], []
         first = 1 + ctx.shape[1] * k  # acoustic-segment position of the first new code's input
-        aligned = self.aligned_embedding(sem, first, steps)  # [B, steps, D] or 0.0
+        aligned = self.aligned_embedding(sem, first, steps, beat)  # [B, steps, D] or 0.0
         if sampler.cfg and isinstance(aligned, Tensor):
             aligned = torch.cat([aligned, aligned])  # both halves of the guidance batch read the same plan
         for i in range(steps):
@@ -697,7 +725,7 @@ class CoarseLM(TokenLM):
         return torch.stack(out, dim=1).view(-1, new, k)  # [B, new, Kc]
 
     def _delay_window(self, cond: Tensor, uncond: Tensor | None, sem: Tensor, ctx: Tensor, new: int,
-                      sampler: _Sampler, on_step: Callable[[], Any] | None) -> Tensor:
+                      sampler: _Sampler, on_step: Callable[[], Any] | None, beat: Tensor | None = None) -> Tensor:
         """Delay pattern: ctx `[B, C, Kc]` known frames -> the `new` frames after them `[B, new, Kc]`."""
         b, c, k = ctx.shape
         w, none = c + new, self.acoustic.none
@@ -706,7 +734,7 @@ class CoarseLM(TokenLM):
         slots = delay_slots(known, self.delays, positions, none)  # [B, P, Kc]
         # prefill the prefix and positions 0..c: their inputs (slots of earlier positions) hold known frames only
         previous = F.pad(slots, (0, 0, 1, 0), value=none)[:, : c + 1]
-        segment = self.delay_segment(sem, previous, 0)  # [B, c + 1, D]
+        segment = self.delay_segment(sem, previous, 0, beat)  # [B, c + 1, D]
         x = torch.cat([self._prefix(cond, sem), segment], dim=1)
         if sampler.cfg:
             null = uncond if uncond is not None else self.null_cond(b)
@@ -721,7 +749,7 @@ class CoarseLM(TokenLM):
             if on_step is not None:
                 on_step()
             if p < positions - 1:
-                x = self.delay_segment(sem, slots[:, p: p + 1], p + 1)  # [B, 1, D]
+                x = self.delay_segment(sem, slots[:, p: p + 1], p + 1, beat)  # [B, 1, D]
                 h = self.run(torch.cat([x, x]) if sampler.cfg else x, cache, pos)[:, -1]
                 pos += 1
         return undelay_slots(slots, self.delays.tolist(), w)[:, c:]  # [B, new, Kc]
@@ -821,7 +849,7 @@ STAGE_CLASSES: dict[str, type[TokenLM]] = {"semantic": SemanticLM, "coarse": Coa
 # the grown model computes what it did); `n_coarse` (larger only) appends a level's rows to the acoustic table
 # (at zero: in the delay pattern the old levels' predictions are unchanged); `coarse_pattern` keeps every parameter and re-lays out the sequence, so the model starts from what
 # its blocks and tables learned but must re-learn positions (token model v5)
-GROWABLE = ("aligned_semantic", "coarse_pattern", "n_coarse", "tempo_dim")
+GROWABLE = ("aligned_semantic", "coarse_pattern", "n_coarse", "tempo_dim", "beat_dim")
 
 
 def grow_lm(lm: TokenLM, **changes: Any) -> TokenLM:

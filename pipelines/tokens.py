@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 BACKEND = "tokens"
 STAGES = ("semantic", "coarse", "fine")
 PARTS = ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm", "codec", "tempo")
-OPTIONAL_PARTS = ("fine_lm", "tempo")  # tempo: the prompt's tempo reader (gen/tempo.py) for a tempo-aware semantic LM
+# tempo: the prompt's tempo reader (gen/tempo.py), for a semantic LM with a tempo input or a coarse LM with a beat input
+OPTIONAL_PARTS = ("fine_lm", "tempo")
 MAX_GUIDANCE = 100.0
 MAX_SEMANTIC_CANDIDATES = 64
 SILENCE = 1e-4  # peak below which an audio prompt counts as silent
@@ -372,13 +373,21 @@ class TokenPipeline(Pipeline):
         # 3. condition: CLAP text embeddings -> conditioning tokens [B, Q] ---------------------------
         text = self.conditioner.embed_text(prompts).float()  # [P, D]
         cond = self._tokenize_cond(text)[source]  # [B, Q]
-        bpms, tempo = None, None  # the tempo each prompt asks for, as the semantic LM's tempo features [B, T]
-        if self.tempo_reader is not None and self.semantic_lm.config.tempo_dim:
-            from soundsmith.gen.tempo import tempo_features
+        # the tempo each prompt asks for: the semantic LM's tempo features [B, T] and the coarse LM's beat grid
+        # [B, frames, beat_dim] (an even grid from time 0; none when continuing a clip, whose own beat leads)
+        bpms, tempo, beat = None, None, None
+        wants_beat = self.coarse_lm.config.beat_dim > 0 and clip is None
+        if self.tempo_reader is not None and (self.semantic_lm.config.tempo_dim or wants_beat):
+            from soundsmith.gen.tempo import beat_features, grid_beats, tempo_features
 
             read = self.tempo_reader.read(prompts, text)
             bpms = [read[i] for i in source]
-            tempo = tempo_features(bpms)
+            if self.semantic_lm.config.tempo_dim:
+                tempo = tempo_features(bpms)
+            if wants_beat:
+                rate = self.coarse_lm.config.frame_rate
+                beat = torch.stack([beat_features(None if bpm is None else grid_beats(bpm, frames / rate), frames, rate)
+                                    for bpm in bpms])
         text = text[source]  # [B, D]: what the semantic plans are ranked against
         uncond = None  # the guidance prefix: the null tokens, or a negative prompt's tokens
         distinct = list(dict.fromkeys(n for n in out_negatives if n is not None))
@@ -400,7 +409,8 @@ class TokenPipeline(Pipeline):
                 codes = self._sample(cond[idx], None if uncond is None else uncond[idx], guidance, sampling,
                                      [generators[i] for i in idx], n_semantic, frames,
                                      None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
-                                     progress.step, text[idx], candidates, None if tempo is None else tempo[idx])
+                                     progress.step, text[idx], candidates, None if tempo is None else tempo[idx],
+                                     None if beat is None else beat[idx])
                 waves.append(self.codec.decode(codes.to(self.device), num_samples=num_samples))  # [b, C, T]
         audios = torch.cat(waves)  # [B, C, T]
 
@@ -436,9 +446,10 @@ class TokenPipeline(Pipeline):
     def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
                 generators: list[torch.Generator], n_semantic: int, frames: int,
                 prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor | None = None,
-                candidates: int = 1, tempo: Tensor | None = None) -> Tensor:
+                candidates: int = 1, tempo: Tensor | None = None, beat: Tensor | None = None) -> Tensor:
         """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`; `text` `[b, D]` ranks
-        `candidates` semantic plans per output; `tempo` `[b, T]`: the semantic LM's tempo features."""
+        `candidates` semantic plans per output; `tempo` `[b, T]`: the semantic LM's tempo features; `beat`
+        `[b, frames, beat_dim]`: the coarse LM's beat grid."""
         device, k = self.device, self.coarse_lm.config.n_coarse
         cond = cond.to(device)
         uncond = None if uncond is None else uncond.to(device)
@@ -456,7 +467,7 @@ class TokenPipeline(Pipeline):
             cond, semantic, frames, prompt=coarse_prompt, uncond=uncond,
             guidance_scale=guidance if "coarse" in guided else 1.0,
             sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
-            on_step=on_step)  # [b, Kc, S]
+            on_step=on_step, beat=None if beat is None else beat.to(device))  # [b, Kc, S]
         if self.fine_lm is None:
             return coarse
         fine = self.fine_lm.generate(coarse, prompt=fine_prompt, sampling=sampling["fine"], generators=generators,

@@ -101,11 +101,32 @@ def test_callback_cancels(pipe):
     (dict(scheduler="banana"), "scheduler must be one of dpmsolver\\+\\+, ddim"),
     (dict(strength=0.5), "strength and inpaint need an input clip"),
     (dict(seed=2**63), r"seed must be an integer in \[0, 2\*\*63-1\]"),
+    (dict(guidance_cutoff=1.5), r"guidance_cutoff must be a finite number in \[0, 1\]"),
 ])
 def test_bad_input(pipe, kwargs, message):
     args = {"prompt": "rain", "duration_s": 0.2, **kwargs}
     with pytest.raises(ValueError, match=message):
         pipe(args.pop("prompt"), **args)
+
+
+def test_guidance_cutoff_guides_only_the_first_steps(pipe):
+    run = dict(duration_s=0.3, num_inference_steps=4, guidance_scale=3.0, seed=0, watermark=False, loudness_lufs=None)
+    batches = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k)
+    try:
+        full = pipe("rain", **run)
+        assert batches == [2] * 4 and full.parameters["guidance_cutoff"] == 1.0
+        batches.clear()
+        half = pipe("rain", guidance_cutoff=0.5, **run)
+        assert batches == [2, 2, 1, 1]  # the unguided steps run the prompt's half only
+    finally:
+        pipe.unet.forward = forward
+    unguided = pipe("rain", guidance_cutoff=0.0, **run).audios
+    plain = pipe("rain", **{**run, "guidance_scale": 1.0}).audios
+    assert torch.allclose(unguided, plain, atol=1e-5)  # no guided step: the prompt alone
+    assert not torch.allclose(half.audios, full.audios, atol=1e-4)
+    assert torch.equal(pipe("rain", guidance_cutoff=1.0, **run).audios, full.audios)
 
 
 # ----------------------------------------------------------------------------- audio conditioning

@@ -297,6 +297,18 @@ def clip_tempi(root: str | os.PathLike, split: str) -> list[float | None]:
             for r in select_split(records, split, Path(root))]
 
 
+def clip_beats(root: str | os.PathLike, split: str) -> list[list[float] | None]:
+    """Each clip's beat times in seconds (`beats` label; None where a clip has fewer than two) in the split's
+    order, as `clip_tempi`."""
+    _, records = read_records(root)
+    out: list[list[float] | None] = []
+    for r in select_split(records, split, Path(root)):
+        beats = r.labels.get("beats")
+        ok = isinstance(beats, list) and len(beats) >= 2 and all(isinstance(t, (int, float)) for t in beats)
+        out.append([float(t) for t in beats] if ok else None)
+    return out
+
+
 def select_split(records: list[Record], split: str | None, root: Path) -> list[Record]:
     """The records of one split (None: all). Raises a ValueError if none are left."""
     if split is None:

@@ -47,7 +47,7 @@ from soundsmith.core.run_lock import releases_folder_locks
 
 from .checkpoint import ResumableSampler, resume_point
 from .config import CONFIGS, bounded, load_config
-from .datasets import clip_tempi
+from .datasets import clip_beats, clip_tempi
 from .ema import EMA
 from .finetune import (
     AdapterExport,
@@ -111,6 +111,10 @@ class TokenLMTrainConfig(FinetuneConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.9
     # `soundsmith train tempo-reader`) is exported with the model so the pipeline reads tempo from prompts
     tempo_dropout: float = bounded(0.3, 0.0, 1.0)
     tempo_reader: str | None = None
+    # coarse LM with a beat input (model field beat_dim, gen/tempo.py beat_features): each music clip's own beat
+    # grid (its `beats` labels) at every frame, dropped to "no beat" with this probability (and with a dropped
+    # condition); the pipeline builds the grid from the tempo its `tempo_reader` reads in the prompt
+    beat_dropout: float = bounded(0.3, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------- batches
@@ -125,12 +129,16 @@ class TokenCrops:
 
     def __init__(self, stage: str, cache: dict[str, Any], lm: Any, *, cond_dropout: float = 0.0,
                  text_cond_prob: float = 0.0, short_crop_prob: float = 0.0, where: str = "data",
-                 tempo: list[float | None] | None = None, tempo_dropout: float = 0.0):
+                 tempo: list[float | None] | None = None, tempo_dropout: float = 0.0,
+                 beats: list[list[float] | None] | None = None, beat_dropout: float = 0.0):
         c = lm.config
         self.stage, self.cache, self.config = stage, cache, c
         # each cached clip's BPM, for a semantic LM with a tempo input (None: the batches carry no tempo)
         self.tempo = tempo if stage == "semantic" and getattr(c, "tempo_dim", 0) else None
         self.tempo_dropout = tempo_dropout
+        # each cached clip's beat times, for a coarse LM with a beat input (None: the batches carry no beat)
+        self.beats = beats if stage == "coarse" and getattr(c, "beat_dim", 0) else None
+        self.beat_dropout = beat_dropout
         self.null = c.cond_codebook_size
         self.cond_dropout, self.text_cond_prob, self.short_crop_prob = cond_dropout, text_cond_prob, short_crop_prob
         self.multiple = c.frames_per_semantic if stage == "coarse" else 1
@@ -181,6 +189,16 @@ class TokenCrops:
             batch["semantic"] = torch.stack([sem.clip(i)[s // r: (s + length) // r] for i, s in zip(clips, starts)])
         if self.stage in ("coarse", "fine"):
             kc, kf = self.config.n_coarse, self.config.n_fine
+            if self.beats is not None:  # [B, L, beat_dim]: each crop's own grid, from its first frame
+                from soundsmith.gen.tempo import beat_features
+
+                null = (batch["cond"] == self.null).all(dim=1).tolist()
+                rate = self.config.frame_rate
+                batch["beat"] = torch.stack([
+                    beat_features(None if self.beats[i] is None or is_null or
+                                  (cond == "random" and rng.random() < self.beat_dropout)
+                                  else [t - s / rate for t in self.beats[i]], length, rate)
+                    for i, s, is_null in zip(clips, starts, null)])
             codes = torch.stack([self.cache["codes"].clip(i)[:, s:s + length] for i, s in zip(clips, starts)])
             batch["coarse"] = codes[:, :kc]  # [B, Kc, L]
             if self.stage == "fine":
@@ -284,11 +302,13 @@ def train(stage: str, config: str | os.PathLike | None = None, data: str | os.Pa
 
     # 4. data: crops of the cached tokens in a resumable order; fixed validation crops ---------------
     tempi = {split: clip_tempi(data, split) if split in _splits(data) else None for split in ("train", "valid")}
+    beats = {split: clip_beats(data, split) if split in _splits(data) else None for split in ("train", "valid")}
     crops = TokenCrops(stage, caches["train"], model, cond_dropout=cfg.cond_dropout, text_cond_prob=cfg.text_cond_prob,
                        short_crop_prob=cfg.short_crop_prob, where=f"{data} (train)", tempo=tempi["train"],
-                       tempo_dropout=cfg.tempo_dropout)
+                       tempo_dropout=cfg.tempo_dropout, beats=beats["train"], beat_dropout=cfg.beat_dropout)
     valid = TokenCrops(stage, caches["valid"], model, where=f"{data} (valid)",
-                       tempo=tempi["valid"] if tempi["valid"] is not None else tempi["train"])
+                       tempo=tempi["valid"] if tempi["valid"] is not None else tempi["train"],
+                       beats=beats["valid"] if beats["valid"] is not None else beats["train"])
     valid_batches = _valid_batches(stage, valid, cfg.batch_size, cfg.num_valid_batches)
 
     # 5. resume: weights, optimizer, schedule, EMA, RNG states and the data position -----------------
@@ -423,7 +443,8 @@ def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torc
     """Mean loss and accuracy per condition kind: valid/loss (audio conditions, or none for the fine LM),
     valid/loss_text, valid/loss_null, and the same for accuracy; for the acoustic stages also the loss of each
     codec level under audio conditions, valid/loss_l1, valid/loss_l2, ...; for a semantic LM with a tempo input
-    also valid/loss_no_tempo (the audio-conditioned crops without their tempo)."""
+    also valid/loss_no_tempo (the audio-conditioned crops without their tempo), for a coarse LM with a beat input
+    valid/loss_no_beat."""
     sums: dict[str, list[float]] = {}
     levels: list[list[float]] = []
     for mode, batch in batches:
@@ -435,12 +456,13 @@ def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torc
         entry[2] += 1
         if not suffix:
             levels.append(output.level_losses())
-        if "tempo" in batch and not suffix:  # what the tempo input is worth: the same crops without it
-            plain = model(**{k: v.to(device) for k, v in batch.items() if k != "tempo"})
-            tempo_entry = sums.setdefault("_no_tempo", [0.0, 0.0, 0.0])
-            tempo_entry[0] += plain.loss().item()
-            tempo_entry[1] += plain.accuracy()
-            tempo_entry[2] += 1
+        for key in ("tempo", "beat"):  # what a tempo or beat input is worth: the same crops without it
+            if key in batch and not suffix:
+                plain = model(**{k: v.to(device) for k, v in batch.items() if k != key})
+                entry = sums.setdefault(f"_no_{key}", [0.0, 0.0, 0.0])
+                entry[0] += plain.loss().item()
+                entry[1] += plain.accuracy()
+                entry[2] += 1
     metrics = {}
     for suffix, (loss, acc, n) in sums.items():
         metrics[f"valid/loss{suffix}"] = loss / n

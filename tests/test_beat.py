@@ -1,0 +1,118 @@
+"""Beat-grid conditioning of the coarse LM (gen/tempo.py beat_features, TokenLMConfig.beat_dim): the features,
+the grown LM (identical until trained, cached generation reads the grid as the teacher-forced pass does), the
+trainer's crops (each clip's own grid from its crop start) and the token pipeline (a grid at the read tempo)."""
+
+import numpy as np
+import pytest
+import torch
+from soundsmith.gen.tempo import BEAT_DIM, beat_features, beat_phase, grid_beats
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def test_beat_phase_and_features():
+    phase = beat_phase([0.5, 1.0, 1.5], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.25, 2.0, 2.25]))
+    assert torch.allclose(phase, torch.tensor([0.0, 0.5, 0.0, 0.5, 0.5, 0.0, 0.5]), atol=1e-6)  # grid continued
+    f = beat_features(grid_beats(120.0, 2.0), 50, 25.0)  # a beat every 12.5 frames
+    assert f.shape == (50, BEAT_DIM) and torch.all(f[:, 0] == 1)
+    first = f[:, 1]  # cos of the phase: highest just after each beat
+    peaks = [i for i in range(1, 49) if first[i] > first[i - 1] and first[i] >= first[i + 1]]
+    assert peaks == [12, 25, 37] or peaks == [12, 24, 37]
+    assert torch.allclose(f[:, 1] ** 2 + f[:, 2] ** 2, torch.ones(50), atol=1e-5)
+    assert beat_features(None, 7, 25.0).abs().sum() == 0 and beat_features([1.0], 7, 25.0).abs().sum() == 0
+    assert grid_beats(60.0, 2.0)[:3] == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="at least 2 beats"):
+        beat_phase([1.0], torch.zeros(3))
+
+
+@pytest.mark.parametrize("pattern", ["delay", "flat"])
+def test_coarse_lm_beat_input_starts_silent_then_counts(pattern):
+    from soundsmith.gen.token_lm import SamplingParams, build_lm, grow_lm
+    from token_helpers import tiny_lm_config
+
+    torch.manual_seed(0)
+    lm = build_lm(tiny_lm_config("coarse", coarse_pattern=pattern, aligned_semantic=True)).eval()
+    k, frames = lm.config.n_coarse, 8
+    r = lm.config.frames_per_semantic
+    cond, semantic = torch.randint(0, 16, (2, 3)), torch.randint(0, 8, (2, frames // r))
+    coarse = torch.randint(0, 16, (2, k, frames))
+    beat = torch.stack([beat_features(grid_beats(bpm, 1.0), frames, lm.config.frame_rate) for bpm in (70.0, 150.0)])
+    grown = grow_lm(lm, beat_dim=BEAT_DIM).eval()
+    assert torch.equal(grown(cond, semantic, coarse, beat).logits, lm(cond, semantic, coarse).logits)
+    with torch.no_grad():
+        grown.beat.weight.normal_()
+    assert not torch.allclose(grown(cond, semantic, coarse, beat).logits, lm(cond, semantic, coarse).logits)
+    assert torch.equal(grown(cond, semantic, coarse).logits, lm(cond, semantic, coarse).logits)  # none given
+    out = grown.generate(cond, semantic, frames, sampling=SamplingParams(top_k=1), beat=beat)  # [B, Kc, S]
+    teacher = grown(cond, semantic, out, beat)
+    if pattern == "delay":
+        targets = teacher.targets
+        picked = teacher.logits.argmax(-1)
+        assert torch.equal(picked[targets != -100], targets[targets != -100])
+    else:
+        assert torch.equal(teacher.logits.argmax(-1), out.transpose(1, 2))
+    with pytest.raises(ValueError, match="beat features must be shaped"):
+        grown(cond, semantic, coarse, beat[..., :3])
+    with pytest.raises(ValueError, match="beat_dim must be >= 0, and 0 outside the coarse stage"):
+        tiny_lm_config("semantic", beat_dim=BEAT_DIM)
+
+
+def test_token_crops_carry_each_clips_beat_grid():
+    from soundsmith.gen.token_lm import build_lm
+    from soundsmith.train.token_cache import CondTokens, Ragged
+    from soundsmith.train.train_token_lm import TokenCrops
+    from token_helpers import tiny_lm_config
+
+    lm = build_lm(tiny_lm_config("coarse", aligned_semantic=True, beat_dim=BEAT_DIM))
+    r = lm.config.frames_per_semantic
+    n, frames = 2, 24
+    cache = {"cond": CondTokens(torch.randint(0, 16, (n, 3)), torch.randint(0, 16, (n, 2, 3))),
+             "semantic": Ragged(torch.randint(0, 8, (n * frames // r,)), torch.arange(0, n * frames // r + 1, frames // r)),
+             "codes": Ragged(torch.randint(0, 16, (8, n * frames)), torch.arange(0, n * frames + 1, frames))}
+    beats = [[0.1, 0.5, 0.9], None]
+    crops = TokenCrops("coarse", cache, lm, beats=beats)
+    batch = crops.batch([0, 1], np.random.default_rng(0), cond="audio")  # fixed crops start at frame 0
+    length = batch["coarse"].shape[-1]
+    assert torch.allclose(batch["beat"][0], beat_features(beats[0], length, lm.config.frame_rate))
+    assert batch["beat"][1].abs().sum() == 0  # a clip without beats: none
+    assert crops.batch([0], np.random.default_rng(0), cond="null")["beat"].abs().sum() == 0
+    dropped = TokenCrops("coarse", cache, lm, beats=beats, beat_dropout=1.0)
+    assert dropped.batch([0], np.random.default_rng(1))["beat"].abs().sum() == 0
+    moved = TokenCrops("coarse", cache, lm, beats=beats)  # random crops: the grid moves with the crop start
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        b = moved.batch([0], rng)
+        if b["beat"].shape[1] < frames:
+            break
+    assert b["beat"][0, :, 0].all()
+    assert lm(**batch).loss().isfinite()
+    assert "beat" not in TokenCrops("coarse", cache, build_lm(tiny_lm_config("coarse", aligned_semantic=True)),
+                                    beats=beats).batch([0], np.random.default_rng(0), cond="audio")
+
+
+def test_token_pipeline_follows_the_read_tempo_with_a_beat_grid(tmp_path):
+    from soundsmith.gen.tempo import TempoReader, TempoReaderConfig
+    from soundsmith.gen.token_lm import grow_lm
+    from soundsmith.pipelines import load_pipeline
+    from token_helpers import tiny_pipeline as tiny_tokens
+
+    pipe = tiny_tokens()
+    # greedy coarse codes: a random tiny LM's outputs are nearly uniform, so sampled codes hardly see a change
+    run = dict(seed=0, watermark=False, loudness_lufs=None, top_k={"coarse": 1})
+    plain = pipe(["a fast reel", "a reel"], **run).audios
+    pipe.coarse_lm = grow_lm(pipe.coarse_lm, beat_dim=BEAT_DIM).eval()
+    dim = pipe.conditioner.dim
+    pipe.tempo_reader = TempoReader(torch.zeros(dim), torch.tensor(10.0), TempoReaderConfig(dim=dim))
+    same = pipe(["a fast reel", "a reel"], **run)
+    assert torch.allclose(same.audios, plain, atol=1e-5)  # an untrained beat input: as before
+    assert same.parameters["tempo_bpm"] == [pipe.tempo_reader.config.band_bpm["fast"], None]
+    with torch.no_grad():
+        pipe.coarse_lm.beat.weight.normal_(std=100.0)
+    out = pipe(["a fast reel", "a reel"], **run)
+    assert not torch.allclose(out.audios[0], plain[0], atol=1e-4)  # the grid steers the prompt with a tempo
+    assert torch.allclose(out.audios[1], plain[1], atol=1e-5)  # and not the one without
+    loaded = load_pipeline(pipe.save_pretrained(tmp_path / "tokens"))
+    loaded.progress_bar = False
+    assert loaded.coarse_lm.config.beat_dim == BEAT_DIM
+    again = loaded(["a fast reel", "a reel"], **run)
+    assert torch.allclose(again.audios, out.audios, atol=1e-4)
