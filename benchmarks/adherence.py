@@ -16,7 +16,7 @@ classes in the SFX top 3). `--prompts benchmarks/prompts/adherence-families.json
 more wordings per instrument and language.
 
     .venv/bin/python benchmarks/adherence.py --model models/default-ldm [--scorer both|labels|feature-labels|clap]
-        [--seeds 4] [--steps N] [--scheduler NAME] [--guidance G] [--duration 5] [--seed 0] [--out DIR] [--limit N]
+        [--seeds 4] [--steps N] [--scheduler NAME] [--guidance G] [--guidance-cutoff C] [--duration 5] [--seed 0] [--out DIR] [--limit N]
     .venv/bin/python benchmarks/adherence.py --from-clips DIR --model M   # re-score the clips a run kept
     .venv/bin/python benchmarks/adherence.py --adapter runs/my-lora/export [--adapter-scale 1]  # with a LoRA adapter
 
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--guidance-cutoff", type=float, default=None,
+                   help="latent diffusion: share of the steps that run guidance (default: the model's)")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0, help="clip k of prompt i uses seed + i * seeds + k (default 0)")
     p.add_argument("--seeds", type=int, default=4, help="clips per prompt, each scored (default 4)")
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in prompts for _ in range(args.seeds)]  # one row per clip, prompt-major
     seeds = clip_seeds(len(prompts), args.seeds, args.seed)
     kwargs = {k: v for k, v in (("num_inference_steps", args.steps), ("scheduler", args.scheduler),
-                                ("guidance_scale", args.guidance)) if v is not None}
+                                ("guidance_scale", args.guidance), ("guidance_cutoff", args.guidance_cutoff))
+              if v is not None}
     classifiers = {s: load_classifier(args, s) for s in scorers if s != "clap"}  # before generating: fail early
 
     # 1. `seeds` clips per prompt (or the clips of an earlier run)
@@ -271,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             out.save(args.out)
         waves, sample_rate = torch.as_tensor(out.audios), out.sample_rate
-        settings = {k: out.parameters[k] for k in ("scheduler", "num_inference_steps", "guidance_scale")
-                    if k in out.parameters}
+        settings = {k: out.parameters[k] for k in ("scheduler", "num_inference_steps", "guidance_scale",
+                                                   "guidance_cutoff") if k in out.parameters}
         if args.adapter:
             settings["adapters"] = [{"folder": a.get("folder"), "scale": a.get("scale")}
                                     for a in out.parameters.get("adapters", [])]

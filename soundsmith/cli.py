@@ -150,6 +150,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         flag = "--" + next(iter(given)).replace("_", "-")
         raise UsageError(f"{flag} applies to token models (--backend tokens, MusicGen folders), not to the "
                          f"latent-diffusion model {model}")
+    if args.guidance_cutoff is not None:
+        import inspect
+
+        if pipe.backend != "ldm" or "guidance_cutoff" not in inspect.signature(pipe.__call__).parameters:
+            raise UsageError(f"--guidance-cutoff applies to soundsmith latent-diffusion models, not to the "
+                             f"{pipe.backend} model {model}")
+        kwargs["guidance_cutoff"] = args.guidance_cutoff
     if args.semantic_candidates is not None and pipe.backend != "tokens":
         raise UsageError(f"--semantic-candidates applies to soundsmith token models (--backend tokens), not to "
                          f"the {pipe.backend} model {model}")
@@ -187,7 +194,7 @@ def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[
     return {"model": str(Path(model).resolve()), "prompts_file": str(args.prompts_file), "prompts": len(prompts),
             "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "num": args.num,
             "seed": args.seed, "duration": args.duration, "steps": args.steps, "guidance": args.guidance,
-            "scheduler": args.scheduler, "negative": args.negative, "watermark": not args.no_watermark,
+            "guidance_cutoff": args.guidance_cutoff, "scheduler": args.scheduler, "negative": args.negative, "watermark": not args.no_watermark,
             "loudness": None if args.no_loudness else args.loudness, "vocoder": args.vocoder, "dtype": args.dtype,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "semantic_candidates": args.semantic_candidates, "audio_prompt_sha256": audio_prompt,
@@ -499,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=positive_float, default=None, help="seconds of audio (default: the model's, 5)")
     p.add_argument("--steps", type=_bounded(int, 1, 1000), default=None, help="sampler steps (default: the model's)")
     p.add_argument("--guidance", type=_bounded(float, 0, 100), default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--guidance-cutoff", type=_bounded(float, 0, 1), default=None,
+                   help="latent diffusion: share of the steps, from the first, that run guidance; later steps cost "
+                   "half (default: the model's)")
     p.add_argument("--negative", "--negative-prompt", dest="negative", default=None, help="what to steer away from")
     p.add_argument("--scheduler", default=None, help="sampler: dpmsolver++, ddim, euler, euler-ancestral, heun, unipc, "
                    "ddpm, pndm, lms (default: the model's)")

@@ -240,13 +240,14 @@ def test_cli_generate(folder, tmp_path, capsys):
     (tmp_path / "prompts.txt").write_text("wind in trees\n")
     code = main(["generate", "rain on a roof", "--prompts-file", str(tmp_path / "prompts.txt"), "--model",
                  str(folder), "--backend", "ldm", "--duration", "0.3", "--steps", "2", "--seed", "3", "--num", "2",
-                 "--scheduler", "ddim", "--device", "cpu", "--out", str(tmp_path / "out")])
+                 "--scheduler", "ddim", "--guidance-cutoff", "0.5", "--device", "cpu", "--out", str(tmp_path / "out")])
     assert code == 0
     printed = capsys.readouterr().out.split()
     names = sorted(p.split("/")[-1] for p in printed)
     assert names == ["rain-on-a-roof-3.wav", "rain-on-a-roof-4.wav", "wind-in-trees-5.wav", "wind-in-trees-6.wav"]
     meta = json.loads((tmp_path / "out" / "wind-in-trees-5.json").read_text())
     assert meta["scheduler"] == "ddim" and meta["num_inference_steps"] == 2 and meta["model"] == str(folder)
+    assert meta["guidance_cutoff"] == 0.5
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -254,6 +255,7 @@ def test_cli_generate(folder, tmp_path, capsys):
     (["--duration", "9"], r"duration_s must be a finite number in \(0, 8\]"),
     (["--guidance", "nan"], "argument --guidance: must be a finite number"),
     (["--steps", "0"], r"argument --steps: must be in \[1, 1000\]"),
+    (["--guidance-cutoff", "2"], r"argument --guidance-cutoff: must be in \[0, 1\]"),
     (["--num", "0"], r"argument --num/--num-per-prompt: must be in \[1, 64\]"),
     (["--backend", "tokens"], "--backend tokens disagrees with the model folder"),
     (["--top-k", "5"], "--top-k applies to token models"),

@@ -289,6 +289,9 @@ def test_cli_generate(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and re.search("num_inference_steps does not apply", err) and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    code = main(["generate", "rain", "--model", str(folder), "--guidance-cutoff", "0.5", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--guidance-cutoff applies to soundsmith latent-diffusion models" in err
 
 
 def test_cli_sampling_flags_and_audio_prompt(folder, tmp_path, capsys):
