@@ -93,8 +93,9 @@ class TokenLMConfig:
     # semantic stage: width of the tempo features (gen/tempo.py, 16) added to the [SEM] token through a linear map,
     # so the plan can follow a requested tempo; 0 = no tempo input (the prefix alone)
     tempo_dim: int = 0
-    # coarse stage: width of the per-frame beat features (gen/tempo.py beat_features, 9) added at every acoustic
-    # position through a linear map, so the codes follow a beat grid (the requested tempo); 0 = none
+    # semantic and coarse stages: width of the per-frame beat features (gen/tempo.py beat_features, 9) added,
+    # through a linear map, at every position that predicts a semantic token or an acoustic frame, so the plan and
+    # the codes follow a beat grid (the requested tempo); 0 = none
     beat_dim: int = 0
     window: int = 125  # training crop: semantic tokens (semantic stage) or codec frames (coarse, fine)
     frame_rate: float = 25.0  # tokens (semantic stage) or codec frames per second, for lengths in seconds
@@ -128,8 +129,8 @@ class TokenLMConfig:
         if self.tempo_dim < 0 or (self.tempo_dim and self.stage != "semantic"):
             raise ValueError(f"TokenLMConfig.tempo_dim must be >= 0, and 0 outside the semantic stage; got "
                              f"{self.tempo_dim} for the {self.stage} stage")
-        if self.beat_dim < 0 or (self.beat_dim and self.stage != "coarse"):
-            raise ValueError(f"TokenLMConfig.beat_dim must be >= 0, and 0 outside the coarse stage; got "
+        if self.beat_dim < 0 or (self.beat_dim and self.stage == "fine"):
+            raise ValueError(f"TokenLMConfig.beat_dim must be >= 0, and 0 for the fine stage; got "
                              f"{self.beat_dim} for the {self.stage} stage")
 
     @property
@@ -496,27 +497,45 @@ class SemanticLM(TokenLM):
         self.specials = nn.Embedding(1, c.d_model)
         self.semantic = CodebookEmbedding(1, c.semantic_vocab, c.d_model)
         self.tempo = nn.Linear(c.tempo_dim, c.d_model, bias=False) if c.tempo_dim else None
+        self.beat = nn.Linear(c.beat_dim, c.d_model, bias=False) if c.beat_dim else None
         self._init_weights()
-        if self.tempo is not None:  # silent until trained: a tempo input changes nothing at first
-            nn.init.zeros_(self.tempo.weight)
+        for extra in (self.tempo, self.beat):  # silent until trained: a tempo or beat input changes nothing at first
+            if extra is not None:
+                nn.init.zeros_(extra.weight)
 
-    def embed(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None) -> Tensor:
-        """cond `[B, Q]`, semantic `[B, N]`, tempo features `[B, tempo_dim]` (None: none asked) -> inputs
-        `[B, Q + 1 + N, D]`; the tempo enters through the [SEM] token."""
+    def beat_embedding(self, beat: Tensor | None, first: int, count: int, batch: int) -> Tensor | float:
+        """What positions predicting tokens first..first+count-1 add: the beat features of those tokens' frames
+        through `beat` (`[B, F, beat_dim]`, frame 0 = token 0 of the sequence; None: no beat) -> `[B, count, D]`,
+        or 0.0 without."""
+        if beat is None or self.beat is None:
+            return 0.0
+        if beat.dim() != 3 or beat.shape[0] != batch or beat.shape[2] != self.config.beat_dim:
+            raise ValueError(f"beat features must be shaped [{batch}, frames, {self.config.beat_dim}], got "
+                             f"{list(beat.shape)}")
+        index = torch.arange(first, first + count, device=beat.device).clamp(max=beat.shape[1] - 1)
+        return self.beat(beat[:, index].to(self.beat.weight.dtype))
+
+    def embed(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None, beat: Tensor | None = None
+              ) -> Tensor:
+        """cond `[B, Q]`, semantic `[B, N]`, tempo features `[B, tempo_dim]` (None: none asked), beat features
+        `[B, >= N + 1, beat_dim]` of the sequence's frames (None: none) -> inputs `[B, Q + 1 + N, D]`; the tempo
+        enters through the [SEM] token, the beat of token i's frame at the position that predicts token i."""
         b = cond.shape[0]
         start = self._special(self.SEM, b)  # [B, 1, D]
         if tempo is not None and self.tempo is not None:
             if tempo.shape != (b, self.config.tempo_dim):
                 raise ValueError(f"tempo features must be shaped [{b}, {self.config.tempo_dim}], got {list(tempo.shape)}")
             start = start + self.tempo(tempo.to(start.dtype))[:, None]
-        return torch.cat([self._cond_prefix(cond), start,
-                          self.semantic(semantic.clamp(min=0)[..., None])[:, :, 0]], dim=1)
+        plan = torch.cat([start, self.semantic(semantic.clamp(min=0)[..., None])[:, :, 0]], dim=1)  # [B, 1 + N, D]
+        plan = plan + self.beat_embedding(beat, 0, plan.shape[1], b)
+        return torch.cat([self._cond_prefix(cond), plan], dim=1)
 
-    def forward(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None) -> LMOutput:
+    def forward(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None, beat: Tensor | None = None
+                ) -> LMOutput:
         """Teacher-forced pass: cond `[B, Q]`, semantic `[B, N]` (IGNORE = padding), tempo features `[B, T]` or
-        None -> logits `[B, N, V]`."""
+        None, beat features `[B, N, beat_dim]` or None -> logits `[B, N, V]`."""
         q = self.config.cond_levels
-        h = self.run(self.embed(cond, semantic[:, :-1], tempo))  # position Q + i predicts s_{i+1}
+        h = self.run(self.embed(cond, semantic[:, :-1], tempo, beat))  # position Q + i predicts s_{i+1}
         logits = self.semantic.logits(h[:, q:, None])[:, :, 0]  # [B, N, V]
         return LMOutput(logits, semantic)
 
@@ -524,13 +543,16 @@ class SemanticLM(TokenLM):
     def generate(self, cond: Tensor, length: int, *, prompt: Tensor | None = None, uncond: Tensor | None = None,
                  guidance_scale: float = 1.0, sampling: SamplingParams | None = None,
                  generators: Sequence[torch.Generator] | None = None, context_fraction: float = 0.5,
-                 on_step: Callable[[], Any] | None = None, tempo: Tensor | None = None) -> Tensor:
+                 on_step: Callable[[], Any] | None = None, tempo: Tensor | None = None,
+                 beat: Tensor | None = None) -> Tensor:
         """Semantic tokens `[B, length]`, the first P of them `prompt` `[B, P]` (continuation).
 
         Args:
             cond: conditioning tokens `[B, Q]`.
             tempo: tempo features `[B, tempo_dim]` (gen/tempo.py) where the LM takes them; the guidance branch
                 gets none.
+            beat: beat features `[B, >= length, beat_dim]` (gen/tempo.py beat_features) where the LM takes them:
+                the grid the plan follows; the guidance branch gets none, so guidance steers towards it too.
             length: total tokens wanted (prompt included).
             uncond: the guidance prefix `[B, Q]` (default: the null prefix); used when guidance_scale != 1.
             guidance_scale: classifier-free guidance; 1 disables it (no batch doubling).
@@ -542,15 +564,24 @@ class SemanticLM(TokenLM):
         tokens = _start(prompt, cond.shape[0], cond.device)
         sampler = _Sampler(sampling, generators, cond.shape[0], guidance_scale)
         for context, new in plan_windows(length, tokens.shape[1], self.config.window, context_fraction):
-            ctx = tokens[:, tokens.shape[1] - context:]
-            tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step, tempo)], dim=1)
+            begin = tokens.shape[1] - context
+            ctx = tokens[:, begin:]
+            grid = None if beat is None else beat[:, begin:]
+            tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step, tempo, grid)], dim=1)
         return tokens
 
     def _window(self, cond: Tensor, uncond: Tensor | None, ctx: Tensor, new: int, sampler: _Sampler,
-                on_step: Callable[[], Any] | None, tempo: Tensor | None = None) -> Tensor:
-        x = self.embed(cond, ctx, tempo)  # [B, T0, D]
+                on_step: Callable[[], Any] | None, tempo: Tensor | None = None, beat: Tensor | None = None
+                ) -> Tensor:
+        """`beat` `[B, F, beat_dim]`: frame 0 = the window's first context token."""
+        b, c = ctx.shape
+        x = self.embed(cond, ctx, tempo, beat)  # [B, T0, D]
         if sampler.cfg:
-            x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(cond.shape[0]), ctx), x])
+            x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(b), ctx), x])
+        # the beat of the token each sampled input predicts (the first new token's is in the prefill), guided half only
+        ahead = self.beat_embedding(beat, c + 1, max(new - 1, 0), b)
+        if sampler.cfg and isinstance(ahead, Tensor):
+            ahead = torch.cat([torch.zeros_like(ahead), ahead])
         cache = self.new_cache(x.shape[0], x.shape[1] + new - 1)
         h = self.run(x, cache)[:, -1]  # [B', D]
         pos, out = x.shape[1], []
@@ -560,7 +591,10 @@ class SemanticLM(TokenLM):
             if on_step is not None:
                 on_step()
             if i < new - 1:
-                h = self.run(self.semantic.level(sampler.expand(token), 0)[:, None], cache, pos)[:, -1]
+                step = self.semantic.level(sampler.expand(token), 0)  # [B', D]
+                if isinstance(ahead, Tensor):
+                    step = step + ahead[:, i]
+                h = self.run(step[:, None], cache, pos)[:, -1]
                 pos += 1
         return torch.stack(out, dim=1)  # [B, new]
 

@@ -56,6 +56,7 @@ PARTS = ("clap", "cond_rvq", "kmeans", "semantic_lm", "coarse_lm", "fine_lm", "c
 OPTIONAL_PARTS = ("fine_lm", "tempo")
 MAX_GUIDANCE = 100.0
 MAX_SEMANTIC_CANDIDATES = 64
+MAX_BEAT_SCALE = 20.0
 SILENCE = 1e-4  # peak below which an audio prompt counts as silent
 
 
@@ -81,6 +82,9 @@ class TokenConfig:
     min_prompt_s: float = 0.5  # shortest audio prompt accepted
     # semantic plans sampled per output; the one nearest the prompt in CLAP space is kept (1: off)
     semantic_candidates: int = 1
+    # LMs with a beat input: the beat features of the requested tempo times this scale (a linear input, so
+    # the scale strengthens the learned beat the way a guidance scale strengthens the prompt, at no cost)
+    beat_scale: float = 1.0
     components: dict[str, str] = field(default_factory=lambda: {p: p for p in PARTS})
     fingerprints: dict[str, str] = field(default_factory=dict)  # of every part, written by save_pretrained
     source: str = "soundsmith"
@@ -93,6 +97,7 @@ class TokenConfig:
         check_float("fine_context_fraction", self.fine_context_fraction, 0.0, 0.9)
         check_float("min_prompt_s", self.min_prompt_s, 0.0, 3600.0, low_open=True)
         check_int("semantic_candidates", self.semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
+        check_float("beat_scale", self.beat_scale, 0.0, MAX_BEAT_SCALE)
         wrong = [s for s in self.guided_stages if s not in ("semantic", "coarse")] if isinstance(
             self.guided_stages, (list, tuple)) else [self.guided_stages]
         if wrong:
@@ -373,10 +378,11 @@ class TokenPipeline(Pipeline):
         # 3. condition: CLAP text embeddings -> conditioning tokens [B, Q] ---------------------------
         text = self.conditioner.embed_text(prompts).float()  # [P, D]
         cond = self._tokenize_cond(text)[source]  # [B, Q]
-        # the tempo each prompt asks for: the semantic LM's tempo features [B, T] and the coarse LM's beat grid
-        # [B, frames, beat_dim] (an even grid from time 0; none when continuing a clip, whose own beat leads)
+        # the tempo each prompt asks for: the semantic LM's tempo features [B, T] and the beat grid of the LMs that
+        # take one, {"semantic": [B, N, beat_dim], "coarse": [B, frames, beat_dim]} (an even grid from time 0, times
+        # beat_scale; none when continuing a clip, whose own beat leads)
         bpms, tempo, beat = None, None, None
-        wants_beat = self.coarse_lm.config.beat_dim > 0 and clip is None
+        wants_beat = (self.coarse_lm.config.beat_dim > 0 or self.semantic_lm.config.beat_dim > 0) and clip is None
         if self.tempo_reader is not None and (self.semantic_lm.config.tempo_dim or wants_beat):
             from soundsmith.gen.tempo import beat_features, grid_beats, tempo_features
 
@@ -385,9 +391,13 @@ class TokenPipeline(Pipeline):
             if self.semantic_lm.config.tempo_dim:
                 tempo = tempo_features(bpms)
             if wants_beat:
-                rate = self.coarse_lm.config.frame_rate
-                beat = torch.stack([beat_features(None if bpm is None else grid_beats(bpm, frames / rate), frames, rate)
-                                    for bpm in bpms])
+                beat = {}
+                for stage, lm, length in (("semantic", self.semantic_lm, n_semantic), ("coarse", self.coarse_lm, frames)):
+                    if lm.config.beat_dim:
+                        rate = lm.config.frame_rate
+                        beat[stage] = self.config.beat_scale * torch.stack([
+                            beat_features(None if bpm is None else grid_beats(bpm, length / rate), length, rate)
+                            for bpm in bpms])
         text = text[source]  # [B, D]: what the semantic plans are ranked against
         uncond = None  # the guidance prefix: the null tokens, or a negative prompt's tokens
         distinct = list(dict.fromkeys(n for n in out_negatives if n is not None))
@@ -410,7 +420,7 @@ class TokenPipeline(Pipeline):
                                      [generators[i] for i in idx], n_semantic, frames,
                                      None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
                                      progress.step, text[idx], candidates, None if tempo is None else tempo[idx],
-                                     None if beat is None else beat[idx])
+                                     None if beat is None else {k: v[idx] for k, v in beat.items()})
                 waves.append(self.codec.decode(codes.to(self.device), num_samples=num_samples))  # [b, C, T]
         audios = torch.cat(waves)  # [B, C, T]
 
@@ -446,10 +456,10 @@ class TokenPipeline(Pipeline):
     def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
                 generators: list[torch.Generator], n_semantic: int, frames: int,
                 prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor | None = None,
-                candidates: int = 1, tempo: Tensor | None = None, beat: Tensor | None = None) -> Tensor:
+                candidates: int = 1, tempo: Tensor | None = None, beat: dict[str, Tensor] | None = None) -> Tensor:
         """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`; `text` `[b, D]` ranks
-        `candidates` semantic plans per output; `tempo` `[b, T]`: the semantic LM's tempo features; `beat`
-        `[b, frames, beat_dim]`: the coarse LM's beat grid."""
+        `candidates` semantic plans per output; `tempo` `[b, T]`: the semantic LM's tempo features; `beat`:
+        the beat grid of each LM that takes one, {"semantic": [b, N, beat_dim], "coarse": [b, frames, beat_dim]}."""
         device, k = self.device, self.coarse_lm.config.n_coarse
         cond = cond.to(device)
         uncond = None if uncond is None else uncond.to(device)
@@ -460,14 +470,19 @@ class TokenPipeline(Pipeline):
             if self.fine_lm is not None:
                 fine_prompt = codes[:, k:k + self.fine_lm.config.n_fine]
         guided = self.config.guided_stages
+
+        def grid(stage: str) -> Tensor | None:
+            return None if beat is None or stage not in beat else beat[stage].to(device)
+
         semantic = self._semantic_plan(cond, uncond, sem_prompt, guidance if "semantic" in guided else 1.0,
                                        sampling["semantic"], generators, n_semantic, on_step, text,
-                                       candidates, None if tempo is None else tempo.to(device))  # [b, N]
+                                       candidates, None if tempo is None else tempo.to(device),
+                                       grid("semantic"))  # [b, N]
         coarse = self.coarse_lm.generate(
             cond, semantic, frames, prompt=coarse_prompt, uncond=uncond,
             guidance_scale=guidance if "coarse" in guided else 1.0,
             sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
-            on_step=on_step, beat=None if beat is None else beat.to(device))  # [b, Kc, S]
+            on_step=on_step, beat=grid("coarse"))  # [b, Kc, S]
         if self.fine_lm is None:
             return coarse
         fine = self.fine_lm.generate(coarse, prompt=fine_prompt, sampling=sampling["fine"], generators=generators,
@@ -476,7 +491,8 @@ class TokenPipeline(Pipeline):
 
     def _semantic_plan(self, cond: Tensor, uncond: Tensor | None, prompt: Tensor | None, guidance: float,
                        sampling: Any, generators: list[torch.Generator], n_semantic: int, on_step: Callable[[], Any],
-                       text: Tensor | None, candidates: int, tempo: Tensor | None = None) -> Tensor:
+                       text: Tensor | None, candidates: int, tempo: Tensor | None = None,
+                       beat: Tensor | None = None) -> Tensor:
         """Semantic tokens `[b, N]`: the best of `candidates` plans per output by CLAP similarity to `text`.
 
         All plans of a chunk are one batch (the step count, and so the progress bar, does not change). Plan 0
@@ -489,7 +505,7 @@ class TokenPipeline(Pipeline):
         plans = self.semantic_lm.generate(
             repeat(cond), n_semantic, prompt=repeat(prompt), uncond=repeat(uncond), guidance_scale=guidance,
             sampling=sampling, generators=plan_generators, context_fraction=self.config.context_fraction,
-            on_step=on_step, tempo=repeat(tempo))  # [b * k, N]
+            on_step=on_step, tempo=repeat(tempo), beat=repeat(beat))  # [b * k, N]
         if k == 1:
             return plans
         audio = self.kmeans.audio_embedding(plans).to(text.device)  # [b * k, D], L2-normalised

@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "levels alone are decoded)")
     p.add_argument("--codec", required=True, help="train codec export folder")
     p.add_argument("--tempo", default=None, help="train tempo-reader export folder (optional: reads the prompt's "
-                   "tempo for a semantic LM with a tempo input)")
+                   "tempo for a semantic LM with a tempo input or a coarse LM with a beat input)")
     p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (as shipped models are)")
     p.add_argument("--link-clap", action="store_true", help="reference --clap by a relative path instead of copying it")
     p.set_defaults(func=cmd_assemble_tokens)

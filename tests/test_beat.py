@@ -53,8 +53,8 @@ def test_coarse_lm_beat_input_starts_silent_then_counts(pattern):
         assert torch.equal(teacher.logits.argmax(-1), out.transpose(1, 2))
     with pytest.raises(ValueError, match="beat features must be shaped"):
         grown(cond, semantic, coarse, beat[..., :3])
-    with pytest.raises(ValueError, match="beat_dim must be >= 0, and 0 outside the coarse stage"):
-        tiny_lm_config("semantic", beat_dim=BEAT_DIM)
+    with pytest.raises(ValueError, match="beat_dim must be >= 0, and 0 for the fine stage"):
+        tiny_lm_config("fine", beat_dim=BEAT_DIM)
 
 
 def test_token_crops_carry_each_clips_beat_grid():

@@ -111,8 +111,8 @@ class TokenLMTrainConfig(FinetuneConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.9
     # `soundsmith train tempo-reader`) is exported with the model so the pipeline reads tempo from prompts
     tempo_dropout: float = bounded(0.3, 0.0, 1.0)
     tempo_reader: str | None = None
-    # coarse LM with a beat input (model field beat_dim, gen/tempo.py beat_features): each music clip's own beat
-    # grid (its `beats` labels) at every frame, dropped to "no beat" with this probability (and with a dropped
+    # semantic or coarse LM with a beat input (model field beat_dim, gen/tempo.py beat_features): each music clip's
+    # own beat grid (its `beats` labels) at every token or frame, dropped to "no beat" with this probability (and with a dropped
     # condition); the pipeline builds the grid from the tempo its `tempo_reader` reads in the prompt
     beat_dropout: float = bounded(0.3, 0.0, 1.0)
 
@@ -137,7 +137,7 @@ class TokenCrops:
         self.tempo = tempo if stage == "semantic" and getattr(c, "tempo_dim", 0) else None
         self.tempo_dropout = tempo_dropout
         # each cached clip's beat times, for a coarse LM with a beat input (None: the batches carry no beat)
-        self.beats = beats if stage == "coarse" and getattr(c, "beat_dim", 0) else None
+        self.beats = beats if stage in ("semantic", "coarse") and getattr(c, "beat_dim", 0) else None
         self.beat_dropout = beat_dropout
         self.null = c.cond_codebook_size
         self.cond_dropout, self.text_cond_prob, self.short_crop_prob = cond_dropout, text_cond_prob, short_crop_prob
@@ -184,12 +184,7 @@ class TokenCrops:
                 batch["tempo"] = tempo_features([
                     None if is_null or (cond == "random" and rng.random() < self.tempo_dropout) else self.tempo[i]
                     for i, is_null in zip(clips, null)])
-            r = self.config.frames_per_semantic if self.stage == "coarse" else 1
-            sem = self.cache["semantic"]
-            batch["semantic"] = torch.stack([sem.clip(i)[s // r: (s + length) // r] for i, s in zip(clips, starts)])
-        if self.stage in ("coarse", "fine"):
-            kc, kf = self.config.n_coarse, self.config.n_fine
-            if self.beats is not None:  # [B, L, beat_dim]: each crop's own grid, from its first frame
+            if self.beats is not None:  # [B, L, beat_dim]: each crop's own grid, from its first token or frame
                 from soundsmith.gen.tempo import beat_features
 
                 null = (batch["cond"] == self.null).all(dim=1).tolist()
@@ -199,6 +194,11 @@ class TokenCrops:
                                   (cond == "random" and rng.random() < self.beat_dropout)
                                   else [t - s / rate for t in self.beats[i]], length, rate)
                     for i, s, is_null in zip(clips, starts, null)])
+            r = self.config.frames_per_semantic if self.stage == "coarse" else 1
+            sem = self.cache["semantic"]
+            batch["semantic"] = torch.stack([sem.clip(i)[s // r: (s + length) // r] for i, s in zip(clips, starts)])
+        if self.stage in ("coarse", "fine"):
+            kc, kf = self.config.n_coarse, self.config.n_fine
             codes = torch.stack([self.cache["codes"].clip(i)[:, s:s + length] for i, s in zip(clips, starts)])
             batch["coarse"] = codes[:, :kc]  # [B, Kc, L]
             if self.stage == "fine":
