@@ -82,9 +82,10 @@ class TokenConfig:
     min_prompt_s: float = 0.5  # shortest audio prompt accepted
     # semantic plans sampled per output; the one nearest the prompt in CLAP space is kept (1: off)
     semantic_candidates: int = 1
-    # LMs with a beat input: the beat features of the requested tempo times this scale (a linear input, so
-    # the scale strengthens the learned beat the way a guidance scale strengthens the prompt, at no cost)
-    beat_scale: float = 1.0
+    # LMs with a beat input: the beat features of the requested tempo times this scale, one for all stages or
+    # {"semantic": .., "coarse": ..} (a linear input, so the scale strengthens the learned beat the way a guidance
+    # scale strengthens the prompt, at no cost)
+    beat_scale: float | dict[str, float] = 1.0
     components: dict[str, str] = field(default_factory=lambda: {p: p for p in PARTS})
     fingerprints: dict[str, str] = field(default_factory=dict)  # of every part, written by save_pretrained
     source: str = "soundsmith"
@@ -97,7 +98,11 @@ class TokenConfig:
         check_float("fine_context_fraction", self.fine_context_fraction, 0.0, 0.9)
         check_float("min_prompt_s", self.min_prompt_s, 0.0, 3600.0, low_open=True)
         check_int("semantic_candidates", self.semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
-        check_float("beat_scale", self.beat_scale, 0.0, MAX_BEAT_SCALE)
+        for stage in ("semantic", "coarse"):
+            check_float(f"beat_scale[{stage!r}]" if isinstance(self.beat_scale, dict) else "beat_scale",
+                        self.stage_beat_scale(stage), 0.0, MAX_BEAT_SCALE)
+        if isinstance(self.beat_scale, dict) and set(self.beat_scale) - {"semantic", "coarse"}:
+            raise ValueError(f"beat_scale: stages are 'semantic' and 'coarse', got {sorted(self.beat_scale)}")
         wrong = [s for s in self.guided_stages if s not in ("semantic", "coarse")] if isinstance(
             self.guided_stages, (list, tuple)) else [self.guided_stages]
         if wrong:
@@ -110,6 +115,11 @@ class TokenConfig:
         missing = [p for p in PARTS if p not in OPTIONAL_PARTS and p not in self.components]
         if missing:
             raise ValueError(f"components: part {missing[0]!r} missing (parts: {', '.join(PARTS)})")
+
+    def stage_beat_scale(self, stage: str) -> float:
+        """The beat scale of one stage ("semantic" or "coarse"); a stage a dict leaves out gets 1."""
+        scale = self.beat_scale
+        return float(scale.get(stage, 1.0) if isinstance(scale, dict) else scale)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -395,7 +405,7 @@ class TokenPipeline(Pipeline):
                 for stage, lm, length in (("semantic", self.semantic_lm, n_semantic), ("coarse", self.coarse_lm, frames)):
                     if lm.config.beat_dim:
                         rate = lm.config.frame_rate
-                        beat[stage] = self.config.beat_scale * torch.stack([
+                        beat[stage] = self.config.stage_beat_scale(stage) * torch.stack([
                             beat_features(None if bpm is None else grid_beats(bpm, length / rate), length, rate)
                             for bpm in bpms])
         text = text[source]  # [B, D]: what the semantic plans are ranked against

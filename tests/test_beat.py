@@ -116,3 +116,72 @@ def test_token_pipeline_follows_the_read_tempo_with_a_beat_grid(tmp_path):
     assert loaded.coarse_lm.config.beat_dim == BEAT_DIM
     again = loaded(["a fast reel", "a reel"], **run)
     assert torch.allclose(again.audios, out.audios, atol=1e-4)
+
+
+def test_semantic_lm_beat_input_starts_silent_then_counts():
+    from soundsmith.gen.token_lm import SamplingParams, build_lm, grow_lm
+    from token_helpers import tiny_lm_config
+
+    torch.manual_seed(0)
+    lm = build_lm(tiny_lm_config("semantic")).eval()
+    n = 20  # longer than the tiny window (12): generation slides, reading the grid at each window's offset
+    cond, semantic = torch.randint(0, 16, (2, 3)), torch.randint(0, 8, (2, 10))
+    beat = torch.stack([beat_features(grid_beats(bpm, 1.0), n + 1, 25.0) for bpm in (70.0, 150.0)])
+    grown = grow_lm(lm, beat_dim=BEAT_DIM).eval()
+    assert torch.equal(grown(cond, semantic, beat=beat).logits, lm(cond, semantic).logits)
+    with torch.no_grad():
+        grown.beat.weight.normal_(std=100.0)
+    assert not torch.allclose(grown(cond, semantic, beat=beat).logits, lm(cond, semantic).logits)
+    # cached generation reads the grid as the teacher-forced pass does (inside one window)
+    out = grown.generate(cond, 10, sampling=SamplingParams(top_k=1), beat=beat)
+    logits = grown(cond, torch.cat([out, out[:, :1]], 1), beat=beat).logits
+    assert torch.equal(logits[:, :10].argmax(-1), out)
+    long = grown.generate(cond, n, sampling=SamplingParams(top_k=1), beat=beat)
+    assert long.shape == (2, n) and torch.equal(long[:, :10], out)
+    assert not torch.equal(long, grown.generate(cond, n, sampling=SamplingParams(top_k=1)))
+    with pytest.raises(ValueError, match="beat features must be shaped"):
+        grown(cond, semantic, beat=beat[:1])
+
+
+def test_semantic_crops_and_pipeline_carry_the_grid(tmp_path):
+    from soundsmith.gen.tempo import TempoReader, TempoReaderConfig
+    from soundsmith.gen.token_lm import build_lm, grow_lm
+    from soundsmith.train.token_cache import CondTokens, Ragged
+    from soundsmith.train.train_token_lm import TokenCrops
+    from token_helpers import tiny_lm_config
+    from token_helpers import tiny_pipeline as tiny_tokens
+
+    lm = build_lm(tiny_lm_config("semantic", beat_dim=BEAT_DIM))
+    cache = {"cond": CondTokens(torch.randint(0, 16, (2, 3)), torch.randint(0, 16, (2, 2, 3))),
+             "semantic": Ragged(torch.randint(0, 8, (24,)), torch.arange(0, 25, 12))}
+    beats = [[0.1, 0.5, 0.9], None]
+    batch = TokenCrops("semantic", cache, lm, beats=beats).batch([0, 1], np.random.default_rng(0), cond="audio")
+    assert torch.allclose(batch["beat"][0], beat_features(beats[0], batch["semantic"].shape[1], 25.0))
+    assert batch["beat"][1].abs().sum() == 0 and lm(**batch).loss().isfinite()
+
+    pipe = tiny_tokens()
+    run = dict(seed=0, watermark=False, loudness_lufs=None, top_k={"semantic": 1, "coarse": 1})
+    plain = pipe(["a fast reel", "a reel"], **run).audios
+    pipe.semantic_lm = grow_lm(pipe.semantic_lm, beat_dim=BEAT_DIM).eval()
+    with torch.no_grad():
+        pipe.semantic_lm.beat.weight.normal_(std=100.0)
+    dim = pipe.conditioner.dim
+    pipe.tempo_reader = TempoReader(torch.zeros(dim), torch.tensor(10.0), TempoReaderConfig(dim=dim))
+    out = pipe(["a fast reel", "a reel"], **run)
+    assert not torch.allclose(out.audios[0], plain[0], atol=1e-4) and torch.allclose(out.audios[1], plain[1], atol=1e-5)
+    pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_scale": 0.0})
+    assert torch.allclose(pipe(["a fast reel"], **run).audios, plain[:1], atol=1e-5)  # scale 0: the grid is off
+
+
+def test_beat_scale_per_stage_and_its_range():
+    from soundsmith.pipelines.tokens import TokenConfig
+
+    assert TokenConfig(beat_scale=3.0).stage_beat_scale("coarse") == 3.0
+    per_stage = TokenConfig(beat_scale={"semantic": 4.0})
+    assert (per_stage.stage_beat_scale("semantic"), per_stage.stage_beat_scale("coarse")) == (4.0, 1.0)
+    with pytest.raises(ValueError, match=r"beat_scale\['semantic'\] must be a finite number in \[0, 20\]"):
+        TokenConfig(beat_scale={"semantic": 30.0})
+    with pytest.raises(ValueError, match="beat_scale: stages are 'semantic' and 'coarse'"):
+        TokenConfig(beat_scale={"fine": 1.0})
+    with pytest.raises(ValueError, match=r"beat_scale must be a finite number in \[0, 20\]"):
+        TokenConfig(beat_scale=-1.0)
