@@ -185,3 +185,19 @@ def test_beat_scale_per_stage_and_its_range():
         TokenConfig(beat_scale={"fine": 1.0})
     with pytest.raises(ValueError, match=r"beat_scale must be a finite number in \[0, 20\]"):
         TokenConfig(beat_scale=-1.0)
+
+
+def test_train_grown_only_trains_the_new_input_alone():
+    from soundsmith.train.finetune import InitModel, prepare_model
+    from soundsmith.train.train_token_lm import TokenLMTrainConfig
+    from token_helpers import tiny_pipeline as tiny_tokens
+
+    pipe = tiny_tokens()
+    init = InitModel(folder=None, component="coarse_lm", pipe=pipe, raw_config=None, base_fingerprint="")
+    cfg = TokenLMTrainConfig(init="x", train_grown_only=True)
+    model = prepare_model(init, cfg, {"beat_dim": BEAT_DIM})
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["beat.weight"]
+    assert all(p.requires_grad for p in prepare_model(init, TokenLMTrainConfig(init="x"), {"beat_dim": BEAT_DIM})
+               .parameters())  # a plain fine-tune trains everything
+    with pytest.raises(ValueError, match="train_grown_only: growing by n_coarse adds no new parameter"):
+        prepare_model(init, cfg, {"n_coarse": pipe.coarse_lm.config.n_coarse + 1})

@@ -72,7 +72,12 @@ def test_griffin_lim_shape_determinism_and_batching():
     wave = voc(mel)
     assert wave.shape == (2, 50 * 160) and wave.abs().max() <= 1.0
     assert torch.equal(voc(mel), wave)  # fixed start phase: the same mel gives the same wave
-    torch.testing.assert_close(voc(mel[1:]), wave[1:], atol=1e-4, rtol=0)  # a batch item does not see the others
+    # a batch item does not see the others. Compared as re-analysed mels: batch size changes the BLAS kernels' rounding
+    # (on AVX-512 CPUs by ~1e-3 per sample after 8 momentum iterations), which moves phases, not the sound
+    alone = MelSpectrogram(MelConfig())(voc(mel[1:]))
+    batched = MelSpectrogram(MelConfig())(wave[1:])
+    assert float((alone - batched).abs().mean()) < 0.01
+    assert float((MelSpectrogram(MelConfig())(wave[:1]) - batched).abs().mean()) > 0.2  # the two items do differ
     assert voc.spec() == {"name": "griffin-lim", "n_iter": 8, "momentum": 0.99, "nnls_iter": 16, "power": 1.0}
     assert build_vocoder(voc.spec()).spec() == voc.spec()
     with pytest.raises(ValueError, match="F=64"):

@@ -178,16 +178,27 @@ def growth(init: InitModel, cfg: Any, where: str) -> tuple[Any, dict[str, Any]]:
 
 def prepare_model(init: InitModel, cfg: FinetuneConfig, grow: Mapping[str, Any] | None = None) -> nn.Module:
     """The model a fine-tuning run trains: a copy of the init component (grown by `grow`, see `growth`), with a
-    fresh LoRA adapter when `cfg.lora_rank` is set (then only the adapter requires grad)."""
+    fresh LoRA adapter when `cfg.lora_rank` is set (then only the adapter requires grad). With `grow` and a true
+    `train_grown_only` field in `cfg`, only the parameters the growth added require grad: every init weight stays
+    as it was, so whatever does not use the new input is generated exactly as by the init model."""
     from soundsmith.gen.adapters import add_lora
 
     model = init.trainable_copy()
     if grow:
         from soundsmith.gen.token_lm import grow_lm
 
+        before = set(dict(model.named_parameters()))
         model = grow_lm(model, **grow)
         log.info("grew the init's %s by %s (new weights start at zero)", init.component,
                  ", ".join(f"{k}={v!r}" for k, v in grow.items()))
+        if getattr(cfg, "train_grown_only", False):
+            added = [name for name, _ in model.named_parameters() if name not in before]
+            if not added:
+                raise ValueError(f"train_grown_only: growing by {', '.join(grow)} adds no new parameter to train "
+                                 "(it lengthens existing tables); drop train_grown_only")
+            for name, param in model.named_parameters():
+                param.requires_grad_(name in added)
+            log.info("training only the grown parameters: %s", ", ".join(added))
     if cfg.lora_rank is not None:
         add_lora(model, cfg.lora_rank, cfg.lora_targets or None, cfg.lora_alpha)
         trained = sum(p.numel() for p in trainable(model))

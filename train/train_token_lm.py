@@ -115,6 +115,9 @@ class TokenLMTrainConfig(FinetuneConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.9
     # own beat grid (its `beats` labels) at every token or frame, dropped to "no beat" with this probability (and with a dropped
     # condition); the pipeline builds the grid from the tempo its `tempo_reader` reads in the prompt
     beat_dropout: float = bounded(0.3, 0.0, 1.0)
+    # with init and a growing model field (tempo_dim, beat_dim): train only the new input's weights, so prompts that
+    # do not use it (no tempo named) are generated exactly as by the init model
+    train_grown_only: bool = False
 
 
 # ------------------------------------------------------------------------------------------- batches
