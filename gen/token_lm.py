@@ -544,7 +544,7 @@ class SemanticLM(TokenLM):
                  guidance_scale: float = 1.0, sampling: SamplingParams | None = None,
                  generators: Sequence[torch.Generator] | None = None, context_fraction: float = 0.5,
                  on_step: Callable[[], Any] | None = None, tempo: Tensor | None = None,
-                 beat: Tensor | None = None) -> Tensor:
+                 beat: Tensor | None = None, guide_beat: bool = True) -> Tensor:
         """Semantic tokens `[B, length]`, the first P of them `prompt` `[B, P]` (continuation).
 
         Args:
@@ -552,7 +552,9 @@ class SemanticLM(TokenLM):
             tempo: tempo features `[B, tempo_dim]` (gen/tempo.py) where the LM takes them; the guidance branch
                 gets none.
             beat: beat features `[B, >= length, beat_dim]` (gen/tempo.py beat_features) where the LM takes them:
-                the grid the plan follows; the guidance branch gets none, so guidance steers towards it too.
+                the grid the plan follows.
+            guide_beat: the guidance branch gets no grid, so guidance steers towards it too (True), or both
+                branches read it and guidance steers towards the prompt alone (False).
             length: total tokens wanted (prompt included).
             uncond: the guidance prefix `[B, Q]` (default: the null prefix); used when guidance_scale != 1.
             guidance_scale: classifier-free guidance; 1 disables it (no batch doubling).
@@ -567,21 +569,23 @@ class SemanticLM(TokenLM):
             begin = tokens.shape[1] - context
             ctx = tokens[:, begin:]
             grid = None if beat is None else beat[:, begin:]
-            tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step, tempo, grid)], dim=1)
+            tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step, tempo, grid,
+                                                     guide_beat)], dim=1)
         return tokens
 
     def _window(self, cond: Tensor, uncond: Tensor | None, ctx: Tensor, new: int, sampler: _Sampler,
-                on_step: Callable[[], Any] | None, tempo: Tensor | None = None, beat: Tensor | None = None
-                ) -> Tensor:
+                on_step: Callable[[], Any] | None, tempo: Tensor | None = None, beat: Tensor | None = None,
+                guide_beat: bool = True) -> Tensor:
         """`beat` `[B, F, beat_dim]`: frame 0 = the window's first context token."""
         b, c = ctx.shape
         x = self.embed(cond, ctx, tempo, beat)  # [B, T0, D]
         if sampler.cfg:
-            x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(b), ctx), x])
-        # the beat of the token each sampled input predicts (the first new token's is in the prefill), guided half only
+            null = uncond if uncond is not None else self.null_cond(b)
+            x = torch.cat([self.embed(null, ctx, beat=None if guide_beat else beat), x])
+        # the beat of the token each sampled input predicts (the first new token's is in the prefill)
         ahead = self.beat_embedding(beat, c + 1, max(new - 1, 0), b)
         if sampler.cfg and isinstance(ahead, Tensor):
-            ahead = torch.cat([torch.zeros_like(ahead), ahead])
+            ahead = torch.cat([torch.zeros_like(ahead) if guide_beat else ahead, ahead])
         cache = self.new_cache(x.shape[0], x.shape[1] + new - 1)
         h = self.run(x, cache)[:, -1]  # [B', D]
         pos, out = x.shape[1], []

@@ -86,6 +86,9 @@ class TokenConfig:
     # {"semantic": .., "coarse": ..} (a linear input, so the scale strengthens the learned beat the way a guidance
     # scale strengthens the prompt, at no cost)
     beat_scale: float | dict[str, float] = 1.0
+    # semantic stage: True = its guidance branch gets no grid, so guidance pushes towards the grid as well as the
+    # prompt; False = both branches read the grid and guidance pushes towards the prompt alone
+    guide_beat: bool = True
     components: dict[str, str] = field(default_factory=lambda: {p: p for p in PARTS})
     fingerprints: dict[str, str] = field(default_factory=dict)  # of every part, written by save_pretrained
     source: str = "soundsmith"
@@ -515,7 +518,7 @@ class TokenPipeline(Pipeline):
         plans = self.semantic_lm.generate(
             repeat(cond), n_semantic, prompt=repeat(prompt), uncond=repeat(uncond), guidance_scale=guidance,
             sampling=sampling, generators=plan_generators, context_fraction=self.config.context_fraction,
-            on_step=on_step, tempo=repeat(tempo), beat=repeat(beat))  # [b * k, N]
+            on_step=on_step, tempo=repeat(tempo), beat=repeat(beat), guide_beat=self.config.guide_beat)  # [b * k, N]
         if k == 1:
             return plans
         audio = self.kmeans.audio_embedding(plans).to(text.device)  # [b * k, D], L2-normalised

@@ -201,3 +201,21 @@ def test_train_grown_only_trains_the_new_input_alone():
                .parameters())  # a plain fine-tune trains everything
     with pytest.raises(ValueError, match="train_grown_only: growing by n_coarse adds no new parameter"):
         prepare_model(init, cfg, {"n_coarse": pipe.coarse_lm.config.n_coarse + 1})
+
+
+def test_guide_beat_false_gives_the_grid_to_both_guidance_branches():
+    from soundsmith.gen.token_lm import SamplingParams, build_lm, grow_lm
+    from token_helpers import tiny_lm_config
+
+    torch.manual_seed(0)
+    lm = grow_lm(build_lm(tiny_lm_config("semantic")), beat_dim=BEAT_DIM).eval()
+    with torch.no_grad():
+        lm.beat.weight.normal_(std=100.0)
+    cond = torch.randint(0, 16, (2, 3))
+    beat = torch.stack([beat_features(grid_beats(bpm, 1.0), 11, 25.0) for bpm in (70.0, 150.0)])
+    greedy = dict(sampling=SamplingParams(top_k=1), beat=beat)
+    guided = lm.generate(cond, 10, guidance_scale=3.0, **greedy)
+    both = lm.generate(cond, 10, guidance_scale=3.0, guide_beat=False, **greedy)
+    assert not torch.equal(guided, both)
+    # without guidance there is one branch, and the flag changes nothing
+    assert torch.equal(lm.generate(cond, 10, **greedy), lm.generate(cond, 10, guide_beat=False, **greedy))
