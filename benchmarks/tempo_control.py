@@ -83,18 +83,25 @@ def summarize(asked: list[float], measured: list[float]) -> dict:
             "clips": len(asked)}
 
 
+def music_records(data: Path, split: str) -> list:
+    """The music clips of one split of a corpus (the suite's own metadata reader)."""
+    from soundsmith.train.datasets import read_records, select_split
+
+    _, records = read_records(data)
+    return [r for r in select_split(records, split, data) if r.domain == "music"]
+
+
 def real_ceiling(data: Path) -> dict:
     """The estimator on the corpus's real test-split music clips against their labelled tempo."""
     from soundsmith.codecs.audio import read_audio
 
-    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
-    music = [r for r in rows if r.get("domain") == "music" and r.get("split") == "test"]
+    music = music_records(data, "test")
     from scipy.stats import spearmanr
 
     asked, measured, rates = [], [], []
     for r in music:
-        wave, sr = read_audio(data / r["file_name"], sample_rate=16000, channels=1)
-        asked.append(float(r["labels"]["tempo_bpm"]))
+        wave, sr = read_audio(r.path, sample_rate=16000, channels=1)
+        asked.append(float(r.labels["tempo_bpm"]))
         measured.append(estimate_bpm(wave[0], sr))
         rates.append(onset_rate(wave[0], sr))
     out = summarize(asked, measured)
@@ -113,18 +120,17 @@ def clap_probe(data: Path, clap_dir: Path) -> dict:
     from soundsmith.gen.tempo import tempo_band
 
     conditioner = ClapConditioner.from_pretrained(clap_dir)
-    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(0)
     feats, bands = {}, {}
     for split in ("train", "test"):
-        music = [r for r in rows if r.get("domain") == "music" and r.get("split") == split]
-        waves = [torch.from_numpy(read_audio(data / r["file_name"], sample_rate=16000, channels=1)[0]) for r in music]
+        music = music_records(data, split)
+        waves = [torch.from_numpy(read_audio(r.path, sample_rate=16000, channels=1)[0]) for r in music]
         n = min(w.shape[-1] for w in waves)
         with torch.no_grad():
             audio = conditioner.model.embed_audio(torch.stack([w[:, :n] for w in waves]), 16000).numpy()
-            text = conditioner.embed_prompts([caption(r["labels"], rng) for r in music]).numpy()
+            text = conditioner.embed_prompts([caption(r.labels, rng) for r in music]).numpy()
         feats[split] = {"audio": audio, "text": text}
-        bands[split] = np.array([tempo_band(float(r["labels"]["tempo_bpm"])) for r in music])
+        bands[split] = np.array([tempo_band(float(r.labels["tempo_bpm"])) for r in music])
     out = {"test_clips": len(bands["test"]),
            "largest_band_share": round(float(max(np.mean(bands["test"] == b) for b in set(bands["test"]))), 3)}
     for kind in ("audio", "text"):

@@ -462,6 +462,14 @@ class TokenLM(nn.Module):
     def _special(self, index: int, batch: int) -> Tensor:
         return self.specials.weight[index].expand(batch, 1, -1)  # [B, 1, D]
 
+    def _beat_input(self, beat: Tensor, frames: Tensor, batch: int) -> Tensor:
+        """The beat features `beat` `[B, F, beat_dim]` of `frames` `[P]` (clamped to the last one) through the
+        stage's beat map -> `[B, P, D]`."""
+        if beat.dim() != 3 or beat.shape[0] != batch or beat.shape[2] != self.config.beat_dim:
+            raise ValueError(f"beat features must be shaped [{batch}, frames, {self.config.beat_dim}], got "
+                             f"{list(beat.shape)}")
+        return self.beat(beat[:, frames.to(beat.device).clamp(max=beat.shape[1] - 1)].to(self.beat.weight.dtype))
+
 
 # ---------------------------------------------------------------------------------- delay pattern
 
@@ -509,11 +517,7 @@ class SemanticLM(TokenLM):
         or 0.0 without."""
         if beat is None or self.beat is None:
             return 0.0
-        if beat.dim() != 3 or beat.shape[0] != batch or beat.shape[2] != self.config.beat_dim:
-            raise ValueError(f"beat features must be shaped [{batch}, frames, {self.config.beat_dim}], got "
-                             f"{list(beat.shape)}")
-        index = torch.arange(first, first + count, device=beat.device).clamp(max=beat.shape[1] - 1)
-        return self.beat(beat[:, index].to(self.beat.weight.dtype))
+        return self._beat_input(beat, torch.arange(first, first + count), batch)
 
     def embed(self, cond: Tensor, semantic: Tensor, tempo: Tensor | None = None, beat: Tensor | None = None
               ) -> Tensor:
@@ -654,10 +658,7 @@ class CoarseLM(TokenLM):
             index = (frames // c.frames_per_semantic).clamp(max=semantic.shape[1] - 1)  # the last code predicts none
             out = self.aligned(semantic[:, index])  # [B, count, D]
         if use_beat:
-            if beat.dim() != 3 or beat.shape[0] != semantic.shape[0] or beat.shape[2] != c.beat_dim:
-                raise ValueError(f"beat features must be shaped [{semantic.shape[0]}, frames, {c.beat_dim}], got "
-                                 f"{list(beat.shape)}")
-            out = out + self.beat(beat[:, frames.clamp(max=beat.shape[1] - 1)].to(self.beat.weight.dtype))
+            out = out + self._beat_input(beat, frames, semantic.shape[0])
         return out
 
     def embed(self, cond: Tensor, semantic: Tensor, coarse: Tensor, beat: Tensor | None = None) -> Tensor:

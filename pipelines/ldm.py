@@ -204,12 +204,13 @@ class LDMPipeline(Pipeline):
     def check_inputs(self, prompt: str | list[str], negative_prompt: str | list[str] | None,
                      num_waveforms_per_prompt: int, duration_s: float | None, num_inference_steps: int | None,
                      guidance_scale: float | None, scheduler: str | None, loudness_lufs: float | None, audio: Any,
-                     strength: float | None, inpaint: Any, batch_size: int | None
-                     ) -> tuple[list[str], list[str | None], int, float, str, Any]:
+                     strength: float | None, inpaint: Any, batch_size: int | None, tempo_scale: float | None = None,
+                     guidance_cutoff: float | None = None
+                     ) -> tuple[list[str], list[str | None], int, float, str, Any, float]:
         """Check the call's arguments before any work (the input clip itself is checked as it is read).
 
         Returns (prompts, one negative prompt or None per prompt, steps, guidance scale, sampler name, the
-        sampler: built once per call, each chunk of outputs samples with a fresh copy of it).
+        sampler: built once per call, each chunk of outputs samples with a fresh copy of it, guidance cutoff).
         """
         cfg = self.config
         prompts, negatives = self.check_prompts(prompt, negative_prompt, num_waveforms_per_prompt)
@@ -234,7 +235,14 @@ class LDMPipeline(Pipeline):
             if inpaint is not None:
                 raise ValueError("give strength (audio-to-audio) or inpaint (regenerate spans), not both")
             check_float("strength", strength, 0.0, 1.0, low_open=True)
-        return prompts, negatives, steps, guidance, sampler_name, sampler
+        if tempo_scale is not None:
+            if not isinstance(self.conditioner, TempoConditioner):
+                raise ValueError(f"tempo_scale applies to tempo-conditioned models (a 'tempo' part); "
+                                 f"{self.name_or_path or 'this model'} has none")
+            check_float("tempo_scale", tempo_scale, 0.0, MAX_TEMPO_SCALE)
+        cutoff = cfg.guidance_cutoff if guidance_cutoff is None else check_float(
+            "guidance_cutoff", guidance_cutoff, 0.0, 1.0)
+        return prompts, negatives, steps, guidance, sampler_name, sampler, cutoff
 
     @torch.no_grad()
     def __call__(
@@ -300,16 +308,9 @@ class LDMPipeline(Pipeline):
         """
         cfg = self.config
         # 1. check inputs; read and encode the input clip ------------------------------------------
-        prompts, negatives, steps, guidance, sampler_name, sampler = self.check_inputs(
+        prompts, negatives, steps, guidance, sampler_name, sampler, cutoff = self.check_inputs(
             prompt, negative_prompt, num_waveforms_per_prompt, duration_s, num_inference_steps, guidance_scale,
-            scheduler, loudness_lufs, audio, strength, inpaint, batch_size)
-        if tempo_scale is not None:
-            if not isinstance(self.conditioner, TempoConditioner):
-                raise ValueError(f"tempo_scale applies to tempo-conditioned models (a 'tempo' part); "
-                                 f"{self.name_or_path or 'this model'} has none")
-            check_float("tempo_scale", tempo_scale, 0.0, MAX_TEMPO_SCALE)
-        cutoff = cfg.guidance_cutoff if guidance_cutoff is None else check_float(
-            "guidance_cutoff", guidance_cutoff, 0.0, 1.0)
+            scheduler, loudness_lufs, audio, strength, inpaint, batch_size, tempo_scale, guidance_cutoff)
         self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         clip, clip_name = (None, None) if audio is None else self._read_clip(audio, audio_sample_rate, len(prompts))
         edit = plan_edit(self.codec, clip, duration_s=duration_s, default_s=cfg.duration_s, strength=strength,

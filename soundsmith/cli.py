@@ -9,6 +9,7 @@ shows the traceback as well.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import sys
@@ -151,8 +152,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UsageError(f"{flag} applies to token models (--backend tokens, MusicGen folders), not to the "
                          f"latent-diffusion model {model}")
     if args.guidance_cutoff is not None:
-        import inspect
-
         if pipe.backend != "ldm" or "guidance_cutoff" not in inspect.signature(pipe.__call__).parameters:
             raise UsageError(f"--guidance-cutoff applies to soundsmith latent-diffusion models, not to the "
                              f"{pipe.backend} model {model}")
@@ -162,8 +161,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
                          f"the {pipe.backend} model {model}")
     kwargs.update(given)
     if args.clap_score:
-        import inspect
-
         if "clap_score" not in inspect.signature(pipe.__call__).parameters:
             raise UsageError(f"--clap-score applies to soundsmith models (ldm, tokens), not to {model}")
         kwargs["clap_score"] = True
@@ -194,7 +191,8 @@ def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[
     return {"model": str(Path(model).resolve()), "prompts_file": str(args.prompts_file), "prompts": len(prompts),
             "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "num": args.num,
             "seed": args.seed, "duration": args.duration, "steps": args.steps, "guidance": args.guidance,
-            "guidance_cutoff": args.guidance_cutoff, "scheduler": args.scheduler, "negative": args.negative, "watermark": not args.no_watermark,
+            "guidance_cutoff": args.guidance_cutoff, "scheduler": args.scheduler, "negative": args.negative,
+            "watermark": not args.no_watermark,
             "loudness": None if args.no_loudness else args.loudness, "vocoder": args.vocoder, "dtype": args.dtype,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "semantic_candidates": args.semantic_candidates, "audio_prompt_sha256": audio_prompt,

@@ -188,7 +188,9 @@ def test_beat_scale_per_stage_and_its_range():
 
 
 def test_train_grown_only_trains_the_new_input_alone():
-    from soundsmith.train.finetune import InitModel, prepare_model
+    import dataclasses
+
+    from soundsmith.train.finetune import InitModel, growth, prepare_model
     from soundsmith.train.train_token_lm import TokenLMTrainConfig
     from token_helpers import tiny_pipeline as tiny_tokens
 
@@ -199,8 +201,9 @@ def test_train_grown_only_trains_the_new_input_alone():
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["beat.weight"]
     assert all(p.requires_grad for p in prepare_model(init, TokenLMTrainConfig(init="x"), {"beat_dim": BEAT_DIM})
                .parameters())  # a plain fine-tune trains everything
+    longer = dataclasses.replace(cfg, model={"n_coarse": pipe.coarse_lm.config.n_coarse + 1})
     with pytest.raises(ValueError, match="train_grown_only: growing by n_coarse adds no new parameter"):
-        prepare_model(init, cfg, {"n_coarse": pipe.coarse_lm.config.n_coarse + 1})
+        growth(init, longer, "config")  # refused before the run folder is made
 
 
 def test_guide_beat_false_gives_the_grid_to_both_guidance_branches():

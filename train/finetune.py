@@ -173,6 +173,13 @@ def growth(init: InitModel, cfg: Any, where: str) -> tuple[Any, dict[str, Any]]:
     if grow and cfg.lora_rank is not None:
         raise ValueError(f"{where}: model field(s) {', '.join(grow)} grow the LM, which a LoRA run cannot; "
                          "drop lora_rank (a full fine-tune) or the field")
+    if grow and getattr(cfg, "train_grown_only", False):  # before the run folder: the growth must add a parameter
+        from soundsmith.gen.token_lm import build_lm
+
+        known = set(init.model.state_dict())
+        if not set(build_lm(dataclasses.replace(init.model.config, **grow)).state_dict()) - known:
+            raise ValueError(f"train_grown_only: growing by {', '.join(grow)} adds no new parameter to train "
+                             "(it lengthens existing tables); drop train_grown_only")
     return dataclasses.replace(cfg, model=model), grow
 
 
@@ -191,11 +198,8 @@ def prepare_model(init: InitModel, cfg: FinetuneConfig, grow: Mapping[str, Any] 
         model = grow_lm(model, **grow)
         log.info("grew the init's %s by %s (new weights start at zero)", init.component,
                  ", ".join(f"{k}={v!r}" for k, v in grow.items()))
-        if getattr(cfg, "train_grown_only", False):
+        if getattr(cfg, "train_grown_only", False):  # `growth` checked that there are some
             added = [name for name, _ in model.named_parameters() if name not in before]
-            if not added:
-                raise ValueError(f"train_grown_only: growing by {', '.join(grow)} adds no new parameter to train "
-                                 "(it lengthens existing tables); drop train_grown_only")
             for name, param in model.named_parameters():
                 param.requires_grad_(name in added)
             log.info("training only the grown parameters: %s", ", ".join(added))

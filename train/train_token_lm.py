@@ -112,8 +112,8 @@ class TokenLMTrainConfig(FinetuneConfig, batch_size=16, lr=1e-3, betas=(0.9, 0.9
     tempo_dropout: float = bounded(0.3, 0.0, 1.0)
     tempo_reader: str | None = None
     # semantic or coarse LM with a beat input (model field beat_dim, gen/tempo.py beat_features): each music clip's
-    # own beat grid (its `beats` labels) at every token or frame, dropped to "no beat" with this probability (and with a dropped
-    # condition); the pipeline builds the grid from the tempo its `tempo_reader` reads in the prompt
+    # own beat grid (its `beats` labels) at every token or frame, dropped to "no beat" with this probability (and
+    # with a dropped condition); the pipeline builds the grid from the tempo its `tempo_reader` reads in the prompt
     beat_dropout: float = bounded(0.3, 0.0, 1.0)
     # with init and a growing model field (tempo_dim, beat_dim): train only the new input's weights, so prompts that
     # do not use it (no tempo named) are generated exactly as by the init model
@@ -139,7 +139,7 @@ class TokenCrops:
         # each cached clip's BPM, for a semantic LM with a tempo input (None: the batches carry no tempo)
         self.tempo = tempo if stage == "semantic" and getattr(c, "tempo_dim", 0) else None
         self.tempo_dropout = tempo_dropout
-        # each cached clip's beat times, for a coarse LM with a beat input (None: the batches carry no beat)
+        # each cached clip's beat times, for a semantic or coarse LM with a beat input (None: the batches carry none)
         self.beats = beats if stage in ("semantic", "coarse") and getattr(c, "beat_dim", 0) else None
         self.beat_dropout = beat_dropout
         self.null = c.cond_codebook_size
@@ -180,22 +180,24 @@ class TokenCrops:
         batch: dict[str, Any] = {}
         if self.stage in ("semantic", "coarse"):
             batch["cond"] = torch.stack([self._cond(i, rng, cond) for i in clips])  # [B, Q]
-            if self.tempo is not None:  # [B, tempo_dim]: none where the condition is null or the tempo dropped
+            null = (batch["cond"] == self.null).all(dim=1).tolist()
+
+            def kept(is_null: bool, dropout: float) -> bool:  # no tempo or beat with a null condition or dropped
+                return not is_null and not (cond == "random" and rng.random() < dropout)
+
+            if self.tempo is not None:  # [B, tempo_dim]
                 from soundsmith.gen.tempo import tempo_features
 
-                null = (batch["cond"] == self.null).all(dim=1).tolist()
-                batch["tempo"] = tempo_features([
-                    None if is_null or (cond == "random" and rng.random() < self.tempo_dropout) else self.tempo[i]
-                    for i, is_null in zip(clips, null)])
+                batch["tempo"] = tempo_features([self.tempo[i] if kept(is_null, self.tempo_dropout) else None
+                                                 for i, is_null in zip(clips, null)])
             if self.beats is not None:  # [B, L, beat_dim]: each crop's own grid, from its first token or frame
                 from soundsmith.gen.tempo import beat_features
 
-                null = (batch["cond"] == self.null).all(dim=1).tolist()
                 rate = self.config.frame_rate
                 batch["beat"] = torch.stack([
-                    beat_features(None if self.beats[i] is None or is_null or
-                                  (cond == "random" and rng.random() < self.beat_dropout)
-                                  else [t - s / rate for t in self.beats[i]], length, rate)
+                    beat_features([t - s / rate for t in self.beats[i]]
+                                  if self.beats[i] is not None and kept(is_null, self.beat_dropout) else None,
+                                  length, rate)
                     for i, s, is_null in zip(clips, starts, null)])
             r = self.config.frames_per_semantic if self.stage == "coarse" else 1
             sem = self.cache["semantic"]
@@ -446,7 +448,7 @@ def validate(model: Any, batches: list[tuple[str, dict[str, Any]]], device: torc
     """Mean loss and accuracy per condition kind: valid/loss (audio conditions, or none for the fine LM),
     valid/loss_text, valid/loss_null, and the same for accuracy; for the acoustic stages also the loss of each
     codec level under audio conditions, valid/loss_l1, valid/loss_l2, ...; for a semantic LM with a tempo input
-    also valid/loss_no_tempo (the audio-conditioned crops without their tempo), for a coarse LM with a beat input
+    also valid/loss_no_tempo (the audio-conditioned crops without their tempo), for an LM with a beat input
     valid/loss_no_beat."""
     sums: dict[str, list[float]] = {}
     levels: list[list[float]] = []
