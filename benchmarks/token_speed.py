@@ -3,6 +3,7 @@ MusicGen decoder (MusicgenForCausalLM) and LlamaForCausalLM of the same size, an
 audio with the token pipeline at its default settings.
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/token_speed.py [--threads 1] [--new-tokens 256]
+        [--model DIR] [--prompt "a jazzy piano trio at 120 bpm"]
 
 1. decoding: d256 x 4 layers x 4 heads, MLP 1024, vocabulary 1024, a 16-token prefix (ours: 12 conditioning
    tokens + [SEM], + 3 tokens), `--new-tokens` sampled tokens (top-k 250), batch 1 and 8:
@@ -166,7 +167,7 @@ def default_pipeline(fine_pattern: str = "delay", model: Path | None = None, voc
 
 
 def pipeline_case(repeats: int, seconds: float, fine_pattern: str, model: Path | None = None,
-                  vocoder: str | None = None) -> dict[str, object]:
+                  vocoder: str | None = None, prompt: str = PROMPT) -> dict[str, object]:
     pipe, what = default_pipeline(fine_pattern, model, vocoder)
     pipe.progress_bar = False
     stages: dict[str, float] = {}
@@ -188,7 +189,7 @@ def pipeline_case(repeats: int, seconds: float, fine_pattern: str, model: Path |
     pipe.codec.decode = wrap("decode", pipe.codec.decode)
     pipe.conditioner.embed_text = wrap("text", pipe.conditioner.embed_text)
     pipe.conditioner.score = wrap("clap score", pipe.conditioner.score)
-    run = lambda: pipe(PROMPT, duration_s=seconds, seed=0, watermark=False)  # noqa: E731
+    run = lambda: pipe(prompt, duration_s=seconds, seed=0, watermark=False)  # noqa: E731
     run()
     stages.clear()
     wall, cpu = timed(run, repeats)
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
     parser.add_argument("--seconds", type=float, default=5.0, help="audio length of the pipeline case")
     parser.add_argument("--skip-decoding", action="store_true")
+    parser.add_argument("--prompt", default=PROMPT, help=f"prompt of the pipeline case (default {PROMPT!r}; one "
+                        "that names a tempo, e.g. 'a jazzy piano trio at 120 bpm', times the beat grid too)")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--model", type=Path, default=None, help="token model folder for the pipeline case "
                         "(default: models/default-tokens, else random parts of its sizes)")
@@ -234,13 +237,14 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         results["decoding"] = rows
     if not args.skip_pipeline:
-        print(f"\ntime to make {args.seconds:g} s of audio (guidance 3, one output, {args.threads} thread(s)); "
+        print(f"\ntime to make {args.seconds:g} s of audio of {args.prompt!r} (guidance 3, one output, "
+              f"{args.threads} thread(s)); "
               "target <= 2 s (issue 17)")
         rows = []
         model = args.model or ROOT / "models" / "default-tokens"
         patterns = ("delay",) if (model / "config.json").is_file() else ("delay", "parallel")
         for pattern in patterns:
-            r = pipeline_case(args.repeats, args.seconds, pattern, args.model, args.vocoder)
+            r = pipeline_case(args.repeats, args.seconds, pattern, args.model, args.vocoder, args.prompt)
             rows.append(r)
             stages = ", ".join(f"{k.split(' ')[0]} {r['stages'].get(k, 0.0):.2f}" for k in r["stages"] if k.endswith("cpu"))
             fine = f"fine stage '{pattern}'" if "fine_lm" in r["sizes"] else "no fine LM (coarse levels decoded)"

@@ -179,6 +179,37 @@ class SamplingParams:
         check_sampling(self.temperature, self.top_k, self.top_p)
 
 
+@dataclass(frozen=True)
+class Branch:
+    """One half (or third) of a guidance batch: the prefix it reads (the null / negative prefix, or the prompt's)
+    and whether it reads the beat grid."""
+
+    null: bool
+    beat: bool
+
+
+def guidance_branches(guidance_scale: float, has_beat: bool, guide_beat: bool = True,
+                      beat_guidance: float | None = None, beat_in_null: bool = False
+                      ) -> tuple[list[Branch], list[float]]:
+    """The branches a stage runs and the weights their logits are summed with.
+
+    Without `beat_guidance` (or without a grid): classifier-free guidance over [null, prompt] with weights
+    [1 - g, g]; the prompt branch reads the grid, the null branch reads it when `beat_in_null` (`guide_beat` off
+    in the semantic stage, always in the coarse stage). With `beat_guidance` b and a grid, the grid is a condition
+    of its own (compositional guidance, Liu et al. 2022): [null, prompt, prompt + grid] with weights
+    [1 - g, g - b, b], i.e. u + g (c - u) + b (c_grid - c); without prompt guidance (g = 1) [prompt, prompt + grid]
+    with [1 - b, b]. Each branch stays in the distribution the LM was trained on, however strong the push."""
+    g = float(guidance_scale)
+    if beat_guidance is None or not has_beat:
+        if g == 1.0:
+            return [Branch(False, has_beat)], [1.0]
+        return [Branch(True, has_beat and beat_in_null), Branch(False, has_beat)], [1.0 - g, g]
+    b = float(beat_guidance)
+    if g == 1.0:
+        return [Branch(False, False), Branch(False, True)], [1.0 - b, b]
+    return [Branch(True, False), Branch(False, False), Branch(False, True)], [1.0 - g, g - b, b]
+
+
 def check_sampling(temperature: Any, top_k: Any, top_p: Any,
                    names: tuple[str, str, str] = ("temperature", "top_k", "top_p")) -> None:
     """One-line ValueErrors for sampling settings out of range, naming the argument (`names`)."""
@@ -548,7 +579,7 @@ class SemanticLM(TokenLM):
                  guidance_scale: float = 1.0, sampling: SamplingParams | None = None,
                  generators: Sequence[torch.Generator] | None = None, context_fraction: float = 0.5,
                  on_step: Callable[[], Any] | None = None, tempo: Tensor | None = None,
-                 beat: Tensor | None = None, guide_beat: bool = True) -> Tensor:
+                 beat: Tensor | None = None, guide_beat: bool = True, beat_guidance: float | None = None) -> Tensor:
         """Semantic tokens `[B, length]`, the first P of them `prompt` `[B, P]` (continuation).
 
         Args:
@@ -559,6 +590,8 @@ class SemanticLM(TokenLM):
                 the grid the plan follows.
             guide_beat: the guidance branch gets no grid, so guidance steers towards it too (True), or both
                 branches read it and guidance steers towards the prompt alone (False).
+            beat_guidance: guidance towards the grid as a condition of its own (`guidance_branches`; None: the
+                grid is one more input of the prompt branch).
             length: total tokens wanted (prompt included).
             uncond: the guidance prefix `[B, Q]` (default: the null prefix); used when guidance_scale != 1.
             guidance_scale: classifier-free guidance; 1 disables it (no batch doubling).
@@ -568,28 +601,31 @@ class SemanticLM(TokenLM):
             on_step: called after every sampled token.
         """
         tokens = _start(prompt, cond.shape[0], cond.device)
-        sampler = _Sampler(sampling, generators, cond.shape[0], guidance_scale)
+        branches, weights = guidance_branches(guidance_scale, beat is not None and self.beat is not None,
+                                              guide_beat, beat_guidance, beat_in_null=not guide_beat)
+        sampler = _Sampler(sampling, generators, cond.shape[0], weights)
         for context, new in plan_windows(length, tokens.shape[1], self.config.window, context_fraction):
             begin = tokens.shape[1] - context
             ctx = tokens[:, begin:]
             grid = None if beat is None else beat[:, begin:]
             tokens = torch.cat([tokens, self._window(cond, uncond, ctx, new, sampler, on_step, tempo, grid,
-                                                     guide_beat)], dim=1)
+                                                     branches)], dim=1)
         return tokens
 
     def _window(self, cond: Tensor, uncond: Tensor | None, ctx: Tensor, new: int, sampler: _Sampler,
                 on_step: Callable[[], Any] | None, tempo: Tensor | None = None, beat: Tensor | None = None,
-                guide_beat: bool = True) -> Tensor:
-        """`beat` `[B, F, beat_dim]`: frame 0 = the window's first context token."""
+                branches: Sequence[Branch] = (Branch(False, True),)) -> Tensor:
+        """`beat` `[B, F, beat_dim]`: frame 0 = the window's first context token; `branches`: the guidance
+        batch's branches, in the sampler's order."""
         b, c = ctx.shape
-        x = self.embed(cond, ctx, tempo, beat)  # [B, T0, D]
-        if sampler.cfg:
-            null = uncond if uncond is not None else self.null_cond(b)
-            x = torch.cat([self.embed(null, ctx, beat=None if guide_beat else beat), x])
+        null = uncond if uncond is not None else self.null_cond(b)
+        # the null branch reads no tempo vector (its guidance pushes towards the tempo as well as the prompt)
+        x = torch.cat([self.embed(null, ctx, beat=beat if br.beat else None) if br.null else
+                       self.embed(cond, ctx, tempo, beat if br.beat else None) for br in branches])  # [n * B, T0, D]
         # the beat of the token each sampled input predicts (the first new token's is in the prefill)
         ahead = self.beat_embedding(beat, c + 1, max(new - 1, 0), b)
-        if sampler.cfg and isinstance(ahead, Tensor):
-            ahead = torch.cat([torch.zeros_like(ahead) if guide_beat else ahead, ahead])
+        if isinstance(ahead, Tensor):
+            ahead = torch.cat([ahead if br.beat else torch.zeros_like(ahead) for br in branches])
         cache = self.new_cache(x.shape[0], x.shape[1] + new - 1)
         h = self.run(x, cache)[:, -1]  # [B', D]
         pos, out = x.shape[1], []
@@ -707,13 +743,15 @@ class CoarseLM(TokenLM):
     def generate(self, cond: Tensor, semantic: Tensor, frames: int, *, prompt: Tensor | None = None,
                  uncond: Tensor | None = None, guidance_scale: float = 1.0, sampling: SamplingParams | None = None,
                  generators: Sequence[torch.Generator] | None = None, context_fraction: float = 0.5,
-                 on_step: Callable[[], Any] | None = None, beat: Tensor | None = None) -> Tensor:
+                 on_step: Callable[[], Any] | None = None, beat: Tensor | None = None,
+                 beat_guidance: float | None = None) -> Tensor:
         """Coarse codes `[B, Kc, frames]`, the first P frames `prompt` `[B, Kc, P]`.
 
         `semantic` `[B, >= frames / frames_per_semantic]` covers the whole span; each window reads the
         semantic tokens of its own frames. `beat` `[B, >= frames, beat_dim]` (gen/tempo.py beat_features): the
-        beat grid to follow, read the same way (None: none; both halves of a guidance batch read it). Other
-        arguments as `SemanticLM.generate`.
+        beat grid to follow, read the same way (None: none; both halves of a guidance batch read it, unless
+        `beat_guidance` makes it a condition of its own: `guidance_branches`). Other arguments as
+        `SemanticLM.generate`.
         """
         r, k = self.config.frames_per_semantic, self.config.n_coarse
         need = -(-frames // r)
@@ -723,32 +761,40 @@ class CoarseLM(TokenLM):
         if codes.shape[1] % r:
             raise ValueError(f"a coarse prompt must be a whole number of semantic tokens ({r} frames each), "
                              f"got {codes.shape[1]} frames")
-        sampler = _Sampler(sampling, generators, cond.shape[0], guidance_scale)
+        branches, weights = guidance_branches(guidance_scale, beat is not None and self.beat is not None,
+                                              beat_guidance=beat_guidance, beat_in_null=True)
+        sampler = _Sampler(sampling, generators, cond.shape[0], weights)
         for context, new in plan_windows(frames, codes.shape[1], self.config.window, context_fraction, multiple=r):
             begin = codes.shape[1] - context  # a multiple of r: the window starts on a semantic token
             sem = semantic[:, begin // r: -(-(codes.shape[1] + new) // r)]
             grid = None if beat is None else beat[:, begin: codes.shape[1] + new]
-            codes = torch.cat([codes, self._window(cond, uncond, sem, codes[:, begin:], new, sampler, on_step, grid)],
-                              dim=1)
+            codes = torch.cat([codes, self._window(cond, uncond, sem, codes[:, begin:], new, sampler, on_step, grid,
+                                                   branches)], dim=1)
         return codes.transpose(1, 2)  # [B, Kc, frames]
 
     def _window(self, cond: Tensor, uncond: Tensor | None, sem: Tensor, ctx: Tensor, new: int, sampler: _Sampler,
-                on_step: Callable[[], Any] | None, beat: Tensor | None = None) -> Tensor:
+                on_step: Callable[[], Any] | None, beat: Tensor | None = None,
+                branches: Sequence[Branch] = (Branch(False, True),)) -> Tensor:
+        """`branches`: the guidance batch's branches, in the sampler's order."""
         if self.delay_pattern:
-            return self._delay_window(cond, uncond, sem, ctx, new, sampler, on_step, beat)
+            return self._delay_window(cond, uncond, sem, ctx, new, sampler, on_step, beat, branches)
         k = self.config.n_coarse
-        x = self.embed(cond, sem, ctx, beat)  # [B, T0, D]
-        if sampler.cfg:
-            x = torch.cat([self.embed(uncond if uncond is not None else self.null_cond(cond.shape[0]), sem, ctx, beat),
-                           x])
+        null = uncond if uncond is not None else self.null_cond(cond.shape[0])
+        x = torch.cat([self.embed(null if br.null else cond, sem, ctx, beat if br.beat else None)
+                       for br in branches])  # [n * B, T0, D]
         steps = new * k
         cache = self.new_cache(x.shape[0], x.shape[1] + steps - 1)
         h = self.run(x, cache)[:, -1]
         pos, out = x.shape[1], []
         first = 1 + ctx.shape[1] * k  # acoustic-segment position of the first new code's input
+        # every branch reads the same plan; those with the grid read it too
         aligned = self.aligned_embedding(sem, first, steps, beat)  # [B, steps, D] or 0.0
-        if sampler.cfg and isinstance(aligned, Tensor):
-            aligned = torch.cat([aligned, aligned])  # both halves of the guidance batch read the same plan
+        if isinstance(aligned, Tensor) and sampler.cfg:
+            plain = aligned
+            if not all(br.beat for br in branches):
+                plain = self.aligned_embedding(sem, first, steps, None)
+                plain = plain if isinstance(plain, Tensor) else torch.zeros_like(aligned)
+            aligned = torch.cat([aligned if br.beat else plain for br in branches])  # [n * B, steps, D]
         for i in range(steps):
             level = i % k
             token = sampler(self.acoustic.level_logits(h, level))  # [B]
@@ -764,7 +810,8 @@ class CoarseLM(TokenLM):
         return torch.stack(out, dim=1).view(-1, new, k)  # [B, new, Kc]
 
     def _delay_window(self, cond: Tensor, uncond: Tensor | None, sem: Tensor, ctx: Tensor, new: int,
-                      sampler: _Sampler, on_step: Callable[[], Any] | None, beat: Tensor | None = None) -> Tensor:
+                      sampler: _Sampler, on_step: Callable[[], Any] | None, beat: Tensor | None = None,
+                      branches: Sequence[Branch] = (Branch(False, True),)) -> Tensor:
         """Delay pattern: ctx `[B, C, Kc]` known frames -> the `new` frames after them `[B, new, Kc]`."""
         b, c, k = ctx.shape
         w, none = c + new, self.acoustic.none
@@ -773,11 +820,10 @@ class CoarseLM(TokenLM):
         slots = delay_slots(known, self.delays, positions, none)  # [B, P, Kc]
         # prefill the prefix and positions 0..c: their inputs (slots of earlier positions) hold known frames only
         previous = F.pad(slots, (0, 0, 1, 0), value=none)[:, : c + 1]
-        segment = self.delay_segment(sem, previous, 0, beat)  # [B, c + 1, D]
-        x = torch.cat([self._prefix(cond, sem), segment], dim=1)
-        if sampler.cfg:
-            null = uncond if uncond is not None else self.null_cond(b)
-            x = torch.cat([torch.cat([self._prefix(null, sem), segment], dim=1), x])
+        null = uncond if uncond is not None else self.null_cond(b)
+        x = torch.cat([torch.cat([self._prefix(null if br.null else cond, sem),
+                                  self.delay_segment(sem, previous, 0, beat if br.beat else None)], dim=1)
+                       for br in branches])  # [n * B, T0, D]
         cache = self.new_cache(x.shape[0], x.shape[1] + positions - 1 - c)
         h = self.run(x, cache)[:, -1]  # [B', D]
         pos = x.shape[1]
@@ -788,8 +834,9 @@ class CoarseLM(TokenLM):
             if on_step is not None:
                 on_step()
             if p < positions - 1:
-                x = self.delay_segment(sem, slots[:, p: p + 1], p + 1, beat)  # [B, 1, D]
-                h = self.run(torch.cat([x, x]) if sampler.cfg else x, cache, pos)[:, -1]
+                step = {use: self.delay_segment(sem, slots[:, p: p + 1], p + 1, beat if use else None)
+                        for use in {br.beat for br in branches}}  # [B, 1, D] with and / or without the grid
+                h = self.run(torch.cat([step[br.beat] for br in branches]), cache, pos)[:, -1]
                 pos += 1
         return undelay_slots(slots, self.delays.tolist(), w)[:, c:]  # [B, new, Kc]
 
@@ -844,7 +891,7 @@ class FineLM(TokenLM):
         """Fine codes `[B, Kf, S]` for coarse codes `[B, Kc, S]`; the first P frames are `prompt` `[B, Kf, P]`."""
         b, _, s = coarse.shape
         fine = _start(prompt, b, coarse.device, levels=self.config.n_fine).transpose(1, 2)  # [B, P, Kf]
-        sampler = _Sampler(sampling, generators, b, 1.0)
+        sampler = _Sampler(sampling, generators, b)
         for context, new in plan_windows(s, fine.shape[1], self.config.window, context_fraction):
             begin = fine.shape[1] - context
             window = self._window(coarse[:, :, begin:begin + context + new], fine[:, begin:], sampler, on_step)
@@ -955,27 +1002,31 @@ def _start(prompt: Tensor | None, batch: int, device: torch.device, levels: int 
 
 
 class _Sampler:
-    """Draws one token per output from logits `[B', V]`: classifier-free guidance over the doubled batch
-    ([uncond, cond] halves), temperature, top-k, top-p, then one draw per output from its own generator."""
+    """Draws one token per output from logits `[n * B, V]` of n guidance branches (stacked branch-major, see
+    `guidance_branches`) summed with their weights, then temperature, top-k, top-p, and one draw per output
+    from its own generator."""
 
     def __init__(self, sampling: SamplingParams | None, generators: Sequence[torch.Generator] | None, batch: int,
-                 guidance_scale: float):
+                 weights: Sequence[float] = (1.0,)):
         self.params = sampling or SamplingParams()
         if generators is not None and len(generators) != batch:
             raise ValueError(f"need one generator per output ({batch}), got {len(generators)}")
         self.generators = list(generators) if generators is not None else None
-        self.guidance_scale = float(guidance_scale)
-        self.cfg = self.guidance_scale != 1.0
+        self.weights = [float(w) for w in weights]
+        self.branches = len(self.weights)
+
+    @property
+    def cfg(self) -> bool:
+        return self.branches > 1
 
     def expand(self, token: Tensor) -> Tensor:
-        """`[B]` -> `[B']`, repeated for the unconditional half."""
-        return torch.cat([token, token]) if self.cfg else token
+        """`[B]` -> `[n * B]`, repeated for every branch."""
+        return token.repeat(self.branches) if self.cfg else token
 
     def __call__(self, logits: Tensor) -> Tensor:
         logits = logits.float()
         if self.cfg:
-            uncond, cond = logits.chunk(2)
-            logits = uncond + self.guidance_scale * (cond - uncond)
+            logits = sum(w * part for w, part in zip(self.weights, logits.chunk(self.branches)))
         return sample_logits(logits, self.params, self.generators)
 
 

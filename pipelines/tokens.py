@@ -89,6 +89,11 @@ class TokenConfig:
     # semantic stage: True = its guidance branch gets no grid, so guidance pushes towards the grid as well as the
     # prompt; False = both branches read the grid and guidance pushes towards the prompt alone
     guide_beat: bool = True
+    # guidance towards the beat grid as a condition of its own, one value for both stages or {"semantic": ..,
+    # "coarse": ..} (a stage left out: none): each step also runs the prompt without the grid and adds b times
+    # (grid - no grid) to the logits (gen/token_lm.guidance_branches), where beat_scale scales the input itself.
+    # None: the grid is one more input of the prompt branch. Costs one more branch per guided step
+    beat_guidance: float | dict[str, float] | None = None
     components: dict[str, str] = field(default_factory=lambda: {p: p for p in PARTS})
     fingerprints: dict[str, str] = field(default_factory=dict)  # of every part, written by save_pretrained
     source: str = "soundsmith"
@@ -104,8 +109,16 @@ class TokenConfig:
         for stage in ("semantic", "coarse"):
             check_float(f"beat_scale[{stage!r}]" if isinstance(self.beat_scale, dict) else "beat_scale",
                         self.stage_beat_scale(stage), 0.0, MAX_BEAT_SCALE)
-        if isinstance(self.beat_scale, dict) and set(self.beat_scale) - {"semantic", "coarse"}:
-            raise ValueError(f"beat_scale: stages are 'semantic' and 'coarse', got {sorted(self.beat_scale)}")
+        for name in ("beat_scale", "beat_guidance"):
+            value = getattr(self, name)
+            if isinstance(value, dict) and set(value) - {"semantic", "coarse"}:
+                raise ValueError(f"{name}: stages are 'semantic' and 'coarse', got {sorted(value)}")
+        per_stage = self.beat_guidance if isinstance(self.beat_guidance, dict) else None
+        for stage in ("semantic", "coarse"):
+            raw = self.beat_guidance if per_stage is None else per_stage.get(stage)
+            if raw is not None:
+                check_float("beat_guidance" if per_stage is None else f"beat_guidance[{stage!r}]", raw, 0.0,
+                            MAX_GUIDANCE)
         wrong = [s for s in self.guided_stages if s not in ("semantic", "coarse")] if isinstance(
             self.guided_stages, (list, tuple)) else [self.guided_stages]
         if wrong:
@@ -123,6 +136,13 @@ class TokenConfig:
         """The beat scale of one stage ("semantic" or "coarse"); a stage a dict leaves out gets 1."""
         scale = self.beat_scale
         return float(scale.get(stage, 1.0) if isinstance(scale, dict) else scale)
+
+    def stage_beat_guidance(self, stage: str) -> float | None:
+        """The beat guidance of one stage ("semantic" or "coarse"); None: the grid is an input only."""
+        value = self.beat_guidance
+        if isinstance(value, dict):
+            value = value.get(stage)
+        return None if value is None else float(value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -495,7 +515,7 @@ class TokenPipeline(Pipeline):
             cond, semantic, frames, prompt=coarse_prompt, uncond=uncond,
             guidance_scale=guidance if "coarse" in guided else 1.0,
             sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
-            on_step=on_step, beat=grid("coarse"))  # [b, Kc, S]
+            on_step=on_step, beat=grid("coarse"), beat_guidance=self.config.stage_beat_guidance("coarse"))  # [b, Kc, S]
         if self.fine_lm is None:
             return coarse
         fine = self.fine_lm.generate(coarse, prompt=fine_prompt, sampling=sampling["fine"], generators=generators,
@@ -518,7 +538,8 @@ class TokenPipeline(Pipeline):
         plans = self.semantic_lm.generate(
             repeat(cond), n_semantic, prompt=repeat(prompt), uncond=repeat(uncond), guidance_scale=guidance,
             sampling=sampling, generators=plan_generators, context_fraction=self.config.context_fraction,
-            on_step=on_step, tempo=repeat(tempo), beat=repeat(beat), guide_beat=self.config.guide_beat)  # [b * k, N]
+            on_step=on_step, tempo=repeat(tempo), beat=repeat(beat), guide_beat=self.config.guide_beat,
+            beat_guidance=self.config.stage_beat_guidance("semantic"))  # [b * k, N]
         if k == 1:
             return plans
         audio = self.kmeans.audio_embedding(plans).to(text.device)  # [b * k, D], L2-normalised

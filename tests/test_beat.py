@@ -171,6 +171,12 @@ def test_semantic_crops_and_pipeline_carry_the_grid(tmp_path):
     assert not torch.allclose(out.audios[0], plain[0], atol=1e-4) and torch.allclose(out.audios[1], plain[1], atol=1e-5)
     pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_scale": 0.0})
     assert torch.allclose(pipe(["a fast reel"], **run).audios, plain[:1], atol=1e-5)  # scale 0: the grid is off
+    # beat guidance: 0 ignores the grid, a strong one follows it; a prompt with no tempo is left alone
+    pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_scale": 1.0, "beat_guidance": 0.0})
+    assert torch.allclose(pipe(["a fast reel"], **run).audios, plain[:1], atol=1e-5)
+    pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_guidance": 3.0})
+    guided = pipe(["a fast reel", "a reel"], **run).audios
+    assert not torch.allclose(guided[0], plain[0], atol=1e-4) and torch.allclose(guided[1], plain[1], atol=1e-5)
 
 
 def test_beat_scale_per_stage_and_its_range():
@@ -222,3 +228,71 @@ def test_guide_beat_false_gives_the_grid_to_both_guidance_branches():
     assert not torch.equal(guided, both)
     # without guidance there is one branch, and the flag changes nothing
     assert torch.equal(lm.generate(cond, 10, **greedy), lm.generate(cond, 10, guide_beat=False, **greedy))
+
+
+def test_guidance_branches_weights():
+    from soundsmith.gen.token_lm import Branch, guidance_branches
+
+    assert guidance_branches(1.0, True) == ([Branch(False, True)], [1.0])
+    assert guidance_branches(3.0, True) == ([Branch(True, False), Branch(False, True)], [-2.0, 3.0])
+    assert guidance_branches(3.0, True, beat_in_null=True)[0] == [Branch(True, True), Branch(False, True)]
+    assert guidance_branches(3.0, False, beat_guidance=5.0) == ([Branch(True, False), Branch(False, False)],
+                                                                [-2.0, 3.0])  # no grid: nothing to guide to
+    three, weights = guidance_branches(3.0, True, beat_guidance=5.0)
+    assert three == [Branch(True, False), Branch(False, False), Branch(False, True)] and weights == [-2.0, -2.0, 5.0]
+    assert guidance_branches(1.0, True, beat_guidance=5.0) == ([Branch(False, False), Branch(False, True)],
+                                                               [-4.0, 5.0])
+
+
+@pytest.mark.parametrize("stage", ["semantic", "delay", "flat"])
+def test_beat_guidance_is_compositional_guidance(stage):
+    """Beat guidance b sums the branches u + g (c - u) + b (c_grid - c): b = 1 without prompt guidance is the plain
+    grid-conditioned sampler, b = 0 ignores the grid, b = g is the old single-branch guidance towards prompt and
+    grid, and a stronger b changes the codes."""
+    from soundsmith.gen.token_lm import SamplingParams, build_lm, grow_lm
+    from token_helpers import tiny_lm_config
+
+    torch.manual_seed(0)
+    frames = 8
+    if stage == "semantic":
+        lm = grow_lm(build_lm(tiny_lm_config("semantic")), beat_dim=BEAT_DIM).eval()
+        length, rate = 10, 25.0
+    else:
+        lm = grow_lm(build_lm(tiny_lm_config("coarse", coarse_pattern=stage, aligned_semantic=True)),
+                     beat_dim=BEAT_DIM).eval()
+        length, rate = frames, lm.config.frame_rate
+    with torch.no_grad():
+        lm.beat.weight.normal_(std=3.0)
+    cond = torch.randint(0, 16, (2, 3))
+    beat = torch.stack([beat_features(grid_beats(bpm, 1.0), length + 1, rate) for bpm in (70.0, 150.0)])
+    if stage == "semantic":
+        def run(**kw):
+            return lm.generate(cond, length, sampling=SamplingParams(top_k=1), **kw)
+    else:
+        semantic = torch.randint(0, 8, (2, frames // lm.config.frames_per_semantic))
+
+        def run(**kw):
+            return lm.generate(cond, semantic, frames, sampling=SamplingParams(top_k=1), **kw)
+    with_grid, without = run(beat=beat), run()
+    assert not torch.equal(with_grid, without)
+    assert torch.equal(run(beat=beat, beat_guidance=1.0), with_grid)
+    assert torch.equal(run(beat=beat, beat_guidance=0.0), without)
+    assert torch.equal(run(beat=beat, guidance_scale=3.0, beat_guidance=0.0), run(guidance_scale=3.0))
+    if stage == "semantic":  # the null branch reads no grid: b = g pushes towards both, as guide_beat does
+        assert torch.equal(run(beat=beat, guidance_scale=3.0, beat_guidance=3.0), run(beat=beat, guidance_scale=3.0))
+    assert not torch.equal(run(beat=beat, beat_guidance=8.0), with_grid)
+
+
+def test_beat_guidance_in_the_pipeline_config():
+    from soundsmith.pipelines.tokens import TokenConfig
+
+    assert TokenConfig().stage_beat_guidance("semantic") is None
+    per_stage = TokenConfig(beat_guidance={"semantic": 6.0})
+    assert (per_stage.stage_beat_guidance("semantic"), per_stage.stage_beat_guidance("coarse")) == (6.0, None)
+    assert TokenConfig(beat_guidance=2).stage_beat_guidance("coarse") == 2.0
+    with pytest.raises(ValueError, match=r"beat_guidance\['coarse'\] must be a finite number in \[0, 100\]"):
+        TokenConfig(beat_guidance={"coarse": "strong"})
+    with pytest.raises(ValueError, match="beat_guidance: stages are 'semantic' and 'coarse'"):
+        TokenConfig(beat_guidance={"fine": 1.0})
+    with pytest.raises(ValueError, match=r"beat_guidance must be a finite number in \[0, 100\]"):
+        TokenConfig(beat_guidance=-1.0)
