@@ -479,8 +479,11 @@ class TokenPipeline(Pipeline):
             "windowed": n_semantic > self.semantic_lm.config.window or frames > self.coarse_lm.config.window,
             **self.run_record(watermark, level, watermarked),
         }
-        if bpms is not None:  # the tempo each output's prompt was read to ask for
+        if bpms is not None:  # the tempo each output's prompt was read to ask for, and how the grid was followed
             parameters["tempo_bpm"] = bpms
+            if beat is not None:
+                parameters["beat"] = {"scale": self.config.beat_scale, "guidance": self.config.beat_guidance,
+                                      "guide_beat": self.config.guide_beat}
         return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
                            {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
 

@@ -175,7 +175,9 @@ def test_semantic_crops_and_pipeline_carry_the_grid(tmp_path):
     pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_scale": 1.0, "beat_guidance": 0.0})
     assert torch.allclose(pipe(["a fast reel"], **run).audios, plain[:1], atol=1e-5)
     pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_guidance": 3.0})
-    guided = pipe(["a fast reel", "a reel"], **run).audios
+    out = pipe(["a fast reel", "a reel"], **run)
+    guided = out.audios
+    assert out.parameters["beat"] == {"scale": 1.0, "guidance": 3.0, "guide_beat": True}  # in every sidecar
     assert not torch.allclose(guided[0], plain[0], atol=1e-4) and torch.allclose(guided[1], plain[1], atol=1e-5)
 
 
