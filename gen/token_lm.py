@@ -188,9 +188,8 @@ class Branch:
     beat: bool
 
 
-def guidance_branches(guidance_scale: float, has_beat: bool, guide_beat: bool = True,
-                      beat_guidance: float | None = None, beat_in_null: bool = False
-                      ) -> tuple[list[Branch], list[float]]:
+def guidance_branches(guidance_scale: float, has_beat: bool, beat_guidance: float | None = None,
+                      beat_in_null: bool = False) -> tuple[list[Branch], list[float]]:
     """The branches a stage runs and the weights their logits are summed with.
 
     Without `beat_guidance` (or without a grid): classifier-free guidance over [null, prompt] with weights
@@ -602,7 +601,7 @@ class SemanticLM(TokenLM):
         """
         tokens = _start(prompt, cond.shape[0], cond.device)
         branches, weights = guidance_branches(guidance_scale, beat is not None and self.beat is not None,
-                                              guide_beat, beat_guidance, beat_in_null=not guide_beat)
+                                              beat_guidance, beat_in_null=not guide_beat)
         sampler = _Sampler(sampling, generators, cond.shape[0], weights)
         for context, new in plan_windows(length, tokens.shape[1], self.config.window, context_fraction):
             begin = tokens.shape[1] - context
