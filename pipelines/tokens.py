@@ -296,12 +296,13 @@ class TokenPipeline(Pipeline):
     def check_inputs(self, prompt: str | list[str], negative_prompt: str | list[str] | None,
                      num_waveforms_per_prompt: int, duration_s: float | None, guidance_scale: float | None,
                      loudness_lufs: float | None, temperature: Any, top_k: Any, top_p: Any, batch_size: int | None,
-                     num_inference_steps: int | None, scheduler: str | None, semantic_candidates: int | None
-                     ) -> tuple[list[str], list[str | None], float, float, dict[str, Any], int]:
+                     num_inference_steps: int | None, scheduler: str | None, semantic_candidates: int | None,
+                     beat_guidance: Any = None
+                     ) -> tuple[list[str], list[str | None], float, float, dict[str, Any], int, dict[str, float | None]]:
         """Check the call's arguments before any work (an audio prompt is checked as it is read).
 
         Returns (prompts, one negative prompt or None per prompt, guidance scale, duration, per-stage sampling,
-        semantic candidates).
+        semantic candidates, per-stage beat guidance).
         """
         cfg = self.config
         for name, value in (("num_inference_steps", num_inference_steps), ("scheduler", scheduler)):
@@ -318,6 +319,10 @@ class TokenPipeline(Pipeline):
         sampling = resolve_sampling(cfg, temperature, top_k, top_p)
         if batch_size is not None:
             check_int("batch_size", batch_size, 1, 4096)
+        if beat_guidance is not None:  # checked as the config checks it, with the same one-line errors
+            cfg = dataclasses.replace(cfg, beat_guidance=dict(beat_guidance) if isinstance(beat_guidance, Mapping)
+                                      else beat_guidance)
+        beat = {stage: cfg.stage_beat_guidance(stage) for stage in ("semantic", "coarse")}
         candidates = cfg.semantic_candidates if semantic_candidates is None else check_int(
             "semantic_candidates", semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
         if candidates > 1 and not self.kmeans.can_embed:
@@ -328,7 +333,7 @@ class TokenPipeline(Pipeline):
         if duration < shortest:
             raise ValueError(f"duration_s must be a finite number in [{shortest:g}, {cfg.max_duration_s:g}], got "
                              f"{duration:g} (the shortest clip this model makes)")
-        return prompts, negatives, guidance, duration, sampling, candidates
+        return prompts, negatives, guidance, duration, sampling, candidates, beat
 
     @torch.no_grad()
     def __call__(
@@ -354,6 +359,7 @@ class TokenPipeline(Pipeline):
         num_inference_steps: int | None = None,
         scheduler: str | None = None,
         semantic_candidates: int | None = None,
+        beat_guidance: float | Mapping[str, float] | None = None,
     ) -> AudioOutput:
         """Generate audio for `prompt`.
 
@@ -391,11 +397,16 @@ class TokenPipeline(Pipeline):
                 tokens are k-means centroids in our CLAP's frame-feature space, so CLAP's audio head embeds a
                 plan before any sound exists; the plan nearest the prompt's text embedding is kept. It costs
                 one batched semantic stage (the cheap one); 1 turns it off.
+            beat_guidance: for a model that follows a beat grid (a `tempo/` part and LMs with `beat_dim`): how
+                hard sampling is pushed towards the grid of the tempo a prompt names, in [0, 100], one value for
+                both stages or {"semantic": .., "coarse": ..} (default: config's; 0 ignores the grid). Each
+                stage it applies to runs one more LM branch; prompts that name no tempo are not affected.
         """
         # 1. check inputs; read the audio prompt --------------------------------------------------
-        prompts, negatives, guidance, duration, sampling, candidates = self.check_inputs(
+        prompts, negatives, guidance, duration, sampling, candidates, beat_guidance = self.check_inputs(
             prompt, negative_prompt, num_waveforms_per_prompt, duration_s, guidance_scale, loudness_lufs,
-            temperature, top_k, top_p, batch_size, num_inference_steps, scheduler, semantic_candidates)
+            temperature, top_k, top_p, batch_size, num_inference_steps, scheduler, semantic_candidates,
+            beat_guidance)
         self.conditioner.warn_long_prompts(prompts + [n for n in negatives if n is not None])
         clip = self._read_prompt_audio(audio_prompt, len(prompts), duration)  # [P or 1, 1, T'] or None
         n_out = len(prompts) * num_waveforms_per_prompt
@@ -453,7 +464,7 @@ class TokenPipeline(Pipeline):
                                      [generators[i] for i in idx], n_semantic, frames,
                                      None if prompt_tokens is None else _pick(prompt_tokens, [source[i] for i in idx]),
                                      progress.step, text[idx], candidates, None if tempo is None else tempo[idx],
-                                     None if beat is None else {k: v[idx] for k, v in beat.items()})
+                                     None if beat is None else {k: v[idx] for k, v in beat.items()}, beat_guidance)
                 waves.append(self.codec.decode(codes.to(self.device), num_samples=num_samples))  # [b, C, T]
         audios = torch.cat(waves)  # [B, C, T]
 
@@ -482,7 +493,7 @@ class TokenPipeline(Pipeline):
         if bpms is not None:  # the tempo each output's prompt was read to ask for, and how the grid was followed
             parameters["tempo_bpm"] = bpms
             if beat is not None:
-                parameters["beat"] = {"scale": self.config.beat_scale, "guidance": self.config.beat_guidance,
+                parameters["beat"] = {"scale": self.config.beat_scale, "guidance": beat_guidance,
                                       "guide_beat": self.config.guide_beat}
         return AudioOutput(audios, self.sample_rate, out_prompts, [s for s in seeds], scores,
                            {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in parameters.items()})
@@ -492,10 +503,14 @@ class TokenPipeline(Pipeline):
     def _sample(self, cond: Tensor, uncond: Tensor | None, guidance: float, sampling: dict[str, Any],
                 generators: list[torch.Generator], n_semantic: int, frames: int,
                 prompt: tuple[Tensor, Tensor] | None, on_step: Callable[[], Any], text: Tensor | None = None,
-                candidates: int = 1, tempo: Tensor | None = None, beat: dict[str, Tensor] | None = None) -> Tensor:
+                candidates: int = 1, tempo: Tensor | None = None, beat: dict[str, Tensor] | None = None,
+                beat_guidance: dict[str, float | None] | None = None) -> Tensor:
         """The three stages for one chunk of outputs -> codec codes `[b, K, frames]`; `text` `[b, D]` ranks
         `candidates` semantic plans per output; `tempo` `[b, T]`: the semantic LM's tempo features; `beat`:
-        the beat grid of each LM that takes one, {"semantic": [b, N, beat_dim], "coarse": [b, frames, beat_dim]}."""
+        the beat grid of each LM that takes one, {"semantic": [b, N, beat_dim], "coarse": [b, frames, beat_dim]};
+        `beat_guidance`: each stage's guidance towards that grid (None: the config's)."""
+        if beat_guidance is None:
+            beat_guidance = {stage: self.config.stage_beat_guidance(stage) for stage in ("semantic", "coarse")}
         device, k = self.device, self.coarse_lm.config.n_coarse
         cond = cond.to(device)
         uncond = None if uncond is None else uncond.to(device)
@@ -513,12 +528,12 @@ class TokenPipeline(Pipeline):
         semantic = self._semantic_plan(cond, uncond, sem_prompt, guidance if "semantic" in guided else 1.0,
                                        sampling["semantic"], generators, n_semantic, on_step, text,
                                        candidates, None if tempo is None else tempo.to(device),
-                                       grid("semantic"))  # [b, N]
+                                       grid("semantic"), beat_guidance["semantic"])  # [b, N]
         coarse = self.coarse_lm.generate(
             cond, semantic, frames, prompt=coarse_prompt, uncond=uncond,
             guidance_scale=guidance if "coarse" in guided else 1.0,
             sampling=sampling["coarse"], generators=generators, context_fraction=self.config.context_fraction,
-            on_step=on_step, beat=grid("coarse"), beat_guidance=self.config.stage_beat_guidance("coarse"))  # [b, Kc, S]
+            on_step=on_step, beat=grid("coarse"), beat_guidance=beat_guidance["coarse"])  # [b, Kc, S]
         if self.fine_lm is None:
             return coarse
         fine = self.fine_lm.generate(coarse, prompt=fine_prompt, sampling=sampling["fine"], generators=generators,
@@ -528,7 +543,7 @@ class TokenPipeline(Pipeline):
     def _semantic_plan(self, cond: Tensor, uncond: Tensor | None, prompt: Tensor | None, guidance: float,
                        sampling: Any, generators: list[torch.Generator], n_semantic: int, on_step: Callable[[], Any],
                        text: Tensor | None, candidates: int, tempo: Tensor | None = None,
-                       beat: Tensor | None = None) -> Tensor:
+                       beat: Tensor | None = None, beat_guidance: float | None = None) -> Tensor:
         """Semantic tokens `[b, N]`: the best of `candidates` plans per output by CLAP similarity to `text`.
 
         All plans of a chunk are one batch (the step count, and so the progress bar, does not change). Plan 0
@@ -542,7 +557,7 @@ class TokenPipeline(Pipeline):
             repeat(cond), n_semantic, prompt=repeat(prompt), uncond=repeat(uncond), guidance_scale=guidance,
             sampling=sampling, generators=plan_generators, context_fraction=self.config.context_fraction,
             on_step=on_step, tempo=repeat(tempo), beat=repeat(beat), guide_beat=self.config.guide_beat,
-            beat_guidance=self.config.stage_beat_guidance("semantic"))  # [b * k, N]
+            beat_guidance=beat_guidance)  # [b * k, N]
         if k == 1:
             return plans
         audio = self.kmeans.audio_embedding(plans).to(text.device)  # [b * k, D], L2-normalised

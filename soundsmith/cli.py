@@ -121,7 +121,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # a --prompts-file batch into a folder resumes: its manifest is checked before any model work
     manifest = None if to_file or not args.prompts_file else Manifest.open(
         out, _batch_arguments(args, model, prompts), ignore=("model", "prompts_file", "adapter_folders"),
-        keep_previous=("seed",), defaults={"adapters": [], "adapter_folders": []})
+        keep_previous=("seed",), defaults={"adapters": [], "adapter_folders": [], "beat_guidance": None})
     if manifest is not None and manifest.arguments["seed"] is None:  # a resume must redraw the same noise
         import secrets
 
@@ -145,7 +145,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if value is not None:
             kwargs[key] = value
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "audio_prompt": args.audio_prompt, "semantic_candidates": args.semantic_candidates}
+                "audio_prompt": args.audio_prompt, "semantic_candidates": args.semantic_candidates,
+                "beat_guidance": args.beat_guidance}
     given = {key: value for key, value in sampling.items() if value is not None}
     if given and pipe.backend == "ldm":
         flag = "--" + next(iter(given)).replace("_", "-")
@@ -156,9 +157,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise UsageError(f"--guidance-cutoff applies to soundsmith latent-diffusion models, not to the "
                              f"{pipe.backend} model {model}")
         kwargs["guidance_cutoff"] = args.guidance_cutoff
-    if args.semantic_candidates is not None and pipe.backend != "tokens":
-        raise UsageError(f"--semantic-candidates applies to soundsmith token models (--backend tokens), not to "
-                         f"the {pipe.backend} model {model}")
+    for flag, value in (("--semantic-candidates", args.semantic_candidates), ("--beat-guidance", args.beat_guidance)):
+        if value is not None and (pipe.backend != "tokens" or flag[2:].replace("-", "_") not in
+                                  inspect.signature(pipe.__call__).parameters):
+            raise UsageError(f"{flag} applies to soundsmith token models (--backend tokens), not to the "
+                             f"{pipe.backend} model {model}")
     kwargs.update(given)
     if args.clap_score:
         if "clap_score" not in inspect.signature(pipe.__call__).parameters:
@@ -195,7 +198,8 @@ def _batch_arguments(args: argparse.Namespace, model: str | Path, prompts: list[
             "watermark": not args.no_watermark,
             "loudness": None if args.no_loudness else args.loudness, "vocoder": args.vocoder, "dtype": args.dtype,
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "semantic_candidates": args.semantic_candidates, "audio_prompt_sha256": audio_prompt,
+            "semantic_candidates": args.semantic_candidates, "beat_guidance": args.beat_guidance,
+            "audio_prompt_sha256": audio_prompt,
             "format": args.format, "adapters": [[a.component, a.fingerprint, a.scale] for a in adapters],
             "adapter_folders": [str(Path(a.info.folder).resolve()) for a in adapters]}
 
@@ -543,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--semantic-candidates", type=_bounded(int, 1, 64), default=None, metavar="N",
                      help="semantic plans sampled per clip, the one nearest the prompt in CLAP space kept; 1 turns "
                      "it off (default: the model's; soundsmith token models only)")
+    tok.add_argument("--beat-guidance", type=_bounded(float, 0, 100), default=None, metavar="B",
+                     help="how hard sampling follows the beat grid of a tempo the prompt names, both LM stages; 0 "
+                     "ignores the grid (default: the model's; soundsmith token models with a tempo part only)")
     p.set_defaults(func=cmd_generate)
 
     data = sub.add_parser("data", help="synthesize, import and inspect training corpora")

@@ -172,6 +172,10 @@ CASES = [
      2, r"--semantic-candidates applies to token models"),
     ("semantic-candidates-zero", ["generate", "rain", "--model", "{W}/models/ldm", "--semantic-candidates", "0"],
      2, r"--semantic-candidates: must be in \[1, 64\], got 0"),
+    ("beat-guidance-for-ldm", ["generate", "rain", "--model", "{W}/models/ldm", "--beat-guidance", "4"],
+     2, r"--beat-guidance applies to token models"),
+    ("beat-guidance-negative", ["generate", "rain", "--model", "{W}/models/ldm", "--beat-guidance", "-1"],
+     2, r"--beat-guidance: must be in \[0, 100\], got -1"),
     ("out-under-a-file", ["generate", "rain", "--model", "{W}/models/ldm", "--out", "{W}/file.txt/out"], 2,
      r"cannot be created"),
     # generate: containment of the links a model's config names

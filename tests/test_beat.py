@@ -177,7 +177,13 @@ def test_semantic_crops_and_pipeline_carry_the_grid(tmp_path):
     pipe.config = type(pipe.config)(**{**pipe.config.to_dict(), "beat_guidance": 3.0})
     out = pipe(["a fast reel", "a reel"], **run)
     guided = out.audios
-    assert out.parameters["beat"] == {"scale": 1.0, "guidance": 3.0, "guide_beat": True}  # in every sidecar
+    assert out.parameters["beat"] == {"scale": 1.0, "guidance": {"semantic": 3.0, "coarse": 3.0}, "guide_beat": True}
+    # a call may set it for itself, checked as the config checks it
+    assert torch.allclose(pipe(["a fast reel"], beat_guidance=0.0, **run).audios, plain[:1], atol=1e-5)
+    assert torch.allclose(pipe(["a fast reel"], beat_guidance={"semantic": 3.0, "coarse": 3.0}, **run).audios,
+                          guided[:1], atol=1e-5)
+    with pytest.raises(ValueError, match=r"beat_guidance must be a finite number in \[0, 100\], got -1"):
+        pipe(["a fast reel"], beat_guidance=-1, **run)
     assert not torch.allclose(guided[0], plain[0], atol=1e-4) and torch.allclose(guided[1], plain[1], atol=1e-5)
 
 
