@@ -57,6 +57,7 @@ OPTIONAL_PARTS = ("fine_lm", "tempo")
 MAX_GUIDANCE = 100.0
 MAX_SEMANTIC_CANDIDATES = 64
 MAX_BEAT_SCALE = 20.0
+BEAT_STAGES = ("semantic", "coarse")  # the LM stages that may read a beat grid
 SILENCE = 1e-4  # peak below which an audio prompt counts as silent
 
 
@@ -106,19 +107,8 @@ class TokenConfig:
         check_float("fine_context_fraction", self.fine_context_fraction, 0.0, 0.9)
         check_float("min_prompt_s", self.min_prompt_s, 0.0, 3600.0, low_open=True)
         check_int("semantic_candidates", self.semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
-        for stage in ("semantic", "coarse"):
-            check_float(f"beat_scale[{stage!r}]" if isinstance(self.beat_scale, dict) else "beat_scale",
-                        self.stage_beat_scale(stage), 0.0, MAX_BEAT_SCALE)
-        for name in ("beat_scale", "beat_guidance"):
-            value = getattr(self, name)
-            if isinstance(value, dict) and set(value) - {"semantic", "coarse"}:
-                raise ValueError(f"{name}: stages are 'semantic' and 'coarse', got {sorted(value)}")
-        per_stage = self.beat_guidance if isinstance(self.beat_guidance, dict) else None
-        for stage in ("semantic", "coarse"):
-            raw = self.beat_guidance if per_stage is None else per_stage.get(stage)
-            if raw is not None:
-                check_float("beat_guidance" if per_stage is None else f"beat_guidance[{stage!r}]", raw, 0.0,
-                            MAX_GUIDANCE)
+        check_beat_setting("beat_scale", self.beat_scale, MAX_BEAT_SCALE)
+        check_beat_setting("beat_guidance", self.beat_guidance, MAX_GUIDANCE, optional=True)
         wrong = [s for s in self.guided_stages if s not in ("semantic", "coarse")] if isinstance(
             self.guided_stages, (list, tuple)) else [self.guided_stages]
         if wrong:
@@ -134,15 +124,18 @@ class TokenConfig:
 
     def stage_beat_scale(self, stage: str) -> float:
         """The beat scale of one stage ("semantic" or "coarse"); a stage a dict leaves out gets 1."""
-        scale = self.beat_scale
-        return float(scale.get(stage, 1.0) if isinstance(scale, dict) else scale)
+        return float(beat_setting(self.beat_scale, stage, 1.0))
 
     def stage_beat_guidance(self, stage: str) -> float | None:
         """The beat guidance of one stage ("semantic" or "coarse"); None: the grid is an input only."""
-        value = self.beat_guidance
-        if isinstance(value, dict):
-            value = value.get(stage)
-        return None if value is None else float(value)
+        return self.beat_guidance_by_stage()[stage]
+
+    def beat_guidance_by_stage(self, override: Any = None) -> dict[str, float | None]:
+        """Each beat stage's guidance: `override` (a call's `beat_guidance`, checked) or the config's."""
+        if override is not None:
+            check_beat_setting("beat_guidance", override, MAX_GUIDANCE, optional=True)
+        value = self.beat_guidance if override is None else override
+        return {stage: None if (v := beat_setting(value, stage, None)) is None else float(v) for stage in BEAT_STAGES}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +143,24 @@ class TokenConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> TokenConfig:
         return config_from_dict(cls, data, where, ignore=CONFIG_METADATA, wrap_errors=True)
+
+
+def beat_setting(value: Any, stage: str, default: Any) -> Any:
+    """One stage's value of a setting given for both beat stages or per stage ({"semantic": .., "coarse": ..};
+    a stage it leaves out gets `default`)."""
+    return value.get(stage, default) if isinstance(value, Mapping) else value
+
+
+def check_beat_setting(name: str, value: Any, high: float, *, optional: bool = False) -> None:
+    """One-line errors for a per-beat-stage setting: only known stages, each value in [0, high] (None, or a
+    stage left out, allowed where `optional`; a stage a dict leaves out takes the default)."""
+    per_stage = isinstance(value, Mapping)
+    if per_stage and set(value) - set(BEAT_STAGES):
+        raise ValueError(f"{name}: stages are 'semantic' and 'coarse', got {sorted(value)}")
+    for stage in BEAT_STAGES:
+        if per_stage and stage not in value or optional and beat_setting(value, stage, None) is None:
+            continue
+        check_float(f"{name}[{stage!r}]" if per_stage else name, beat_setting(value, stage, None), 0.0, high)
 
 
 def resolve_sampling(config: TokenConfig, temperature: Any, top_k: Any, top_p: Any) -> dict[str, Any]:
@@ -319,10 +330,7 @@ class TokenPipeline(Pipeline):
         sampling = resolve_sampling(cfg, temperature, top_k, top_p)
         if batch_size is not None:
             check_int("batch_size", batch_size, 1, 4096)
-        if beat_guidance is not None:  # checked as the config checks it, with the same one-line errors
-            cfg = dataclasses.replace(cfg, beat_guidance=dict(beat_guidance) if isinstance(beat_guidance, Mapping)
-                                      else beat_guidance)
-        beat = {stage: cfg.stage_beat_guidance(stage) for stage in ("semantic", "coarse")}
+        beat = cfg.beat_guidance_by_stage(beat_guidance)
         candidates = cfg.semantic_candidates if semantic_candidates is None else check_int(
             "semantic_candidates", semantic_candidates, 1, MAX_SEMANTIC_CANDIDATES)
         if candidates > 1 and not self.kmeans.can_embed:
@@ -510,7 +518,7 @@ class TokenPipeline(Pipeline):
         the beat grid of each LM that takes one, {"semantic": [b, N, beat_dim], "coarse": [b, frames, beat_dim]};
         `beat_guidance`: each stage's guidance towards that grid (None: the config's)."""
         if beat_guidance is None:
-            beat_guidance = {stage: self.config.stage_beat_guidance(stage) for stage in ("semantic", "coarse")}
+            beat_guidance = self.config.beat_guidance_by_stage()
         device, k = self.device, self.coarse_lm.config.n_coarse
         cond = cond.to(device)
         uncond = None if uncond is None else uncond.to(device)
